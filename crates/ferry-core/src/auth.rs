@@ -1,0 +1,252 @@
+//! Password authentication: argon2id hashes, verified off the async runtime, with an in-memory cache of recent
+//! successes so that a client that logs in again and again does not pay the hash every time.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::rand_core::{OsRng, RngCore};
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use sha2::{Digest, Sha256};
+
+use crate::account::{Account, AccountStore, Permissions};
+use crate::error::{CoreError, CoreResult};
+
+/// How long a successful verification is remembered.
+const CACHE_TTL: Duration = Duration::from_secs(600);
+/// At most this many cached verifications; the cache is cleared when full.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Names that log in as the anonymous account when anonymous access is enabled.
+pub const ANONYMOUS_NAMES: [&str; 2] = ["anonymous", "ftp"];
+
+/// Why a login was refused. Front-ends should not tell the client which of these it was.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid user name or password")]
+    InvalidCredentials,
+    #[error("login from {0} not allowed for this account")]
+    AddressNotAllowed(IpAddr),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+/// Hashes a password with argon2id and a random salt, in PHC string format. CPU-heavy: call it off the runtime.
+pub fn hash_password(password: &str) -> CoreResult<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| CoreError::InvalidArgument(format!("cannot hash password: {e}")))
+}
+
+/// A random password of `len` letters and digits.
+pub fn random_password(len: usize) -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    let mut bytes = vec![0u8; len];
+    OsRng.fill_bytes(&mut bytes);
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+struct CachedLogin {
+    /// The stored hash the password was verified against: a changed password invalidates the entry.
+    stored_hash: String,
+    /// A keyed digest of the password that was accepted.
+    password_digest: [u8; 32],
+    at: Instant,
+}
+
+/// Verifies credentials against an [`AccountStore`].
+pub struct Authenticator {
+    store: Arc<dyn AccountStore>,
+    anonymous: Option<Account>,
+    cache: Mutex<HashMap<String, CachedLogin>>,
+    cache_key: [u8; 32],
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn AccountStore>) -> Self {
+        let mut cache_key = [0u8; 32];
+        OsRng.fill_bytes(&mut cache_key);
+        Authenticator {
+            store,
+            anonymous: None,
+            cache: Mutex::new(HashMap::new()),
+            cache_key,
+        }
+    }
+
+    /// Enables read-only anonymous login rooted at `root`.
+    pub fn with_anonymous(mut self, root: PathBuf) -> Self {
+        let mut account = Account::new("anonymous", root);
+        account.permissions = Permissions::read_only();
+        self.anonymous = Some(account);
+        self
+    }
+
+    pub fn anonymous_enabled(&self) -> bool {
+        self.anonymous.is_some()
+    }
+
+    pub fn is_anonymous(&self, username: &str) -> bool {
+        self.anonymous.is_some()
+            && ANONYMOUS_NAMES
+                .iter()
+                .any(|n| n.eq_ignore_ascii_case(username))
+    }
+
+    pub fn store(&self) -> &Arc<dyn AccountStore> {
+        &self.store
+    }
+
+    /// Checks a user name and password from a client at `ip`; any password is accepted for anonymous access.
+    pub async fn verify_password(
+        &self,
+        username: &str,
+        password: &str,
+        ip: IpAddr,
+    ) -> Result<Account, AuthError> {
+        if self.is_anonymous(username) {
+            if let Some(anonymous) = &self.anonymous {
+                return Ok(anonymous.clone());
+            }
+        }
+        let account = self
+            .store
+            .get(username)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        let stored_hash = account
+            .password_hash
+            .clone()
+            .ok_or(AuthError::InvalidCredentials)?;
+        let digest = self.password_digest(username, password);
+        if !self.cached(username, &stored_hash, &digest) {
+            let password = password.to_owned();
+            let hash = stored_hash.clone();
+            let ok = tokio::task::spawn_blocking(move || verify_hash(&hash, &password))
+                .await
+                .map_err(|e| CoreError::Store(e.to_string()))?;
+            if !ok {
+                return Err(AuthError::InvalidCredentials);
+            }
+            self.remember(username, stored_hash, digest);
+        }
+        // The address check comes after the password so that it reveals nothing to a guesser.
+        if !account.ip_allowed(ip) {
+            return Err(AuthError::AddressNotAllowed(ip));
+        }
+        Ok(account)
+    }
+
+    fn password_digest(&self, username: &str, password: &str) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(self.cache_key);
+        h.update((username.len() as u64).to_le_bytes());
+        h.update(username.as_bytes());
+        h.update(password.as_bytes());
+        h.finalize().into()
+    }
+
+    fn cached(&self, username: &str, stored_hash: &str, digest: &[u8; 32]) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache.get(username).is_some_and(|c| {
+            c.stored_hash == stored_hash
+                && c.password_digest == *digest
+                && c.at.elapsed() < CACHE_TTL
+        })
+    }
+
+    fn remember(&self, username: &str, stored_hash: String, password_digest: [u8; 32]) {
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(
+            username.to_owned(),
+            CachedLogin {
+                stored_hash,
+                password_digest,
+                at: Instant::now(),
+            },
+        );
+    }
+}
+
+fn verify_hash(stored_hash: &str, password: &str) -> bool {
+    PasswordHash::new(stored_hash).is_ok_and(|h| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), &h)
+            .is_ok()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteAccountStore;
+
+    async fn authenticator() -> (tempfile::TempDir, Authenticator) {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SqliteAccountStore::open(&tmp.path().join("db")).unwrap();
+        let mut a = Account::new("alice", tmp.path().join("alice"));
+        a.password_hash = Some(hash_password("right").unwrap());
+        a.allowed_ips.push("127.0.0.0/8".parse().unwrap());
+        store.create(&a).await.unwrap();
+        (tmp, Authenticator::new(Arc::new(store)))
+    }
+
+    #[tokio::test]
+    async fn password_is_checked_even_when_cached() {
+        let (_tmp, auth) = authenticator().await;
+        let ip = "127.0.0.1".parse().unwrap();
+        assert!(auth.verify_password("alice", "right", ip).await.is_ok());
+        assert!(auth.verify_password("alice", "right", ip).await.is_ok());
+        assert!(matches!(
+            auth.verify_password("alice", "wrong", ip).await,
+            Err(AuthError::InvalidCredentials)
+        ));
+        assert!(matches!(
+            auth.verify_password("bob", "right", ip).await,
+            Err(AuthError::InvalidCredentials)
+        ));
+    }
+
+    #[tokio::test]
+    async fn changed_password_invalidates_the_cache() {
+        let (_tmp, auth) = authenticator().await;
+        let ip = "127.0.0.1".parse().unwrap();
+        auth.verify_password("alice", "right", ip).await.unwrap();
+        let mut a = auth.store().get("alice").await.unwrap().unwrap();
+        a.password_hash = Some(hash_password("new").unwrap());
+        auth.store().update(&a).await.unwrap();
+        assert!(auth.verify_password("alice", "right", ip).await.is_err());
+        assert!(auth.verify_password("alice", "new", ip).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn address_outside_the_allow_list_is_refused() {
+        let (_tmp, auth) = authenticator().await;
+        let r = auth
+            .verify_password("alice", "right", "10.1.1.1".parse().unwrap())
+            .await;
+        assert!(matches!(r, Err(AuthError::AddressNotAllowed(_))));
+    }
+
+    #[tokio::test]
+    async fn anonymous_is_read_only_and_takes_any_password() {
+        let (tmp, auth) = authenticator().await;
+        let auth = auth.with_anonymous(tmp.path().join("pub"));
+        let a = auth
+            .verify_password("anonymous", "x@y", "127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(a.permissions, Permissions::read_only());
+    }
+}

@@ -1,0 +1,194 @@
+//! Session caps (global, per client address, per account) and the timeouts every front-end applies.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::account::canonical_ip;
+
+/// Limits shared by every front-end. `0` caps mean unlimited.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Disconnect a session that sends nothing for this long.
+    pub idle_timeout: Duration,
+    /// Time allowed from connect to a successful login.
+    pub login_timeout: Duration,
+    /// Time allowed to establish a data connection, and for a data connection to make progress.
+    pub data_timeout: Duration,
+    /// Pause after each failed login, to slow password guessing.
+    pub failed_login_delay: Duration,
+    /// Disconnect after this many failed logins on one connection.
+    pub max_login_failures: u32,
+    /// Longest command line (FTP) accepted, in bytes.
+    pub max_line_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 20_000,
+            max_connections_per_ip: 0,
+            idle_timeout: Duration::from_secs(300),
+            login_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(60),
+            failed_login_delay: Duration::from_secs(1),
+            max_login_failures: 3,
+            max_line_len: 4096 + 16,
+        }
+    }
+}
+
+/// Why a connection or session was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LimitError {
+    #[error("too many connections")]
+    TooManyConnections,
+    #[error("too many connections from your address")]
+    TooManyFromAddress,
+    #[error("too many sessions for this account")]
+    TooManySessions,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+    per_account: HashMap<String, usize>,
+}
+
+/// Counts live connections and sessions; the guards it hands out give their slot back when dropped.
+#[derive(Clone, Default)]
+pub struct ConnectionLimiter {
+    counts: Arc<Mutex<Counts>>,
+}
+
+/// A held connection slot.
+pub struct ConnectionSlot {
+    limiter: ConnectionLimiter,
+    ip: IpAddr,
+}
+
+/// A held per-account session slot.
+pub struct AccountSlot {
+    limiter: ConnectionLimiter,
+    account: String,
+}
+
+impl ConnectionLimiter {
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        // A panic while holding this lock cannot leave the counts inconsistent (each update is one statement).
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a connection slot for a client at `ip`.
+    pub fn connect(&self, ip: IpAddr, limits: &Limits) -> Result<ConnectionSlot, LimitError> {
+        let ip = canonical_ip(ip);
+        let mut counts = self.counts();
+        if limits.max_connections > 0 && counts.total >= limits.max_connections {
+            return Err(LimitError::TooManyConnections);
+        }
+        let from_ip = counts.per_ip.get(&ip).copied().unwrap_or(0);
+        if limits.max_connections_per_ip > 0 && from_ip >= limits.max_connections_per_ip {
+            return Err(LimitError::TooManyFromAddress);
+        }
+        counts.total += 1;
+        *counts.per_ip.entry(ip).or_default() += 1;
+        Ok(ConnectionSlot {
+            limiter: self.clone(),
+            ip,
+        })
+    }
+
+    /// Takes a session slot for `account`, allowing at most `max` at once (`None`: no cap).
+    pub fn login(&self, account: &str, max: Option<u32>) -> Result<AccountSlot, LimitError> {
+        let mut counts = self.counts();
+        let current = counts.per_account.get(account).copied().unwrap_or(0);
+        if max.is_some_and(|max| current >= max as usize) {
+            return Err(LimitError::TooManySessions);
+        }
+        *counts.per_account.entry(account.to_owned()).or_default() += 1;
+        Ok(AccountSlot {
+            limiter: self.clone(),
+            account: account.to_owned(),
+        })
+    }
+
+    /// Live connections in total.
+    pub fn connections(&self) -> usize {
+        self.counts().total
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limiter.counts();
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(n) = counts.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+impl Drop for AccountSlot {
+    fn drop(&mut self) {
+        let mut counts = self.limiter.counts();
+        if let Some(n) = counts.per_account.get_mut(&self.account) {
+            *n -= 1;
+            if *n == 0 {
+                counts.per_account.remove(&self.account);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_ip_cap_frees_slots_on_drop() {
+        let limiter = ConnectionLimiter::default();
+        let limits = Limits {
+            max_connections_per_ip: 2,
+            ..Limits::default()
+        };
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let a = limiter.connect(ip, &limits).unwrap();
+        let _b = limiter.connect(ip, &limits).unwrap();
+        assert_eq!(
+            limiter.connect(ip, &limits).err(),
+            Some(LimitError::TooManyFromAddress)
+        );
+        assert!(limiter
+            .connect("127.0.0.2".parse().unwrap(), &limits)
+            .is_ok());
+        drop(a);
+        assert!(limiter.connect(ip, &limits).is_ok());
+    }
+
+    #[test]
+    fn global_and_account_caps() {
+        let limiter = ConnectionLimiter::default();
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let _a = limiter
+            .connect("127.0.0.1".parse().unwrap(), &limits)
+            .unwrap();
+        assert_eq!(
+            limiter.connect("127.0.0.2".parse().unwrap(), &limits).err(),
+            Some(LimitError::TooManyConnections)
+        );
+        let s = limiter.login("bob", Some(1)).unwrap();
+        assert!(limiter.login("bob", Some(1)).is_err());
+        drop(s);
+        assert!(limiter.login("bob", Some(1)).is_ok());
+    }
+}

@@ -1,0 +1,158 @@
+//! [`ServerCore`]: the shared state of a running server (accounts, limits, quotas, events, shutdown), from which
+//! each front-end takes connection slots and opens sessions.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::account::AccountStore;
+use crate::auth::{AuthError, Authenticator};
+use crate::error::CoreError;
+use crate::events::{Event, EventBus, EventKind};
+use crate::limits::{ConnectionLimiter, ConnectionSlot, LimitError, Limits};
+use crate::quota::{QuotaRegistry, QuotaTracker};
+use crate::session::{ClientInfo, Session, SessionParts};
+use crate::storage::local::LocalStorage;
+use crate::transfer::UploadMode;
+
+/// Server-wide settings that apply to every protocol.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSettings {
+    pub limits: Limits,
+    pub upload_mode: UploadMode,
+}
+
+/// Why a login did not produce a session.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    #[error("cannot open the home directory: {0}")]
+    Home(#[from] CoreError),
+}
+
+/// Shared server state. Cheap to clone.
+#[derive(Clone)]
+pub struct ServerCore {
+    inner: Arc<CoreInner>,
+}
+
+struct CoreInner {
+    auth: Authenticator,
+    events: EventBus,
+    limiter: ConnectionLimiter,
+    quotas: QuotaRegistry,
+    settings: ServerSettings,
+    shutdown: watch::Sender<bool>,
+}
+
+impl ServerCore {
+    pub fn new(auth: Authenticator, events: EventBus, settings: ServerSettings) -> Self {
+        let inner = CoreInner {
+            auth,
+            events,
+            limiter: ConnectionLimiter::default(),
+            quotas: QuotaRegistry::default(),
+            settings,
+            shutdown: watch::Sender::new(false),
+        };
+        ServerCore {
+            inner: Arc::new(inner),
+        }
+    }
+
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.inner.auth
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.settings.limits
+    }
+
+    pub fn store(&self) -> &Arc<dyn AccountStore> {
+        self.inner.auth.store()
+    }
+
+    /// Takes a connection slot for a new client, or says which cap refuses it.
+    pub fn connect(&self, ip: IpAddr) -> Result<ConnectionSlot, LimitError> {
+        self.inner.limiter.connect(ip, &self.inner.settings.limits)
+    }
+
+    /// Live connections, over all front-ends.
+    pub fn connections(&self) -> usize {
+        self.inner.limiter.connections()
+    }
+
+    /// Verifies the credentials and opens a session in the account's home. Publishes `login` or `login-failed`.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<Session, LoginError> {
+        let result = self.login_inner(username, password, client).await;
+        if let Err(e) = &result {
+            let mut event = Event::new(EventKind::LoginFailed, client, username);
+            event.error = Some(e.to_string());
+            self.inner.events.publish(event);
+        }
+        result
+    }
+
+    async fn login_inner(
+        &self,
+        username: &str,
+        password: &str,
+        client: &ClientInfo,
+    ) -> Result<Session, LoginError> {
+        let account = self
+            .inner
+            .auth
+            .verify_password(username, password, client.ip)
+            .await?;
+        let anonymous = self.inner.auth.is_anonymous(username);
+        let slot = self
+            .inner
+            .limiter
+            .login(&account.name, account.max_sessions)?;
+        let storage = LocalStorage::open(&account.home)
+            .await
+            .map_err(CoreError::from)?;
+        let (quota, store) = if anonymous {
+            (Arc::new(QuotaTracker::unlimited()), None)
+        } else {
+            let store = Arc::clone(self.store());
+            (
+                self.inner.quotas.tracker(&account, &*store).await?,
+                Some(store),
+            )
+        };
+        Ok(Session::new(SessionParts {
+            account,
+            client: client.clone(),
+            storage: Arc::new(storage),
+            quota,
+            store,
+            events: self.inner.events.clone(),
+            upload_mode: self.inner.settings.upload_mode,
+            slot: Some(slot),
+        }))
+    }
+
+    /// Tells every front-end to stop accepting and to close idle sessions.
+    pub fn shut_down(&self) {
+        self.inner.shutdown.send_replace(true);
+    }
+
+    /// A receiver that turns `true` when the server shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutdown.subscribe()
+    }
+}

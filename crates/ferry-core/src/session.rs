@@ -1,0 +1,541 @@
+//! A logged-in session: every file operation a front-end may perform, as virtual-path operations that check
+//! permissions, keep quotas and publish events. Confinement comes from the storage, which is rooted at the home.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use crate::account::{Account, AccountStore, Permission};
+use crate::checksum::HashAlgorithm;
+use crate::error::{CoreError, CoreResult};
+use crate::events::{Event, EventBus, EventKind, Protocol};
+use crate::limits::AccountSlot;
+use crate::quota::QuotaTracker;
+use crate::storage::{DirStream, Metadata, Storage, WriteMode};
+use crate::transfer::{Download, TempTarget, Upload, UploadMode, UploadParts};
+use crate::vpath::VirtualPath;
+
+/// Size of the chunks read while hashing a file.
+const HASH_CHUNK: usize = 256 * 1024;
+
+static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Who is connected, over what.
+#[derive(Clone, Debug)]
+pub struct ClientInfo {
+    pub protocol: Protocol,
+    pub ip: IpAddr,
+    pub session_id: u64,
+}
+
+impl ClientInfo {
+    /// A new client with a process-unique session id.
+    pub fn new(protocol: Protocol, ip: IpAddr) -> Self {
+        ClientInfo {
+            protocol,
+            ip,
+            session_id: NEXT_SESSION_ID.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+}
+
+/// A logged-in account's view of its home. Cheap to clone; the last clone dropped ends the session (logout).
+#[derive(Clone)]
+pub struct Session {
+    inner: Arc<SessionInner>,
+}
+
+struct SessionInner {
+    account: Account,
+    client: ClientInfo,
+    storage: Arc<dyn Storage>,
+    quota: Arc<QuotaTracker>,
+    /// Where usage is persisted; `None` for anonymous sessions.
+    store: Option<Arc<dyn AccountStore>>,
+    events: EventBus,
+    upload_mode: UploadMode,
+    _slot: Option<AccountSlot>,
+}
+
+/// Everything [`Session::new`] needs; built by [`crate::server::ServerCore::login`].
+pub struct SessionParts {
+    pub account: Account,
+    pub client: ClientInfo,
+    pub storage: Arc<dyn Storage>,
+    pub quota: Arc<QuotaTracker>,
+    pub store: Option<Arc<dyn AccountStore>>,
+    pub events: EventBus,
+    pub upload_mode: UploadMode,
+    pub slot: Option<AccountSlot>,
+}
+
+impl Session {
+    pub fn new(p: SessionParts) -> Self {
+        let inner = SessionInner {
+            account: p.account,
+            client: p.client,
+            storage: p.storage,
+            quota: p.quota,
+            store: p.store,
+            events: p.events,
+            upload_mode: p.upload_mode,
+            _slot: p.slot,
+        };
+        let session = Session {
+            inner: Arc::new(inner),
+        };
+        session.publish(EventKind::Login, None, None, None);
+        session
+    }
+
+    pub fn account(&self) -> &Account {
+        &self.inner.account
+    }
+
+    pub fn username(&self) -> &str {
+        &self.inner.account.name
+    }
+
+    pub fn client(&self) -> &ClientInfo {
+        &self.inner.client
+    }
+
+    pub fn quota(&self) -> &QuotaTracker {
+        &self.inner.quota
+    }
+
+    pub(crate) fn storage(&self) -> &dyn Storage {
+        &*self.inner.storage
+    }
+
+    /// Whether the account may do `permission` at `path`.
+    pub fn allowed(&self, permission: Permission, path: &VirtualPath) -> bool {
+        self.inner.account.permissions_at(path).contains(permission)
+    }
+
+    fn check(&self, permission: Permission, path: &VirtualPath) -> CoreResult<()> {
+        if self.allowed(permission, path) {
+            Ok(())
+        } else {
+            Err(CoreError::PermissionDenied(permission))
+        }
+    }
+
+    /// Metadata of a file or directory (symlinks inside the home are followed).
+    pub async fn metadata(&self, path: &VirtualPath) -> CoreResult<Metadata> {
+        self.check(Permission::List, &path.parent())?;
+        Ok(self.storage().metadata(path.relative()).await?)
+    }
+
+    /// Metadata of the entry itself, not following a final symlink.
+    pub async fn symlink_metadata(&self, path: &VirtualPath) -> CoreResult<Metadata> {
+        self.check(Permission::List, &path.parent())?;
+        Ok(self.storage().symlink_metadata(path.relative()).await?)
+    }
+
+    /// Streams the entries of a directory.
+    pub async fn list(&self, path: &VirtualPath) -> CoreResult<DirStream> {
+        self.check(Permission::List, path)?;
+        Ok(self.storage().read_dir(path.relative()).await?)
+    }
+
+    /// Opens a file for download from `offset` on; an offset beyond the end is an error.
+    pub async fn open_read(&self, path: &VirtualPath, offset: u64) -> CoreResult<Download> {
+        self.check(Permission::Download, path)?;
+        let meta = self.storage().metadata(path.relative()).await?;
+        if meta.is_dir() {
+            return Err(CoreError::IsADirectory);
+        }
+        if offset > meta.size {
+            return Err(CoreError::InvalidArgument(format!(
+                "offset {offset} is beyond the file size {}",
+                meta.size
+            )));
+        }
+        let reader = self.storage().open_read(path.relative(), offset).await?;
+        Ok(Download::new(self.clone(), reader, path.clone(), meta.size))
+    }
+
+    /// Opens a file for upload. Creating needs `upload`; destroying existing data (truncating, writing before the
+    /// end without appending) also needs `overwrite`. Writing past the end is an error.
+    pub async fn open_write(&self, path: &VirtualPath, mode: WriteMode) -> CoreResult<Upload> {
+        if path.is_root() {
+            return Err(CoreError::IsADirectory);
+        }
+        self.check(Permission::Upload, path)?;
+        let existing = match self.storage().metadata(path.relative()).await {
+            Ok(meta) if meta.is_dir() => return Err(CoreError::IsADirectory),
+            Ok(meta) => Some(meta.size),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e.into()),
+        };
+        let size = existing.unwrap_or(0);
+        let (position, kept) = match mode {
+            WriteMode::Truncate => (0, 0),
+            WriteMode::CreateNew if existing.is_some() => return Err(CoreError::AlreadyExists),
+            WriteMode::CreateNew => (0, 0),
+            WriteMode::Append => (size, size),
+            WriteMode::At { offset, .. } if offset > size => {
+                return Err(CoreError::InvalidArgument(format!(
+                    "offset {offset} is beyond the file size {size}"
+                )))
+            }
+            WriteMode::At {
+                offset,
+                truncate: true,
+            } => (offset, offset),
+            WriteMode::At {
+                offset,
+                truncate: false,
+            } => (offset, size),
+        };
+        let destroys_data =
+            existing.is_some() && (kept < size || (position < size && mode != WriteMode::Append));
+        if destroys_data {
+            self.check(Permission::Overwrite, path)?;
+        }
+
+        let atomic = self.inner.upload_mode == UploadMode::Atomic && position == 0;
+        let quota = self.quota();
+        let mut files_delta = 0;
+        if existing.is_none() {
+            quota.reserve_file()?;
+            files_delta = 1;
+        }
+        let opened = if atomic {
+            let temp = path.parent().join(&format!(
+                ".{}.ferry-upload-{}",
+                path.file_name().unwrap_or("file"),
+                self.client().session_id
+            ))?;
+            self.storage()
+                .open_write(temp.relative(), WriteMode::Truncate)
+                .await
+                .map(|w| {
+                    (
+                        w,
+                        Some(TempTarget {
+                            temp,
+                            replaced_size: existing,
+                        }),
+                    )
+                })
+        } else {
+            self.storage()
+                .open_write(path.relative(), mode)
+                .await
+                .map(|w| (w, None))
+        };
+        let (writer, temp) = match opened {
+            Ok(opened) => opened,
+            Err(e) => {
+                if files_delta > 0 {
+                    quota.release_file();
+                }
+                return Err(e.into());
+            }
+        };
+        // Data dropped by truncation is freed at once; an atomic upload frees the old file when it replaces it.
+        let (start_size, bytes_delta) = if atomic {
+            (0, 0)
+        } else {
+            quota.release_bytes(size - kept);
+            (kept, -((size - kept) as i64))
+        };
+        Ok(Upload::new(UploadParts {
+            session: self.clone(),
+            writer,
+            path: path.clone(),
+            temp,
+            position,
+            size: start_size,
+            bytes_delta,
+            files_delta,
+        }))
+    }
+
+    /// Creates a new file with a unique name in `dir` (FTP STOU) and opens it for upload.
+    pub async fn create_unique(&self, dir: &VirtualPath, stem: &str) -> CoreResult<Upload> {
+        for attempt in 0..100u32 {
+            let name = if attempt == 0 {
+                stem.to_owned()
+            } else {
+                format!("{stem}.{attempt}")
+            };
+            match self
+                .open_write(&dir.join(&name)?, WriteMode::CreateNew)
+                .await
+            {
+                Err(CoreError::AlreadyExists) => continue,
+                other => return other,
+            }
+        }
+        Err(CoreError::AlreadyExists)
+    }
+
+    /// Deletes a file (not a directory).
+    pub async fn remove(&self, path: &VirtualPath) -> CoreResult<()> {
+        let result = self.remove_inner(path).await;
+        self.publish(EventKind::Delete, Some(path), None, result.as_ref().err());
+        result
+    }
+
+    async fn remove_inner(&self, path: &VirtualPath) -> CoreResult<()> {
+        self.check(Permission::Delete, path)?;
+        let meta = self.storage().symlink_metadata(path.relative()).await?;
+        if meta.is_dir() {
+            return Err(CoreError::IsADirectory);
+        }
+        self.storage().remove_file(path.relative()).await?;
+        if meta.is_file() {
+            self.quota().release_bytes(meta.size);
+            self.quota().release_file();
+            self.persist_usage(-(meta.size as i64), -1).await;
+        }
+        Ok(())
+    }
+
+    pub async fn mkdir(&self, path: &VirtualPath) -> CoreResult<()> {
+        let result = async {
+            if path.is_root() {
+                return Err(CoreError::AlreadyExists);
+            }
+            self.check(Permission::Mkdir, path)?;
+            Ok(self.storage().create_dir(path.relative()).await?)
+        }
+        .await;
+        self.publish(EventKind::Mkdir, Some(path), None, result.as_ref().err());
+        result
+    }
+
+    pub async fn rmdir(&self, path: &VirtualPath) -> CoreResult<()> {
+        let result = async {
+            if path.is_root() {
+                return Err(CoreError::AccessDenied);
+            }
+            self.check(Permission::Rmdir, path)?;
+            Ok(self.storage().remove_dir(path.relative()).await?)
+        }
+        .await;
+        self.publish(EventKind::Rmdir, Some(path), None, result.as_ref().err());
+        result
+    }
+
+    /// Renames a file or directory; replacing an existing file at `to` also needs `overwrite` there.
+    pub async fn rename(&self, from: &VirtualPath, to: &VirtualPath) -> CoreResult<()> {
+        let result = self.rename_inner(from, to).await;
+        self.publish(
+            EventKind::Rename,
+            Some(from),
+            Some(to),
+            result.as_ref().err(),
+        );
+        result
+    }
+
+    async fn rename_inner(&self, from: &VirtualPath, to: &VirtualPath) -> CoreResult<()> {
+        if from.is_root() || to.is_root() {
+            return Err(CoreError::AccessDenied);
+        }
+        self.check(Permission::Rename, from)?;
+        self.check(Permission::Rename, to)?;
+        self.storage().symlink_metadata(from.relative()).await?;
+        let replaced = match self.storage().symlink_metadata(to.relative()).await {
+            Ok(meta) if meta.is_dir() => return Err(CoreError::AlreadyExists),
+            Ok(meta) => {
+                self.check(Permission::Overwrite, to)?;
+                Some(meta)
+            }
+            Err(_) => None,
+        };
+        self.storage()
+            .rename(from.relative(), to.relative())
+            .await?;
+        if let Some(meta) = replaced.filter(|m| m.is_file()) {
+            self.quota().release_bytes(meta.size);
+            self.quota().release_file();
+            self.persist_usage(-(meta.size as i64), -1).await;
+        }
+        Ok(())
+    }
+
+    pub async fn set_modified(&self, path: &VirtualPath, time: SystemTime) -> CoreResult<()> {
+        let result = async {
+            self.check(Permission::SetTime, path)?;
+            Ok(self.storage().set_modified(path.relative(), time).await?)
+        }
+        .await;
+        self.publish(EventKind::SetTime, Some(path), None, result.as_ref().err());
+        result
+    }
+
+    /// Changes Unix permission bits (only the 0o777 bits; setuid and friends are refused).
+    pub async fn set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
+        let result = async {
+            self.check(Permission::Chmod, path)?;
+            if mode & !0o777 != 0 {
+                return Err(CoreError::InvalidArgument(format!(
+                    "mode {mode:o} not allowed"
+                )));
+            }
+            Ok(self.storage().set_mode(path.relative(), mode).await?)
+        }
+        .await;
+        self.publish(EventKind::Chmod, Some(path), None, result.as_ref().err());
+        result
+    }
+
+    /// Truncates or extends a file to `len` bytes.
+    pub async fn set_len(&self, path: &VirtualPath, len: u64) -> CoreResult<()> {
+        self.check(Permission::Overwrite, path)?;
+        let meta = self.storage().metadata(path.relative()).await?;
+        if meta.is_dir() {
+            return Err(CoreError::IsADirectory);
+        }
+        if len > meta.size {
+            self.quota().reserve_bytes(len - meta.size)?;
+        }
+        if let Err(e) = self.storage().set_len(path.relative(), len).await {
+            if len > meta.size {
+                self.quota().release_bytes(len - meta.size);
+            }
+            return Err(e.into());
+        }
+        if len < meta.size {
+            self.quota().release_bytes(meta.size - len);
+        }
+        self.persist_usage(len as i64 - meta.size as i64, 0).await;
+        Ok(())
+    }
+
+    /// Hashes `length` bytes (to the end when `None`) of a file from `start`, in lower-case hex, and returns the
+    /// hash with the range actually covered (`end` exclusive).
+    pub async fn checksum(
+        &self,
+        path: &VirtualPath,
+        algorithm: HashAlgorithm,
+        start: u64,
+        length: Option<u64>,
+    ) -> CoreResult<(String, u64, u64)> {
+        self.check(Permission::Download, path)?;
+        let meta = self.storage().metadata(path.relative()).await?;
+        if meta.is_dir() {
+            return Err(CoreError::IsADirectory);
+        }
+        if start > meta.size {
+            return Err(CoreError::InvalidArgument(format!(
+                "offset {start} is beyond the file size {}",
+                meta.size
+            )));
+        }
+        let end = length.map_or(meta.size, |l| start.saturating_add(l).min(meta.size));
+        let mut reader = self.storage().open_read(path.relative(), start).await?;
+        let mut hasher = algorithm.hasher();
+        let mut remaining = end - start;
+        let mut buf = vec![0u8; HASH_CHUNK];
+        while remaining > 0 {
+            use tokio::io::AsyncReadExt;
+            let want = buf
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            let n = reader.read(&mut buf[..want]).await?;
+            if n == 0 {
+                break;
+            }
+            remaining -= n as u64;
+            // Hashing is CPU work: keep it off the async runtime.
+            let (h, b) = tokio::task::spawn_blocking(move || {
+                hasher.update(&buf[..n]);
+                (hasher, buf)
+            })
+            .await
+            .map_err(|e| CoreError::Io(std::io::Error::other(e)))?;
+            hasher = h;
+            buf = b;
+        }
+        Ok((hasher.finish_hex(), start, end - remaining))
+    }
+
+    /// Bytes the account can still store: the smaller of its remaining quota and the free space on disk.
+    pub async fn available_space(&self) -> CoreResult<Option<u64>> {
+        let free = self.storage().free_space().await?;
+        Ok(match (self.quota().remaining_bytes(), free) {
+            (Some(q), Some(f)) => Some(q.min(f)),
+            (q, f) => q.or(f),
+        })
+    }
+
+    pub(crate) async fn persist_usage(&self, bytes: i64, files: i64) {
+        if bytes == 0 && files == 0 {
+            return;
+        }
+        if let Some(store) = &self.inner.store {
+            if let Err(e) = store
+                .add_usage(&self.inner.account.name, bytes, files)
+                .await
+            {
+                tracing::error!(user = %self.inner.account.name, error = %e, "cannot store quota usage");
+            }
+        }
+    }
+
+    pub(crate) fn publish_transfer(
+        &self,
+        kind: EventKind,
+        path: &VirtualPath,
+        bytes: u64,
+        duration: Duration,
+        error: Option<String>,
+    ) {
+        let mut event = self.event(kind, Some(path), None);
+        event.bytes = bytes;
+        event.duration = duration;
+        event.error = error;
+        self.inner.events.publish(event);
+    }
+
+    fn publish(
+        &self,
+        kind: EventKind,
+        path: Option<&VirtualPath>,
+        target: Option<&VirtualPath>,
+        error: Option<&CoreError>,
+    ) {
+        let mut event = self.event(kind, path, target);
+        event.error = error.map(ToString::to_string);
+        self.inner.events.publish(event);
+    }
+
+    fn event(
+        &self,
+        kind: EventKind,
+        path: Option<&VirtualPath>,
+        target: Option<&VirtualPath>,
+    ) -> Event {
+        let mut event = self.inner.base_event(kind);
+        event.path = path.map(ToString::to_string);
+        event.target = target.map(ToString::to_string);
+        event.real_path = path.map(|p| {
+            self.inner
+                .account
+                .home
+                .join(p.relative())
+                .to_string_lossy()
+                .into_owned()
+        });
+        event
+    }
+}
+
+impl SessionInner {
+    fn base_event(&self, kind: EventKind) -> Event {
+        Event::new(kind, &self.client, &self.account.name)
+    }
+}
+
+impl Drop for SessionInner {
+    fn drop(&mut self) {
+        self.events.publish(self.base_event(EventKind::Logout));
+    }
+}

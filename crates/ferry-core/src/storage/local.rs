@@ -1,0 +1,455 @@
+//! Local filesystem storage, confined with cap-std: every path is resolved beneath the root directory handle
+//! (openat2 with RESOLVE_BENEATH where the kernel has it, a checked component-by-component walk otherwise), so
+//! `..`, absolute symlinks and symlinks that climb out of the root fail with an error instead of escaping.
+
+use std::io::{self, Seek, SeekFrom};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use cap_fs_ext::{DirExt, SystemTimeSpec};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, MetadataExt, OpenOptions, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
+use tokio::sync::mpsc;
+
+use super::{
+    Capabilities, DirEntry, DirStream, FileKind, FileReader, FileWriter, Metadata, Storage,
+    WriteMode,
+};
+use crate::account::QuotaUsage;
+
+/// How many listing entries may wait between the directory walker and the front-end.
+const LISTING_QUEUE: usize = 128;
+
+/// Storage in a local directory.
+#[derive(Clone)]
+pub struct LocalStorage {
+    root: Arc<Dir>,
+}
+
+impl LocalStorage {
+    /// Opens `root` (creating it if needed, mode 0700) as the confinement root.
+    pub async fn open(root: &Path) -> io::Result<Self> {
+        let root = root.to_owned();
+        blocking(move || {
+            if !root.exists() {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&root)?;
+            }
+            Ok(LocalStorage {
+                root: Arc::new(Dir::open_ambient_dir(&root, ambient_authority())?),
+            })
+        })
+        .await
+    }
+
+    async fn run<T, F>(&self, f: F) -> io::Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Dir) -> io::Result<T> + Send + 'static,
+    {
+        let root = Arc::clone(&self.root);
+        blocking(move || f(&root)).await
+    }
+}
+
+/// Runs blocking filesystem work off the async runtime.
+async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// cap-std wants `.` for the root itself.
+fn rel(path: &str) -> &str {
+    if path.is_empty() {
+        "."
+    } else {
+        path
+    }
+}
+
+fn convert_metadata(m: &cap_std::fs::Metadata) -> Metadata {
+    let kind = if m.is_symlink() {
+        FileKind::Symlink
+    } else if m.is_dir() {
+        FileKind::Dir
+    } else if m.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    Metadata {
+        kind,
+        size: m.len(),
+        modified: unix_time(m.mtime(), m.mtime_nsec()),
+        accessed: unix_time(m.atime(), m.atime_nsec()),
+        mode: m.mode() & 0o7777,
+        nlink: m.nlink(),
+        uid: m.uid(),
+        gid: m.gid(),
+        unique_id: (u128::from(m.dev()) << 64) | u128::from(m.ino()),
+    }
+}
+
+fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
+    let nanos = Duration::from_nanos(u64::try_from(nsecs).unwrap_or(0));
+    match u64::try_from(secs) {
+        Ok(s) => UNIX_EPOCH + Duration::from_secs(s) + nanos,
+        Err(_) => UNIX_EPOCH,
+    }
+}
+
+/// Metadata of a listing entry itself (symlinks not followed) and, for a symlink, where it points.
+fn entry_metadata(dir: &Dir, path: &Path) -> io::Result<(Metadata, Option<String>)> {
+    let own = dir.symlink_metadata(path)?;
+    if !own.is_symlink() {
+        return Ok((convert_metadata(&own), None));
+    }
+    let target = dir
+        .read_link_contents(path)
+        .ok()
+        .map(|t| t.to_string_lossy().into_owned());
+    Ok((convert_metadata(&own), target))
+}
+
+struct LocalFile(tokio::fs::File);
+
+impl tokio::io::AsyncRead for LocalFile {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for LocalFile {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl FileReader for LocalFile {}
+impl FileWriter for LocalFile {}
+
+#[async_trait]
+impl Storage for LocalStorage {
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            resume: true,
+            atomic_rename: true,
+            sendfile: true,
+            symlinks: true,
+        }
+    }
+
+    async fn metadata(&self, path: &str) -> io::Result<Metadata> {
+        let path = rel(path).to_owned();
+        self.run(move |d| d.metadata(path).map(|m| convert_metadata(&m)))
+            .await
+    }
+
+    async fn symlink_metadata(&self, path: &str) -> io::Result<Metadata> {
+        let path = rel(path).to_owned();
+        self.run(move |d| d.symlink_metadata(path).map(|m| convert_metadata(&m)))
+            .await
+    }
+
+    async fn read_dir(&self, path: &str) -> io::Result<DirStream> {
+        let path = rel(path).to_owned();
+        let dir = self.run(move |d| d.open_dir(path)).await?;
+        let (tx, rx) = mpsc::channel(LISTING_QUEUE);
+        tokio::task::spawn_blocking(move || {
+            let entries = match dir.entries() {
+                Ok(entries) => entries,
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(e));
+                    return;
+                }
+            };
+            for entry in entries {
+                let item = entry.and_then(|entry| {
+                    let name = entry.file_name();
+                    let (metadata, link_target) = entry_metadata(&dir, Path::new(&name))?;
+                    Ok(DirEntry {
+                        name: name.to_string_lossy().into_owned(),
+                        metadata,
+                        link_target,
+                    })
+                });
+                if tx.blocking_send(item).is_err() {
+                    return; // the listing was dropped
+                }
+            }
+        });
+        Ok(DirStream::new(rx))
+    }
+
+    async fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileReader>> {
+        let path = rel(path).to_owned();
+        let file = self
+            .run(move |d| {
+                let file = d.open(path)?.into_std();
+                if file.metadata()?.is_dir() {
+                    return Err(io::Error::from(io::ErrorKind::IsADirectory));
+                }
+                let mut file = file;
+                if offset > 0 {
+                    file.seek(SeekFrom::Start(offset))?;
+                }
+                Ok(file)
+            })
+            .await?;
+        Ok(Box::new(LocalFile(tokio::fs::File::from_std(file))))
+    }
+
+    async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>> {
+        let path = rel(path).to_owned();
+        let file = self
+            .run(move |d| {
+                let mut options = OpenOptions::new();
+                options.write(true);
+                match mode {
+                    WriteMode::Truncate => options.create(true).truncate(true),
+                    WriteMode::CreateNew => options.create_new(true),
+                    WriteMode::At { .. } => options.create(true),
+                    WriteMode::Append => options.create(true).append(true),
+                };
+                let mut file = d.open_with(path, &options)?.into_std();
+                if let WriteMode::At { offset, truncate } = mode {
+                    if truncate {
+                        file.set_len(offset)?;
+                    }
+                    file.seek(SeekFrom::Start(offset))?;
+                }
+                Ok(file)
+            })
+            .await?;
+        Ok(Box::new(LocalFile(tokio::fs::File::from_std(file))))
+    }
+
+    async fn create_dir(&self, path: &str) -> io::Result<()> {
+        let path = rel(path).to_owned();
+        self.run(move |d| d.create_dir(path)).await
+    }
+
+    async fn remove_dir(&self, path: &str) -> io::Result<()> {
+        let path = rel(path).to_owned();
+        self.run(move |d| d.remove_dir(path)).await
+    }
+
+    async fn remove_file(&self, path: &str) -> io::Result<()> {
+        let path = rel(path).to_owned();
+        self.run(move |d| d.remove_file(path)).await
+    }
+
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (rel(from).to_owned(), rel(to).to_owned());
+        self.run(move |d| d.rename(from, d, to)).await
+    }
+
+    async fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()> {
+        let path = rel(path).to_owned();
+        self.run(move |d| {
+            d.set_times(
+                path,
+                None,
+                Some(SystemTimeSpec::Absolute(
+                    cap_std::time::SystemTime::from_std(time),
+                )),
+            )
+        })
+        .await
+    }
+
+    async fn set_mode(&self, path: &str, mode: u32) -> io::Result<()> {
+        let path = rel(path).to_owned();
+        self.run(move |d| {
+            d.set_permissions(path, cap_std::fs::Permissions::from_mode(mode & 0o7777))
+        })
+        .await
+    }
+
+    async fn set_len(&self, path: &str, len: u64) -> io::Result<()> {
+        let path = rel(path).to_owned();
+        self.run(move |d| {
+            d.open_with(path, OpenOptions::new().write(true))?
+                .set_len(len)
+        })
+        .await
+    }
+
+    async fn read_link(&self, path: &str) -> io::Result<String> {
+        let path = rel(path).to_owned();
+        self.run(move |d| {
+            d.read_link_contents(path)
+                .map(|p| p.to_string_lossy().into_owned())
+        })
+        .await
+    }
+
+    async fn symlink(&self, target: &str, link: &str) -> io::Result<()> {
+        let (target, link) = (target.to_owned(), rel(link).to_owned());
+        self.run(move |d| d.symlink(target, link)).await
+    }
+
+    async fn hard_link(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (rel(from).to_owned(), rel(to).to_owned());
+        self.run(move |d| d.hard_link(from, d, to)).await
+    }
+
+    async fn free_space(&self) -> io::Result<Option<u64>> {
+        self.run(|d| {
+            use std::os::fd::AsRawFd;
+            let mut st = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+            // SAFETY: the fd is a valid open directory for the duration of the call and `st` is writable.
+            let rc = unsafe { libc::fstatvfs(d.as_raw_fd(), st.as_mut_ptr()) };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: fstatvfs succeeded, so it filled `st`.
+            let st = unsafe { st.assume_init() };
+            Ok(Some(st.f_bavail.saturating_mul(st.f_frsize)))
+        })
+        .await
+    }
+
+    async fn disk_usage(&self, path: &str) -> io::Result<QuotaUsage> {
+        let path = rel(path).to_owned();
+        self.run(move |d| {
+            let mut usage = QuotaUsage::default();
+            let mut pending = vec![d.open_dir(path)?];
+            while let Some(dir) = pending.pop() {
+                for entry in dir.entries()? {
+                    let entry = entry?;
+                    let file_type = entry.file_type()?;
+                    if file_type.is_dir() {
+                        pending.push(entry.open_dir()?);
+                    } else if file_type.is_file() {
+                        usage.files += 1;
+                        usage.bytes += entry.metadata()?.len();
+                    }
+                }
+            }
+            Ok(usage)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn storage() -> (tempfile::TempDir, LocalStorage) {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let s = LocalStorage::open(&home).await.unwrap();
+        std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
+        (tmp, s)
+    }
+
+    #[tokio::test]
+    async fn symlink_pointing_outside_is_not_followed() {
+        let (tmp, s) = storage().await;
+        std::os::unix::fs::symlink(tmp.path().join("secret"), tmp.path().join("home/abs")).unwrap();
+        std::os::unix::fs::symlink("../secret", tmp.path().join("home/rel")).unwrap();
+        for link in ["abs", "rel"] {
+            assert!(s.open_read(link, 0).await.is_err(), "{link} escaped");
+            assert!(
+                s.open_write(link, WriteMode::Truncate).await.is_err(),
+                "{link} escaped for writing"
+            );
+            assert!(s.metadata(link).await.is_err());
+        }
+        assert_eq!(
+            std::fs::read(tmp.path().join("secret")).unwrap(),
+            b"outside"
+        );
+    }
+
+    #[tokio::test]
+    async fn dot_dot_cannot_leave_the_root() {
+        let (_tmp, s) = storage().await;
+        assert!(s.open_read("../secret", 0).await.is_err());
+        assert!(s.read_dir("..").await.is_err());
+        assert!(s.create_dir("../evil").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn write_at_offset_truncates_and_resumes() {
+        let (_tmp, s) = storage().await;
+        let mut w = s.open_write("f", WriteMode::Truncate).await.unwrap();
+        w.write_all(b"hello world").await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let mut w = s
+            .open_write(
+                "f",
+                WriteMode::At {
+                    offset: 5,
+                    truncate: true,
+                },
+            )
+            .await
+            .unwrap();
+        w.write_all(b"!!").await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        let mut r = s.open_read("f", 3).await.unwrap();
+        let mut out = String::new();
+        r.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "lo!!");
+    }
+
+    #[tokio::test]
+    async fn listing_streams_every_entry() {
+        let (tmp, s) = storage().await;
+        for i in 0..300 {
+            std::fs::write(tmp.path().join(format!("home/f{i}")), b"x").unwrap();
+        }
+        let mut stream = s.read_dir("").await.unwrap();
+        let mut n = 0;
+        while let Some(e) = stream.next().await {
+            assert_eq!(e.unwrap().metadata.size, 1);
+            n += 1;
+        }
+        assert_eq!(n, 300);
+        assert_eq!(
+            s.disk_usage("").await.unwrap(),
+            QuotaUsage {
+                bytes: 300,
+                files: 300
+            }
+        );
+    }
+}

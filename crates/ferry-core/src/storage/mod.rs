@@ -1,0 +1,141 @@
+//! The storage trait: where file data lives. Paths handed to a [`Storage`] are relative to its root (`""` is the
+//! root itself) and come from a [`crate::vpath::VirtualPath`]; an implementation must still never let one resolve
+//! outside the root, whatever symlinks it meets.
+
+pub mod local;
+
+use std::io;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::account::QuotaUsage;
+
+/// The kind of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileKind {
+    File,
+    Dir,
+    Symlink,
+    Other,
+}
+
+/// What storage knows about a file.
+#[derive(Clone, Debug)]
+pub struct Metadata {
+    pub kind: FileKind,
+    pub size: u64,
+    pub modified: SystemTime,
+    pub accessed: SystemTime,
+    /// Unix permission bits (`0o755`).
+    pub mode: u32,
+    pub nlink: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// A stable identity for the file (device and inode for local storage).
+    pub unique_id: u128,
+}
+
+impl Metadata {
+    pub fn is_dir(&self) -> bool {
+        self.kind == FileKind::Dir
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.kind == FileKind::File
+    }
+}
+
+/// One entry of a directory listing.
+#[derive(Clone, Debug)]
+pub struct DirEntry {
+    pub name: String,
+    pub metadata: Metadata,
+    /// Where a symlink points, for `ls -l` style listings.
+    pub link_target: Option<String>,
+}
+
+/// How to open a file for writing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    /// Create the file or truncate an existing one.
+    Truncate,
+    /// Create a new file; `AlreadyExists` if the name is taken.
+    CreateNew,
+    /// Write from `offset` on, creating the file if needed; with `truncate`, data beyond `offset` is dropped first.
+    At { offset: u64, truncate: bool },
+    /// Write at the end, creating the file if needed.
+    Append,
+}
+
+/// A file open for reading.
+pub trait FileReader: AsyncRead + Send + Unpin {}
+
+/// A file open for writing. Dropping it without [`tokio::io::AsyncWriteExt::shutdown`] may lose buffered data.
+pub trait FileWriter: AsyncWrite + Send + Unpin {}
+
+/// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.
+pub struct DirStream {
+    entries: mpsc::Receiver<io::Result<DirEntry>>,
+}
+
+impl DirStream {
+    /// A stream fed by a producer through a bounded channel; the producer stops when the stream is dropped.
+    pub fn new(entries: mpsc::Receiver<io::Result<DirEntry>>) -> Self {
+        DirStream { entries }
+    }
+
+    /// A stream holding exactly these entries.
+    pub fn from_entries(entries: Vec<DirEntry>) -> Self {
+        let (tx, rx) = mpsc::channel(entries.len().max(1));
+        for entry in entries {
+            // Cannot fail: the channel has room for every entry and the receiver is alive.
+            let _ = tx.try_send(Ok(entry));
+        }
+        DirStream { entries: rx }
+    }
+
+    pub async fn next(&mut self) -> Option<io::Result<DirEntry>> {
+        self.entries.recv().await
+    }
+}
+
+/// What a storage backend can do, so that front-ends can advertise only what works.
+#[derive(Clone, Copy, Debug)]
+pub struct Capabilities {
+    pub resume: bool,
+    pub atomic_rename: bool,
+    pub sendfile: bool,
+    pub symlinks: bool,
+}
+
+/// File data, rooted at one directory (an account's home).
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    fn capabilities(&self) -> Capabilities;
+    /// Metadata, following symlinks that stay inside the root.
+    async fn metadata(&self, path: &str) -> io::Result<Metadata>;
+    /// Metadata of the entry itself, not following a final symlink.
+    async fn symlink_metadata(&self, path: &str) -> io::Result<Metadata>;
+    async fn read_dir(&self, path: &str) -> io::Result<DirStream>;
+    async fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileReader>>;
+    async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>>;
+    async fn create_dir(&self, path: &str) -> io::Result<()>;
+    async fn remove_dir(&self, path: &str) -> io::Result<()>;
+    async fn remove_file(&self, path: &str) -> io::Result<()>;
+    /// Renames, replacing an existing file at `to`.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    async fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()>;
+    async fn set_mode(&self, path: &str, mode: u32) -> io::Result<()>;
+    async fn set_len(&self, path: &str, len: u64) -> io::Result<()>;
+    async fn read_link(&self, path: &str) -> io::Result<String>;
+    /// Creates a symlink at `link` pointing to `target`, a path relative to the link's directory.
+    async fn symlink(&self, target: &str, link: &str) -> io::Result<()>;
+    async fn hard_link(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Free bytes on the device holding the root, when known.
+    async fn free_space(&self) -> io::Result<Option<u64>>;
+    /// Total size and number of regular files below `path` (symlinks not followed), for quota rescans.
+    async fn disk_usage(&self, path: &str) -> io::Result<QuotaUsage>;
+}

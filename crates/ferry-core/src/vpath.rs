@@ -1,0 +1,198 @@
+//! Virtual paths: what a client names, normalised before it ever reaches storage.
+//!
+//! A [`VirtualPath`] is always absolute inside the account's home (`/` is the home itself), has no `.` or `..`
+//! components and no NUL bytes. Normalisation is the first line of defence; the storage layer still resolves every
+//! path beneath the home at the OS level (see [`crate::storage::local`]), so a symlink cannot lead outside either.
+
+use std::fmt;
+
+use crate::error::CoreError;
+
+/// Longest client path accepted, in bytes (Linux's PATH_MAX).
+pub const MAX_PATH_LEN: usize = 4096;
+
+/// A normalised absolute path inside an account's home.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VirtualPath(String);
+
+impl VirtualPath {
+    /// The home itself.
+    pub fn root() -> Self {
+        VirtualPath("/".to_owned())
+    }
+
+    /// Resolves client input against the current directory `cwd`, the way a shell would, except that `..` at the
+    /// root stays at the root.
+    pub fn resolve(cwd: &VirtualPath, input: &str) -> Result<VirtualPath, CoreError> {
+        if input.len() > MAX_PATH_LEN {
+            return Err(CoreError::InvalidName("path too long".into()));
+        }
+        if input.contains('\0') {
+            return Err(CoreError::InvalidName("path contains a NUL byte".into()));
+        }
+        let mut parts: Vec<&str> = if input.starts_with('/') {
+            Vec::new()
+        } else {
+            cwd.components().collect()
+        };
+        for part in input.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                name => parts.push(name),
+            }
+        }
+        let mut path = String::with_capacity(input.len() + cwd.0.len() + 1);
+        for part in &parts {
+            path.push('/');
+            path.push_str(part);
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        Ok(VirtualPath(path))
+    }
+
+    /// Parses an already absolute path (for example from configuration).
+    pub fn parse(input: &str) -> Result<VirtualPath, CoreError> {
+        Self::resolve(&Self::root(), input)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0 == "/"
+    }
+
+    /// The components, outermost first; empty for the root.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|c| !c.is_empty())
+    }
+
+    /// The path relative to the home, as handed to storage: `""` for the root, else `a/b`.
+    pub fn relative(&self) -> &str {
+        &self.0[1..]
+    }
+
+    /// The last component, or `None` for the root.
+    pub fn file_name(&self) -> Option<&str> {
+        self.components().last()
+    }
+
+    /// The parent directory; the root is its own parent.
+    pub fn parent(&self) -> VirtualPath {
+        match self.0.rfind('/') {
+            Some(0) | None => Self::root(),
+            Some(i) => VirtualPath(self.0[..i].to_owned()),
+        }
+    }
+
+    /// Appends one plain name (no slashes).
+    pub fn join(&self, name: &str) -> Result<VirtualPath, CoreError> {
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.contains('\0')
+        {
+            return Err(CoreError::InvalidName(format!(
+                "invalid file name {name:?}"
+            )));
+        }
+        let mut path = self.0.clone();
+        if !self.is_root() {
+            path.push('/');
+        }
+        path.push_str(name);
+        Ok(VirtualPath(path))
+    }
+
+    /// Whether `self` is `prefix` or lies inside it.
+    pub fn starts_with(&self, prefix: &VirtualPath) -> bool {
+        prefix.is_root()
+            || self.0 == prefix.0
+            || (self.0.starts_with(&prefix.0)
+                && self.0.as_bytes().get(prefix.0.len()) == Some(&b'/'))
+    }
+}
+
+impl fmt::Display for VirtualPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for VirtualPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn vp(s: &str) -> VirtualPath {
+        VirtualPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn dot_dot_at_root_stays_at_root() {
+        assert_eq!(
+            VirtualPath::resolve(&vp("/"), "../../etc/passwd").unwrap(),
+            vp("/etc/passwd")
+        );
+        assert_eq!(
+            VirtualPath::resolve(&vp("/a/b"), "../../../x").unwrap(),
+            vp("/x")
+        );
+    }
+
+    #[test]
+    fn relative_input_joins_cwd() {
+        assert_eq!(
+            VirtualPath::resolve(&vp("/a"), "b/./c//d").unwrap(),
+            vp("/a/b/c/d")
+        );
+        assert_eq!(VirtualPath::resolve(&vp("/a"), "/z").unwrap(), vp("/z"));
+        assert_eq!(VirtualPath::resolve(&vp("/a"), "").unwrap(), vp("/a"));
+    }
+
+    #[test]
+    fn nul_bytes_are_rejected() {
+        assert!(VirtualPath::resolve(&vp("/"), "a\0b").is_err());
+    }
+
+    #[test]
+    fn parent_and_file_name() {
+        assert_eq!(vp("/a/b").parent(), vp("/a"));
+        assert_eq!(vp("/a").parent(), vp("/"));
+        assert_eq!(vp("/").parent(), vp("/"));
+        assert_eq!(vp("/a/b").file_name(), Some("b"));
+        assert_eq!(vp("/").file_name(), None);
+        assert_eq!(vp("/a/b").relative(), "a/b");
+    }
+
+    #[test]
+    fn starts_with_respects_component_boundaries() {
+        assert!(vp("/ab/c").starts_with(&vp("/ab")));
+        assert!(!vp("/abc").starts_with(&vp("/ab")));
+        assert!(vp("/x").starts_with(&vp("/")));
+    }
+
+    proptest! {
+        #[test]
+        fn resolved_paths_are_normalised(cwd in "(/[a-z.]{1,3}){0,4}", input in "[a-z./\\\\]{0,40}") {
+            let cwd = VirtualPath::parse(&cwd).unwrap();
+            let p = VirtualPath::resolve(&cwd, &input).unwrap();
+            prop_assert!(p.as_str().starts_with('/'));
+            prop_assert!(p.components().all(|c| c != "." && c != ".." && !c.is_empty()));
+            prop_assert!(!p.relative().starts_with('/'));
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! The classic wu-ftpd/vsftpd transfer log (`xferlog(5)`), written by an event-bus subscriber.
+
+use std::path::Path;
+
+use time::OffsetDateTime;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::auth::ANONYMOUS_NAMES;
+use crate::events::{Event, EventBus, EventKind};
+
+/// One xferlog line for a finished upload or download, or `None` for other events.
+pub fn format_line(event: &Event) -> Option<String> {
+    let direction = match event.kind {
+        EventKind::Upload => 'i',
+        EventKind::Download => 'o',
+        _ => return None,
+    };
+    let time = OffsetDateTime::from(event.time);
+    let format = time::macros::format_description!(
+        "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year]"
+    );
+    let when = time.format(&format).ok()?;
+    let anonymous = ANONYMOUS_NAMES.contains(&event.username.as_str());
+    let path = event
+        .real_path
+        .as_deref()
+        .or(event.path.as_deref())
+        .unwrap_or("-");
+    Some(format!(
+        "{when} {secs} {host} {bytes} {file} b _ {direction} {mode} {user} {service} 0 * {status}",
+        secs = event.duration.as_secs().max(u64::from(
+            event.duration.subsec_nanos() > 0 && event.duration.as_secs() == 0
+        )),
+        host = event.remote_ip,
+        bytes = event.bytes,
+        file = path.replace(char::is_whitespace, "_"),
+        mode = if anonymous { 'a' } else { 'r' },
+        user = event.username,
+        service = event.protocol,
+        status = if event.succeeded() { 'c' } else { 'i' },
+    ))
+}
+
+/// Appends a line to `path` for every finished transfer published on `events`, until the bus closes.
+pub async fn run(events: &EventBus, path: &Path) -> std::io::Result<()> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
+    let mut rx = events.subscribe();
+    loop {
+        match rx.recv().await {
+            Ok(event) => {
+                if let Some(mut line) = format_line(&event) {
+                    line.push('\n');
+                    file.write_all(line.as_bytes()).await?;
+                    file.flush().await?;
+                }
+            }
+            Err(RecvError::Lagged(n)) => {
+                tracing::warn!(missed = n, "xferlog fell behind; some transfers not logged")
+            }
+            Err(RecvError::Closed) => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::Protocol;
+    use crate::session::ClientInfo;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn upload_line_has_the_eighteen_fields() {
+        let client = ClientInfo::new(Protocol::Ftp, "127.0.0.1".parse().unwrap());
+        let mut e = Event::new(EventKind::Upload, &client, "alice");
+        e.time = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        e.bytes = 1234;
+        e.duration = Duration::from_secs(3);
+        e.real_path = Some("/srv/alice/my file".into());
+        let line = format_line(&e).unwrap();
+        assert_eq!(
+            line,
+            "Tue Nov 14 22:13:20 2023 3 127.0.0.1 1234 /srv/alice/my_file b _ i r alice ftp 0 * c"
+        );
+        assert_eq!(line.split_whitespace().count(), 18);
+        assert!(format_line(&Event::new(EventKind::Login, &client, "alice")).is_none());
+    }
+}
