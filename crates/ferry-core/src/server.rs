@@ -151,8 +151,19 @@ impl ServerCore {
         self.inner.shutdown.send_replace(true);
     }
 
-    /// A receiver that turns `true` when the server shuts down.
-    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
-        self.inner.shutdown.subscribe()
+    /// A signal that fires when the server shuts down.
+    pub fn shutdown_signal(&self) -> ShutdownSignal {
+        ShutdownSignal(self.inner.shutdown.subscribe())
+    }
+}
+
+/// Fires once the server starts shutting down.
+pub struct ShutdownSignal(watch::Receiver<bool>);
+
+impl ShutdownSignal {
+    /// Waits until shutdown has begun (returns at once if it already has).
+    pub async fn wait(&mut self) {
+        // The sender lives as long as the core; an error can only mean it is gone, which is a shutdown too.
+        let _ = self.0.wait_for(|down| *down).await;
     }
 }

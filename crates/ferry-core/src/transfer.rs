@@ -1,6 +1,7 @@
 //! Uploads and downloads in progress. An [`Upload`] reserves quota for every chunk before writing it, so an upload
 //! is cut off at the quota instead of overrunning it; both publish their event when they end, however they end.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -122,7 +123,7 @@ impl Upload {
     }
 
     /// Ends the upload as failed because of `reason`, keeping what was written (see [`UploadMode::Atomic`]).
-    pub async fn fail(mut self, reason: &CoreError) {
+    pub async fn fail(mut self, reason: impl fmt::Display) {
         if let Some(s) = self.state.take() {
             fail_upload(s, reason.to_string()).await;
         }
@@ -243,7 +244,7 @@ impl Download {
         self.record(None);
     }
 
-    pub fn fail(mut self, reason: &CoreError) {
+    pub fn fail(mut self, reason: impl fmt::Display) {
         self.record(Some(reason.to_string()));
     }
 

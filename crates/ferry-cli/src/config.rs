@@ -1,0 +1,309 @@
+//! `ferry serve` settings: command-line flags, `FERRY_*` environment variables and a TOML file, in that order of
+//! precedence over the built-in defaults. Flags and environment are merged by clap; the file fills what is left.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use ferry_core::limits::Limits;
+use ferry_core::transfer::UploadMode;
+use serde::Deserialize;
+
+/// Where `ferry serve` and `ferry user` keep their state when not told otherwise.
+pub const DEFAULT_DATA_DIR: &str = "ferry-data";
+const DEFAULT_FTP: &str = "0.0.0.0:2121";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UploadModeArg {
+    Direct,
+    Atomic,
+}
+
+/// Flags of `ferry serve`. Every one may also come from `FERRY_<NAME>` or the `--config` file.
+#[derive(Args, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeArgs {
+    /// TOML configuration file; its keys are the flag names with underscores.
+    #[arg(long, env = "FERRY_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Directory for the account database, files and generated keys [default: ./ferry-data].
+    #[arg(long, env = "FERRY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// FTP listener (explicit FTPS via AUTH TLS on the same port) [default: 0.0.0.0:2121].
+    #[arg(long, env = "FERRY_FTP")]
+    pub ftp: Option<String>,
+    /// Implicit FTPS listener (TLS from the first byte), off by default.
+    #[arg(long, env = "FERRY_FTPS")]
+    pub ftps: Option<String>,
+    /// Passive data ports, e.g. 50000-51000 [default: any free port].
+    #[arg(long, env = "FERRY_PASSIVE_PORTS")]
+    pub passive_ports: Option<String>,
+    /// Address advertised in PASV replies, for servers behind NAT.
+    #[arg(long, env = "FERRY_PASSIVE_HOST")]
+    pub passive_host: Option<String>,
+    /// Enable read-only anonymous login (user anonymous or ftp) rooted at DIR.
+    #[arg(long, env = "FERRY_ANONYMOUS")]
+    pub anonymous: Option<PathBuf>,
+    /// TLS certificate chain (PEM) [default: generated in DATA_DIR/tls].
+    #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "FERRY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Refuse logins and data transfers without TLS (anonymous excepted).
+    #[arg(long, env = "FERRY_REQUIRE_TLS", num_args = 0..=1, default_missing_value = "true")]
+    pub require_tls: Option<bool>,
+    /// Refuse TLS data connections that do not resume the control connection's TLS session.
+    #[arg(long, env = "FERRY_REQUIRE_TLS_RESUMPTION", num_args = 0..=1, default_missing_value = "true")]
+    pub require_tls_resumption: Option<bool>,
+    /// Most connections at once, all protocols [default: 20000].
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most connections at once from one address [default: unlimited].
+    #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+    /// Seconds a session may stay idle [default: 300].
+    #[arg(long, env = "FERRY_IDLE_TIMEOUT")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds from connecting to a successful login [default: 60].
+    #[arg(long, env = "FERRY_LOGIN_TIMEOUT")]
+    pub login_timeout: Option<u64>,
+    /// Seconds to open a data connection, and that a data connection may stall [default: 60].
+    #[arg(long, env = "FERRY_DATA_TIMEOUT")]
+    pub data_timeout: Option<u64>,
+    /// Milliseconds of delay after a failed login [default: 1000].
+    #[arg(long, env = "FERRY_FAILED_LOGIN_DELAY_MS")]
+    pub failed_login_delay_ms: Option<u64>,
+    /// Failed logins after which the connection is closed [default: 3].
+    #[arg(long, env = "FERRY_MAX_LOGIN_FAILURES")]
+    pub max_login_failures: Option<u32>,
+    /// How uploads reach their final name [default: direct].
+    #[arg(long, env = "FERRY_UPLOAD_MODE", value_enum)]
+    pub upload_mode: Option<UploadModeArg>,
+    /// Write completed transfers to FILE in xferlog format.
+    #[arg(long, env = "FERRY_XFERLOG")]
+    pub xferlog: Option<PathBuf>,
+    /// Log format on stderr [default: text].
+    #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+    /// Seconds running transfers get to finish after SIGTERM or Ctrl-C [default: 30].
+    #[arg(long, env = "FERRY_SHUTDOWN_GRACE")]
+    pub shutdown_grace: Option<u64>,
+}
+
+/// The merged settings `ferry serve` runs with.
+#[derive(Debug)]
+pub struct ServeConfig {
+    pub data_dir: PathBuf,
+    pub ftp: SocketAddr,
+    pub ftps: Option<SocketAddr>,
+    pub passive_ports: Option<RangeInclusive<u16>>,
+    pub passive_host: Option<IpAddr>,
+    pub anonymous: Option<PathBuf>,
+    pub tls_files: Option<(PathBuf, PathBuf)>,
+    pub require_tls: bool,
+    pub require_tls_resumption: bool,
+    pub limits: Limits,
+    pub upload_mode: UploadMode,
+    pub xferlog: Option<PathBuf>,
+    pub log_format: LogFormat,
+    pub shutdown_grace: Duration,
+}
+
+impl ServeArgs {
+    /// Fills every setting not given by flag or environment from `other` (the file).
+    fn or(self, other: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            data_dir: self.data_dir.or(other.data_dir),
+            ftp: self.ftp.or(other.ftp),
+            ftps: self.ftps.or(other.ftps),
+            passive_ports: self.passive_ports.or(other.passive_ports),
+            passive_host: self.passive_host.or(other.passive_host),
+            anonymous: self.anonymous.or(other.anonymous),
+            tls_cert: self.tls_cert.or(other.tls_cert),
+            tls_key: self.tls_key.or(other.tls_key),
+            require_tls: self.require_tls.or(other.require_tls),
+            require_tls_resumption: self.require_tls_resumption.or(other.require_tls_resumption),
+            max_connections: self.max_connections.or(other.max_connections),
+            max_connections_per_ip: self.max_connections_per_ip.or(other.max_connections_per_ip),
+            idle_timeout: self.idle_timeout.or(other.idle_timeout),
+            login_timeout: self.login_timeout.or(other.login_timeout),
+            data_timeout: self.data_timeout.or(other.data_timeout),
+            failed_login_delay_ms: self.failed_login_delay_ms.or(other.failed_login_delay_ms),
+            max_login_failures: self.max_login_failures.or(other.max_login_failures),
+            upload_mode: self.upload_mode.or(other.upload_mode),
+            xferlog: self.xferlog.or(other.xferlog),
+            log_format: self.log_format.or(other.log_format),
+            shutdown_grace: self.shutdown_grace.or(other.shutdown_grace),
+        }
+    }
+
+    /// Merges flags and environment with the config file and the defaults, and checks every value.
+    pub fn resolve(self) -> anyhow::Result<ServeConfig> {
+        let merged = match &self.config {
+            Some(path) => {
+                let file = load_file(path)?;
+                self.or(file)
+            }
+            None => self,
+        };
+        let defaults = Limits::default();
+        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
+        let limits = Limits {
+            max_connections: merged.max_connections.unwrap_or(defaults.max_connections),
+            max_connections_per_ip: merged
+                .max_connections_per_ip
+                .unwrap_or(defaults.max_connections_per_ip),
+            idle_timeout: secs(merged.idle_timeout, defaults.idle_timeout),
+            login_timeout: secs(merged.login_timeout, defaults.login_timeout),
+            data_timeout: secs(merged.data_timeout, defaults.data_timeout),
+            failed_login_delay: merged
+                .failed_login_delay_ms
+                .map_or(defaults.failed_login_delay, Duration::from_millis),
+            max_login_failures: merged
+                .max_login_failures
+                .unwrap_or(defaults.max_login_failures)
+                .max(1),
+            max_line_len: defaults.max_line_len,
+        };
+        let tls_files = match (merged.tls_cert, merged.tls_key) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
+        Ok(ServeConfig {
+            data_dir: merged
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            ftp: parse_addr(merged.ftp.as_deref().unwrap_or(DEFAULT_FTP)).context("--ftp")?,
+            ftps: merged
+                .ftps
+                .as_deref()
+                .map(parse_addr)
+                .transpose()
+                .context("--ftps")?,
+            passive_ports: merged
+                .passive_ports
+                .as_deref()
+                .map(parse_port_range)
+                .transpose()?,
+            passive_host: merged
+                .passive_host
+                .as_deref()
+                .map(resolve_host)
+                .transpose()?,
+            anonymous: merged.anonymous,
+            tls_files,
+            require_tls: merged.require_tls.unwrap_or(false),
+            require_tls_resumption: merged.require_tls_resumption.unwrap_or(false),
+            limits,
+            upload_mode: match merged.upload_mode {
+                Some(UploadModeArg::Atomic) => UploadMode::Atomic,
+                Some(UploadModeArg::Direct) | None => UploadMode::Direct,
+            },
+            xferlog: merged.xferlog,
+            log_format: merged.log_format.unwrap_or(LogFormat::Text),
+            shutdown_grace: secs(merged.shutdown_grace, Duration::from_secs(30)),
+        })
+    }
+}
+
+fn load_file(path: &Path) -> anyhow::Result<ServeArgs> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid configuration in {}", path.display()))
+}
+
+/// `127.0.0.1:2121`, `[::]:2121`, or a bare port (all IPv4 interfaces).
+fn parse_addr(s: &str) -> anyhow::Result<SocketAddr> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    s.parse()
+        .with_context(|| format!("{s:?} is not an address like 127.0.0.1:2121 or [::]:2121"))
+}
+
+fn parse_port_range(s: &str) -> anyhow::Result<RangeInclusive<u16>> {
+    let (a, b) = s
+        .split_once('-')
+        .with_context(|| format!("--passive-ports {s:?}: expected A-B"))?;
+    let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
+    if a == 0 || b < a {
+        bail!("--passive-ports {s:?}: expected 1 <= A <= B");
+    }
+    Ok(a..=b)
+}
+
+fn resolve_host(s: &str) -> anyhow::Result<IpAddr> {
+    if let Ok(ip) = s.parse() {
+        return Ok(ip);
+    }
+    use std::net::ToSocketAddrs;
+    (s, 0)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve --passive-host {s}"))?
+        .map(|a| a.ip())
+        .find(IpAddr::is_ipv4)
+        .with_context(|| format!("--passive-host {s} has no IPv4 address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("ferry.toml");
+        std::fs::write(
+            &file,
+            "ftp = \"127.0.0.1:2999\"\nidle_timeout = 30\nmax_connections = 5\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(file),
+            max_connections: Some(7),
+            ..ServeArgs::default()
+        };
+        let c = args.resolve().unwrap();
+        assert_eq!(c.ftp, "127.0.0.1:2999".parse().unwrap());
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.max_connections, 7);
+        assert_eq!(c.limits.login_timeout, Limits::default().login_timeout);
+    }
+
+    #[test]
+    fn unknown_file_keys_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("ferry.toml");
+        std::fs::write(&file, "idle_timout = 30\n").unwrap();
+        assert!(ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .is_err());
+    }
+
+    #[test]
+    fn addresses_and_ranges() {
+        assert_eq!(parse_addr("2121").unwrap(), "0.0.0.0:2121".parse().unwrap());
+        assert_eq!(parse_addr("[::1]:0").unwrap(), "[::1]:0".parse().unwrap());
+        assert!(parse_addr("nope").is_err());
+        assert_eq!(parse_port_range("50000-50010").unwrap(), 50000..=50010);
+        assert!(parse_port_range("5-1").is_err());
+    }
+}

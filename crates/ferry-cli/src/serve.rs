@@ -1,0 +1,205 @@
+//! `ferry serve`: prepares the data directory (database, admin account, TLS certificate), starts the listeners
+//! and the event subscribers, and shuts down gracefully on SIGTERM or Ctrl-C.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_core::account::{Account, AccountStore};
+use ferry_core::auth::{random_password, Authenticator};
+use ferry_core::events::{Event, EventBus};
+use ferry_core::server::{ServerCore, ServerSettings};
+use ferry_ftp::datachan::PassivePorts;
+use ferry_ftp::{FtpConfig, FtpServer};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::config::{LogFormat, ServeArgs, ServeConfig};
+use crate::tls_setup;
+use crate::user::{create_private_dir, default_home, hash, open_store};
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.resolve()?;
+    init_logging(config.log_format);
+    raise_open_file_limit();
+
+    create_private_dir(&config.data_dir)?;
+    create_private_dir(&config.data_dir.join("files"))?;
+    println!("ferry: data directory {}", config.data_dir.display());
+    let store = Arc::new(open_store(&config.data_dir)?);
+    ensure_admin(&*store, &config).await?;
+
+    let (cert, key) = match &config.tls_files {
+        Some(files) => files.clone(),
+        None => tls_setup::ensure_self_signed(&config.data_dir.join("tls"))?,
+    };
+    let tls = ferry_ftp::tls::server_config(&cert, &key)?;
+
+    let mut auth = Authenticator::new(store);
+    if let Some(dir) = &config.anonymous {
+        auth = auth.with_anonymous(std::path::absolute(dir)?);
+    }
+    let events = EventBus::default();
+    let settings = ServerSettings {
+        limits: config.limits.clone(),
+        upload_mode: config.upload_mode,
+    };
+    let core = ServerCore::new(auth, events.clone(), settings);
+    spawn_event_log(&events);
+    if let Some(path) = config.xferlog.clone() {
+        let events = events.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ferry_core::xferlog::run(&events, &path).await {
+                tracing::error!(path = %path.display(), error = %e, "xferlog stopped");
+            }
+        });
+    }
+
+    let ftp = FtpServer::new(
+        core.clone(),
+        FtpConfig {
+            passive_ports: PassivePorts::new(config.passive_ports.clone()),
+            passive_host: config.passive_host,
+            tls: Some(tls),
+            require_tls: config.require_tls,
+            require_tls_resumption: config.require_tls_resumption,
+        },
+    );
+    let mut servers = Vec::new();
+    let listener = bind(config.ftp).await?;
+    println!(
+        "ferry: ftp listening on {} (explicit FTPS via AUTH TLS)",
+        listener.local_addr()?
+    );
+    servers.push(tokio::spawn({
+        let ftp = ftp.clone();
+        async move { ftp.serve(listener, false).await }
+    }));
+    if let Some(addr) = config.ftps {
+        let listener = bind(addr).await?;
+        println!(
+            "ferry: ftps listening on {} (implicit TLS)",
+            listener.local_addr()?
+        );
+        servers.push(tokio::spawn(async move { ftp.serve(listener, true).await }));
+    }
+    if config.anonymous.is_some() {
+        println!("ferry: anonymous read-only access is enabled");
+    }
+    println!("ferry: ready");
+
+    wait_for_signal().await;
+    println!(
+        "ferry: shutting down; running transfers get {}s to finish",
+        config.shutdown_grace.as_secs()
+    );
+    core.shut_down();
+    for server in servers {
+        let _ = server.await;
+    }
+    let deadline = tokio::time::Instant::now() + config.shutdown_grace;
+    while core.connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    if core.connections() > 0 {
+        tracing::warn!(
+            connections = core.connections(),
+            "grace period over; closing remaining connections"
+        );
+    }
+    Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}"))
+}
+
+/// Creates the `admin` account with a random password the first time a data directory is used.
+async fn ensure_admin(store: &dyn AccountStore, config: &ServeConfig) -> anyhow::Result<()> {
+    if !store.list().await?.is_empty() {
+        return Ok(());
+    }
+    let password = random_password(16);
+    let mut admin = Account::new("admin", default_home(&config.data_dir, "admin")?);
+    admin.password_hash = Some(hash(password.clone()).await?);
+    create_private_dir(&admin.home)?;
+    store.create(&admin).await?;
+    println!("ferry: created account \"admin\" with password: {password}  (shown once; change it with `ferry user passwd admin`)");
+    Ok(())
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Serving many sessions needs many descriptors: raise the soft limit to the hard limit.
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Writes every event to the log: one line per login, transfer and file operation.
+fn spawn_event_log(events: &EventBus) {
+    let mut rx = events.subscribe();
+    tokio::spawn(async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => log_event(&event),
+                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "event log fell behind"),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+}
+
+fn log_event(e: &Event) {
+    let kind = e.kind.name();
+    let (path, target) = (e.path.as_deref(), e.target.as_deref());
+    match &e.error {
+        None => tracing::info!(
+            event = kind, user = %e.username, ip = %e.remote_ip, protocol = %e.protocol, session = e.session_id,
+            path, target, bytes = e.bytes, millis = e.duration.as_millis() as u64, "{kind} ok"
+        ),
+        Some(error) => tracing::warn!(
+            event = kind, user = %e.username, ip = %e.remote_ip, protocol = %e.protocol, session = e.session_id,
+            path, target, bytes = e.bytes, error = %error, "{kind} failed"
+        ),
+    }
+}
+
+async fn wait_for_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,146 @@
+//! The control connection: bounded line reading (with Telnet sequences removed, as RFC 959 asks) and replies.
+
+use std::io;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::reply::Reply;
+use crate::tls::MaybeTls;
+
+/// Bytes requested from the socket per read; the line buffer grows by this much at most beyond a line.
+const READ_CHUNK: usize = 256;
+/// A line buffer larger than this after a command is shrunk back, so idle sessions stay small.
+const IDLE_BUFFER: usize = 1024;
+
+const IAC: u8 = 255;
+
+/// What reading a line produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Text(String),
+    /// The line was longer than allowed; it has been skipped.
+    TooLong,
+    /// The line was not valid UTF-8.
+    InvalidUtf8,
+}
+
+/// A control connection.
+pub struct Control {
+    stream: MaybeTls,
+    buf: Vec<u8>,
+    max_line: usize,
+    /// Skipping the rest of an overlong line.
+    discarding: bool,
+}
+
+impl Control {
+    pub fn new(stream: MaybeTls, max_line: usize) -> Self {
+        Control {
+            stream,
+            buf: Vec::new(),
+            max_line,
+            discarding: false,
+        }
+    }
+
+    pub fn stream(&self) -> &MaybeTls {
+        &self.stream
+    }
+
+    /// Switches the connection to TLS (AUTH TLS). Input the client pipelined before the handshake is dropped,
+    /// so that nothing sent in the clear is taken as if it were protected (the STARTTLS injection attack).
+    pub async fn upgrade(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        wait: std::time::Duration,
+    ) -> io::Result<()> {
+        self.buf.clear();
+        self.stream.upgrade(acceptor, wait).await
+    }
+
+    /// Reads the next line. `Ok(None)` at end of stream. Cancel-safe: input read so far stays buffered.
+    pub async fn read_line(&mut self) -> io::Result<Option<Line>> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
+                let rest = self.buf.split_off(pos + 1);
+                let raw = std::mem::replace(&mut self.buf, rest);
+                if self.buf.capacity() > IDLE_BUFFER {
+                    self.buf.shrink_to(IDLE_BUFFER);
+                }
+                if std::mem::take(&mut self.discarding) {
+                    return Ok(Some(Line::TooLong));
+                }
+                return Ok(Some(decode(&raw)));
+            }
+            if self.buf.len() > self.max_line {
+                self.discarding = true;
+                self.buf = Vec::new();
+            }
+            self.buf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    pub async fn reply(&mut self, reply: &Reply) -> io::Result<()> {
+        self.write_raw(reply.to_wire().as_bytes()).await
+    }
+
+    /// Writes preformatted reply text (for replies streamed line by line).
+    pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await?;
+        self.stream.flush().await
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.stream.shutdown().await;
+    }
+}
+
+/// Removes Telnet commands (`IAC x`, `IAC WILL/WONT/DO/DONT x`; `IAC IAC` is a literal 255) and the line end.
+fn decode(raw: &[u8]) -> Line {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        match (raw[i], raw.get(i + 1)) {
+            (IAC, Some(&IAC)) => {
+                out.push(IAC);
+                i += 2;
+            }
+            (IAC, Some(&(251..=254))) => i += 3,
+            (IAC, _) => i += 2,
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    while matches!(out.last(), Some(b'\n' | b'\r')) {
+        out.pop();
+    }
+    match String::from_utf8(out) {
+        Ok(s) => Line::Text(s),
+        Err(_) => Line::InvalidUtf8,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn telnet_sequences_are_removed() {
+        assert_eq!(
+            decode(b"\xff\xf4\xff\xf2ABOR\r\n"),
+            Line::Text("ABOR".into())
+        );
+        assert_eq!(decode(b"NOOP\r\n"), Line::Text("NOOP".into()));
+        assert_eq!(
+            decode(b"\xff\xfb\x01USER a\r\n"),
+            Line::Text("USER a".into())
+        );
+        assert_eq!(decode(b"RETR \xff\xff\r\n"), Line::InvalidUtf8);
+        assert_eq!(decode(b"\xff"), Line::Text(String::new()));
+    }
+}

@@ -1,0 +1,126 @@
+//! Listeners: accept control connections (plain with AUTH TLS, or implicit FTPS), apply connection caps and
+//! start a session task for each.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use ferry_core::server::ServerCore;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use crate::datachan::PassivePorts;
+use crate::reply::{Code, Reply};
+use crate::session::FtpSession;
+use crate::tls::MaybeTls;
+
+/// FTP-specific settings.
+#[derive(Clone, Default)]
+pub struct FtpConfig {
+    pub passive_ports: PassivePorts,
+    /// The address advertised in PASV replies (for servers behind NAT); default: the control connection's.
+    pub passive_host: Option<IpAddr>,
+    /// TLS for AUTH TLS and implicit FTPS; `None` disables both.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Refuse logins and data transfers that are not protected by TLS (anonymous logins excepted).
+    pub require_tls: bool,
+    /// Refuse TLS data connections that do not resume the control connection's TLS session.
+    pub require_tls_resumption: bool,
+}
+
+/// Shared by every session of one FTP server.
+pub(crate) struct Shared {
+    pub core: ServerCore,
+    pub config: FtpConfig,
+    pub acceptor: Option<TlsAcceptor>,
+}
+
+/// An FTP server over one [`ServerCore`]; it can run several listeners.
+#[derive(Clone)]
+pub struct FtpServer {
+    shared: Arc<Shared>,
+}
+
+impl FtpServer {
+    pub fn new(core: ServerCore, config: FtpConfig) -> Self {
+        let acceptor = config.tls.clone().map(TlsAcceptor::from);
+        FtpServer {
+            shared: Arc::new(Shared {
+                core,
+                config,
+                acceptor,
+            }),
+        }
+    }
+
+    /// Accepts connections on `listener` until the core shuts down. With `implicit_tls`, every connection starts
+    /// with a TLS handshake (FTPS on its own port).
+    pub async fn serve(&self, listener: TcpListener, implicit_tls: bool) -> io::Result<()> {
+        if implicit_tls && self.shared.acceptor.is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "implicit FTPS needs a TLS certificate",
+            ));
+        }
+        let mut shutdown = self.shared.core.shutdown_signal();
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.wait() => return Ok(()),
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        // Running out of file descriptors must not end the server: wait a moment and go on.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move { accept(shared, tcp, peer, implicit_tls).await });
+        }
+    }
+}
+
+async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool) {
+    let local = match tcp.local_addr() {
+        Ok(local) => local,
+        Err(_) => return,
+    };
+    // ftplib and others send ABOR's Telnet Synch as urgent data; keep it in the normal stream.
+    let _ = socket2::SockRef::from(&tcp).set_out_of_band_inline(true);
+    let _ = tcp.set_nodelay(true);
+    let stream = if implicit_tls {
+        let Some(acceptor) = &shared.acceptor else {
+            return;
+        };
+        let wait = shared.core.limits().login_timeout;
+        match tokio::time::timeout(wait, acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
+            Ok(Err(e)) => {
+                tracing::info!(%peer, error = %e, "implicit TLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+    } else {
+        MaybeTls::Plain(tcp)
+    };
+    match shared.core.connect(peer.ip()) {
+        Ok(slot) => {
+            tracing::debug!(%peer, "connected");
+            FtpSession::new(Arc::clone(&shared), stream, peer, local, slot)
+                .run()
+                .await;
+            tracing::debug!(%peer, "disconnected");
+        }
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "connection refused");
+            let mut stream = stream;
+            let reply = Reply::new(Code::ServiceUnavailable, format!("{e}, try again later"));
+            let _ = stream.write_all(reply.to_wire().as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    }
+}

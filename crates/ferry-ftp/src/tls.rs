@@ -1,0 +1,142 @@
+//! TLS for control and data connections (RFC 4217), with rustls. Control and data connections share one
+//! `ServerConfig`, and so one session cache: a data connection can resume the control connection's TLS session,
+//! as FileZilla and other GnuTLS-based clients require.
+
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsConfigError {
+    #[error("cannot read certificate {path}: {source}")]
+    Certificate {
+        path: String,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("cannot read private key {path}: {source}")]
+    Key {
+        path: String,
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("invalid certificate or key: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// A server TLS configuration from PEM files (certificate chain and private key).
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsConfigError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsConfigError::Certificate {
+            path: cert.display().to_string(),
+            source,
+        })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsConfigError::Key {
+        path: key.display().to_string(),
+        source,
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
+    Ok(Arc::new(config))
+}
+
+/// A TCP stream, in the clear or inside TLS.
+pub enum MaybeTls {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Taken out during a TLS upgrade that failed; every operation fails.
+    Closed,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
+}
+
+impl MaybeTls {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, MaybeTls::Tls(_))
+    }
+
+    /// Whether the TLS handshake resumed an earlier session.
+    pub fn resumed_session(&self) -> bool {
+        match self {
+            MaybeTls::Plain(_) | MaybeTls::Closed => false,
+            MaybeTls::Tls(tls) => {
+                tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            }
+        }
+    }
+
+    /// Replaces a plain stream by its TLS upgrade (AUTH TLS). On failure the stream is closed.
+    pub async fn upgrade(
+        &mut self,
+        acceptor: &tokio_rustls::TlsAcceptor,
+        wait: std::time::Duration,
+    ) -> io::Result<()> {
+        let MaybeTls::Plain(tcp) = std::mem::replace(self, MaybeTls::Closed) else {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "already TLS"));
+        };
+        let tls = tokio::time::timeout(wait, acceptor.accept(tcp))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
+        *self = MaybeTls::Tls(Box::new(tls));
+        Ok(())
+    }
+}
+
+impl AsyncRead for MaybeTls {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for MaybeTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}

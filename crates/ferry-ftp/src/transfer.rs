@@ -1,0 +1,371 @@
+//! Data transfers (RETR, STOR/APPE/STOU, listings) running in their own task, so that the control connection
+//! stays responsive: ABOR cancels a transfer, STAT reports its progress.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use ferry_core::error::CoreError;
+use ferry_core::session::Session;
+use ferry_core::storage::{DirEntry, DirStream};
+use ferry_core::transfer::{Download, Upload};
+use ferry_core::vpath::VirtualPath;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::oneshot;
+use tokio::time::timeout;
+use tokio_rustls::TlsAcceptor;
+
+use crate::datachan::{self, DataError, DataSetup};
+use crate::listing::{self, EntryRole};
+
+/// Size of the buffer of one running file transfer (allocated only while it runs).
+const TRANSFER_BUFFER: usize = 256 * 1024;
+/// Listing output is sent in batches of about this size.
+const LISTING_BATCH: usize = 64 * 1024;
+
+/// How a finished transfer went.
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error("{0}")]
+    Data(#[from] DataError),
+    #[error("transfer aborted")]
+    Aborted,
+    #[error("data connection stalled")]
+    Stalled,
+    #[error("data connection lost: {0}")]
+    ConnectionLost(std::io::Error),
+    #[error("{0}")]
+    Core(#[from] CoreError),
+}
+
+/// How listing entries are written.
+pub enum ListFormat {
+    /// `ls -l` lines.
+    Long,
+    /// Names only, each prefixed with `prefix` (NLST of a directory argument).
+    Names { prefix: String },
+    /// RFC 3659 facts (MLSD), with the listed directory for permissions.
+    Facts {
+        facts: Vec<String>,
+        dir: VirtualPath,
+        session: Session,
+    },
+}
+
+/// What to list.
+pub enum ListSource {
+    Dir(DirStream),
+    /// A single entry (LIST of a file).
+    Entry(DirEntry),
+}
+
+/// The work of one transfer.
+pub enum Job {
+    Download {
+        download: Download,
+        ascii: bool,
+    },
+    Upload {
+        upload: Upload,
+        ascii: bool,
+    },
+    Listing {
+        source: ListSource,
+        format: ListFormat,
+    },
+}
+
+/// Where and how the data connection is made.
+pub struct DataContext {
+    pub setup: DataSetup,
+    pub client_ip: std::net::IpAddr,
+    pub timeout: Duration,
+    pub tls: Option<TlsAcceptor>,
+    pub require_tls_resumption: bool,
+}
+
+/// Runs a transfer to its end; returns the bytes moved. `progress` counts bytes as they go; a message on `cancel`
+/// (or dropping its sender) aborts.
+pub async fn run(
+    job: Job,
+    data: DataContext,
+    progress: Arc<AtomicU64>,
+    mut cancel: oneshot::Receiver<()>,
+) -> Result<u64, TransferError> {
+    let tls = data.tls.as_ref().map(|a| (a, data.require_tls_resumption));
+    let connected = tokio::select! {
+        _ = &mut cancel => Err(TransferError::Aborted),
+        r = datachan::establish(data.setup, data.client_ip, data.timeout, tls) => r.map_err(TransferError::from),
+    };
+    let mut stream = match connected {
+        Ok(stream) => stream,
+        Err(e) => {
+            job.fail(&e).await;
+            return Err(e);
+        }
+    };
+    let io = Io {
+        timeout: data.timeout,
+        progress,
+    };
+    match job {
+        Job::Download { download, ascii } => {
+            io.send_file(download, ascii, &mut stream, &mut cancel)
+                .await
+        }
+        Job::Upload { upload, ascii } => {
+            io.receive_file(upload, ascii, &mut stream, &mut cancel)
+                .await
+        }
+        Job::Listing { source, format } => {
+            io.send_listing(source, format, &mut stream, &mut cancel)
+                .await
+        }
+    }
+}
+
+impl Job {
+    async fn fail(self, reason: &TransferError) {
+        match self {
+            Job::Download { download, .. } => download.fail(reason),
+            Job::Upload { upload, .. } => upload.fail(reason).await,
+            Job::Listing { .. } => {}
+        }
+    }
+}
+
+struct Io {
+    timeout: Duration,
+    progress: Arc<AtomicU64>,
+}
+
+impl Io {
+    /// Writes `chunk` to the data connection unless cancelled or stalled.
+    async fn write<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        chunk: &[u8],
+        cancel: &mut oneshot::Receiver<()>,
+    ) -> Result<(), TransferError> {
+        tokio::select! {
+            biased;
+            _ = cancel => Err(TransferError::Aborted),
+            r = timeout(self.timeout, stream.write_all(chunk)) => match r {
+                Err(_) => Err(TransferError::Stalled),
+                Ok(Err(e)) => Err(TransferError::ConnectionLost(e)),
+                Ok(Ok(())) => Ok(()),
+            },
+        }
+    }
+
+    async fn finish_stream<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+    ) -> Result<(), TransferError> {
+        match timeout(self.timeout, stream.shutdown()).await {
+            Err(_) => Err(TransferError::Stalled),
+            Ok(Err(e)) => Err(TransferError::ConnectionLost(e)),
+            Ok(Ok(())) => Ok(()),
+        }
+    }
+
+    async fn send_file<S: AsyncWrite + Unpin>(
+        &self,
+        mut download: Download,
+        ascii: bool,
+        stream: &mut S,
+        cancel: &mut oneshot::Receiver<()>,
+    ) -> Result<u64, TransferError> {
+        let mut buf = vec![0u8; TRANSFER_BUFFER];
+        let mut converted = Vec::new();
+        let result = async {
+            loop {
+                let n = download.read(&mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                let chunk = if ascii {
+                    to_network_ascii(&buf[..n], &mut converted);
+                    &converted[..]
+                } else {
+                    &buf[..n]
+                };
+                self.write(stream, chunk, cancel).await?;
+                self.progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            self.finish_stream(stream).await
+        }
+        .await;
+        let sent = download.transferred();
+        match result {
+            Ok(()) => {
+                download.finish();
+                Ok(sent)
+            }
+            Err(e) => {
+                download.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut upload: Upload,
+        ascii: bool,
+        stream: &mut S,
+        cancel: &mut oneshot::Receiver<()>,
+    ) -> Result<u64, TransferError> {
+        let mut buf = vec![0u8; TRANSFER_BUFFER];
+        let mut decoder = AsciiDecoder::default();
+        let mut converted = Vec::new();
+        let result = async {
+            loop {
+                let n = tokio::select! {
+                    biased;
+                    _ = &mut *cancel => return Err(TransferError::Aborted),
+                    r = timeout(self.timeout, stream.read(&mut buf)) => match r {
+                        Err(_) => return Err(TransferError::Stalled),
+                        Ok(Err(e)) => return Err(TransferError::ConnectionLost(e)),
+                        Ok(Ok(n)) => n,
+                    },
+                };
+                if n == 0 {
+                    break;
+                }
+                if ascii {
+                    decoder.decode(&buf[..n], &mut converted);
+                    upload.write(&converted).await?;
+                } else {
+                    upload.write(&buf[..n]).await?;
+                }
+                self.progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            if ascii && decoder.pending_cr {
+                upload.write(b"\r").await?;
+            }
+            // Answer the client's TLS close_notify with ours; clients such as ftplib wait for it.
+            self.finish_stream(stream).await
+        }
+        .await;
+        match result {
+            Ok(()) => Ok(upload.finish().await?),
+            Err(e) => {
+                upload.fail(&e).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn send_listing<S: AsyncWrite + Unpin>(
+        &self,
+        source: ListSource,
+        format: ListFormat,
+        stream: &mut S,
+        cancel: &mut oneshot::Receiver<()>,
+    ) -> Result<u64, TransferError> {
+        let now = SystemTime::now();
+        let mut batch = String::with_capacity(LISTING_BATCH + 1024);
+        let mut sent = 0u64;
+        let add = |batch: &mut String, entry: &DirEntry| {
+            let line = match &format {
+                ListFormat::Long => listing::list_line(
+                    &entry.name,
+                    &entry.metadata,
+                    entry.link_target.as_deref(),
+                    now,
+                ),
+                ListFormat::Names { prefix } => format!("{prefix}{}", entry.name),
+                ListFormat::Facts {
+                    facts,
+                    dir,
+                    session,
+                } => {
+                    let perms = dir
+                        .join(&entry.name)
+                        .map(|p| session.account().permissions_at(&p))
+                        .unwrap_or_else(|_| session.account().permissions_at(dir));
+                    listing::mlst_line(&entry.name, &entry.metadata, perms, EntryRole::Plain, facts)
+                }
+            };
+            batch.push_str(&line);
+            batch.push_str("\r\n");
+        };
+        match source {
+            ListSource::Entry(entry) => add(&mut batch, &entry),
+            ListSource::Dir(mut entries) => {
+                while let Some(entry) = entries.next().await {
+                    match entry {
+                        Ok(entry) => add(&mut batch, &entry),
+                        // An entry that vanished or cannot be read is left out rather than failing the listing.
+                        Err(e) => tracing::debug!(error = %e, "listing entry skipped"),
+                    }
+                    if batch.len() >= LISTING_BATCH {
+                        self.write(stream, batch.as_bytes(), cancel).await?;
+                        sent += batch.len() as u64;
+                        self.progress
+                            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                        batch.clear();
+                    }
+                }
+            }
+        }
+        self.write(stream, batch.as_bytes(), cancel).await?;
+        sent += batch.len() as u64;
+        self.finish_stream(stream).await?;
+        Ok(sent)
+    }
+}
+
+/// ASCII type on the wire: every LF becomes CRLF (RFC 959 NVT-ASCII), as vsftpd and others do.
+fn to_network_ascii(input: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    for &b in input {
+        if b == b'\n' {
+            out.push(b'\r');
+        }
+        out.push(b);
+    }
+}
+
+/// ASCII uploads: CRLF becomes LF, including a CR and LF split across two reads.
+#[derive(Default)]
+struct AsciiDecoder {
+    pending_cr: bool,
+}
+
+impl AsciiDecoder {
+    fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.clear();
+        for &b in input {
+            if std::mem::take(&mut self.pending_cr) && b != b'\n' {
+                out.push(b'\r');
+            }
+            if b == b'\r' {
+                self.pending_cr = true;
+            } else {
+                out.push(b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ascii_round_trip() {
+        let mut out = Vec::new();
+        to_network_ascii(b"a\nb\n", &mut out);
+        assert_eq!(out, b"a\r\nb\r\n");
+        let mut d = AsciiDecoder::default();
+        let mut got = Vec::new();
+        d.decode(b"x\r", &mut out);
+        got.extend_from_slice(&out);
+        d.decode(b"\ny\rz\r\n", &mut out);
+        got.extend_from_slice(&out);
+        assert_eq!(got, b"x\ny\rz\n");
+        assert!(!d.pending_cr);
+    }
+}
