@@ -80,6 +80,11 @@ impl Control {
             if self.stream.read_buf(&mut self.buf).await? == 0 {
                 return Ok(None);
             }
+            if let MaybeTls::Plain(tcp) = &self.stream {
+                if !self.buf.contains(&b'\n') {
+                    read_past_urgent_mark(tcp, &mut self.buf)?;
+                }
+            }
         }
     }
 
@@ -96,6 +101,36 @@ impl Control {
     pub async fn shutdown(&mut self) {
         let _ = self.stream.shutdown().await;
     }
+}
+
+/// Reads what is already queued on the socket without waiting for readiness.
+///
+/// Clients such as Python's ftplib send `ABOR` as TCP urgent data (the Telnet Synch). With SO_OOBINLINE the urgent
+/// byte stays in the stream, but recv(2) stops at the urgent mark; tokio takes that short read for an empty
+/// socket and waits for a readiness event that never comes, because the rest of the line has already arrived.
+fn read_past_urgent_mark(tcp: &tokio::net::TcpStream, buf: &mut Vec<u8>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut chunk = [0u8; READ_CHUNK];
+    // SAFETY: `chunk` is valid for writes of its length; the fd belongs to `tcp`, borrowed for the call.
+    let n = unsafe {
+        libc::recv(
+            tcp.as_raw_fd(),
+            chunk.as_mut_ptr().cast(),
+            chunk.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        n if n > 0 => buf.extend_from_slice(chunk.get(..n as usize).unwrap_or_default()),
+        0 => {}
+        _ => {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes Telnet commands (`IAC x`, `IAC WILL/WONT/DO/DONT x`; `IAC IAC` is a literal 255) and the line end.
