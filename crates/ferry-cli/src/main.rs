@@ -23,7 +23,7 @@ enum Command {
     /// Run the server (FTP on port 2121 by default, with explicit FTPS via AUTH TLS).
     Serve(Box<config::ServeArgs>),
     /// Manage accounts (works while the server runs).
-    User(user::UserArgs),
+    User(Box<user::UserArgs>),
 }
 
 fn main() -> ExitCode {
@@ -41,7 +41,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await,
-            Command::User(args) => user::run(args).await,
+            Command::User(args) => user::run(*args).await,
         }
     });
     match result {
