@@ -33,7 +33,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Some(files) => files.clone(),
         None => tls_setup::ensure_self_signed(&config.data_dir.join("tls"))?,
     };
-    let tls = ferry_ftp::tls::server_config(&cert, &key)?;
+    let tls = ferry_ftp::tls::server_configs(&cert, &key)?;
 
     let mut auth = Authenticator::new(store);
     if let Some(dir) = &config.anonymous {

@@ -116,6 +116,8 @@ pub enum ParseError {
     BadArgument(String),
     #[error("{0}: parameter not implemented")]
     ParameterNotImplemented(String),
+    #[error("Network protocol not supported, use (1,2)")]
+    NetworkProtocolNotSupported,
 }
 
 impl Command {
@@ -500,7 +502,7 @@ fn parse_eprt(arg: &str) -> Result<SocketAddr, ParseError> {
     match (proto, ip) {
         ("1", IpAddr::V4(_)) | ("2", IpAddr::V6(_)) => Ok(SocketAddr::new(ip, port)),
         ("1" | "2", _) => Err(bad()),
-        _ => Err(ParseError::ParameterNotImplemented("EPRT".into())),
+        _ => Err(ParseError::NetworkProtocolNotSupported),
     }
 }
 

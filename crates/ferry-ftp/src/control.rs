@@ -67,7 +67,7 @@ impl Control {
                 if self.buf.capacity() > IDLE_BUFFER {
                     self.buf.shrink_to(IDLE_BUFFER);
                 }
-                if std::mem::take(&mut self.discarding) {
+                if std::mem::take(&mut self.discarding) || raw.len() > self.max_line {
                     return Ok(Some(Line::TooLong));
                 }
                 return Ok(Some(decode(&raw)));
@@ -163,6 +163,25 @@ fn decode(raw: &[u8]) -> Line {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn overlong_lines_are_refused_even_when_complete() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut control = Control::new(MaybeTls::Plain(server), 16);
+        client
+            .write_all(format!("MKD {}\r\nNOOP\r\n", "x".repeat(40)).as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(control.read_line().await.unwrap(), Some(Line::TooLong));
+        assert_eq!(
+            control.read_line().await.unwrap(),
+            Some(Line::Text("NOOP".into()))
+        );
+    }
 
     #[test]
     fn telnet_sequences_are_removed() {

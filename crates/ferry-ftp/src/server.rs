@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::datachan::PassivePorts;
 use crate::reply::{Code, Reply};
 use crate::session::FtpSession;
-use crate::tls::MaybeTls;
+use crate::tls::{MaybeTls, TlsConfigs};
 
 /// FTP-specific settings.
 #[derive(Clone, Default)]
@@ -21,8 +21,8 @@ pub struct FtpConfig {
     pub passive_ports: PassivePorts,
     /// The address advertised in PASV replies (for servers behind NAT); default: the control connection's.
     pub passive_host: Option<IpAddr>,
-    /// TLS for AUTH TLS and implicit FTPS; `None` disables both.
-    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// TLS for AUTH TLS, implicit FTPS and protected data connections; `None` disables them.
+    pub tls: Option<TlsConfigs>,
     /// Refuse logins and data transfers that are not protected by TLS (anonymous logins excepted).
     pub require_tls: bool,
     /// Refuse TLS data connections that do not resume the control connection's TLS session.
@@ -34,6 +34,7 @@ pub(crate) struct Shared {
     pub core: ServerCore,
     pub config: FtpConfig,
     pub acceptor: Option<TlsAcceptor>,
+    pub data_acceptor: Option<TlsAcceptor>,
 }
 
 /// An FTP server over one [`ServerCore`]; it can run several listeners.
@@ -44,13 +45,22 @@ pub struct FtpServer {
 
 impl FtpServer {
     pub fn new(core: ServerCore, config: FtpConfig) -> Self {
-        let acceptor = config.tls.clone().map(TlsAcceptor::from);
+        let acceptor = config
+            .tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(Arc::clone(&t.control)));
+        let data_acceptor = config
+            .tls
+            .as_ref()
+            .map(|t| TlsAcceptor::from(Arc::clone(&t.data)));
+        let shared = Shared {
+            core,
+            config,
+            acceptor,
+            data_acceptor,
+        };
         FtpServer {
-            shared: Arc::new(Shared {
-                core,
-                config,
-                acceptor,
-            }),
+            shared: Arc::new(shared),
         }
     }
 

@@ -182,6 +182,7 @@ impl FtpSession {
                     ParseError::NotImplemented(_) => Code::NotImplemented,
                     ParseError::BadArgument(_) => Code::ArgumentError,
                     ParseError::ParameterNotImplemented(_) => Code::ParameterNotImplemented,
+                    ParseError::NetworkProtocolNotSupported => Code::UnsupportedNetworkProtocol,
                 };
                 return self
                     .send(code, e.to_string())
@@ -253,28 +254,8 @@ impl FtpSession {
             Command::Rnfr(path) => self.rnfr(&path).await?,
             Command::Rnto(path) => self.rnto(&path).await?,
             Command::Retr(path) => self.retr(&path).await?,
-            Command::Stor(path) => {
-                let mode = if self.rest > 0 {
-                    WriteMode::At {
-                        offset: self.rest,
-                        truncate: true,
-                    }
-                } else {
-                    WriteMode::Truncate
-                };
-                self.store(&path, mode).await?
-            }
-            Command::Appe(path) => {
-                let mode = if self.rest > 0 {
-                    WriteMode::At {
-                        offset: self.rest,
-                        truncate: true,
-                    }
-                } else {
-                    WriteMode::Append
-                };
-                self.store(&path, mode).await?
-            }
+            Command::Stor(path) => self.store(&path, false).await?,
+            Command::Appe(path) => self.store(&path, true).await?,
             Command::Stou => self.stou().await?,
             Command::Rest(offset) => {
                 self.rest = offset;
@@ -310,7 +291,11 @@ impl FtpSession {
             Command::Site(site) => self.site(site).await?,
             Command::Feat => {
                 self.control
-                    .reply(&features(self.shared.acceptor.is_some()))
+                    .reply(&features(
+                        self.shared.acceptor.is_some(),
+                        &self.facts(),
+                        self.hash_algorithm,
+                    ))
                     .await?
             }
             Command::Opts(opts) => self.opts(opts).await?,
@@ -847,7 +832,7 @@ impl FtpSession {
     ) -> io::Result<()> {
         self.send(Code::FileStatusOk, opening).await?;
         let acceptor = if self.prot == ProtLevel::Private {
-            self.shared.acceptor.clone()
+            self.shared.data_acceptor.clone()
         } else {
             None
         };
@@ -1060,10 +1045,13 @@ impl FtpSession {
                     .core()
                     .map_err(|_| io::Error::other("not logged in"))?
                     .clone();
+                let facts = self.facts();
+                let header = dir_fact_lines(&session, &path, &facts).await;
                 ListFormat::Facts {
-                    facts: self.facts(),
+                    facts,
                     dir: path.clone(),
                     session,
+                    header,
                 }
             }
         };
@@ -1112,7 +1100,10 @@ impl FtpSession {
         let Some(setup) = self.take_data_setup().await? else {
             return Ok(());
         };
-        let offset = std::mem::take(&mut self.rest);
+        let rest = std::mem::take(&mut self.rest);
+        let range = self.hash_range.take();
+        let (offset, limit) =
+            range.map_or((rest, None), |(start, end)| (start, Some(end - start + 1)));
         let result = self
             .with_path(input, |s, p| async move { s.open_read(&p, offset).await })
             .await;
@@ -1130,7 +1121,11 @@ impl FtpSession {
         let what = format!("RETR {}", download.path());
         self.start_transfer(
             setup,
-            Job::Download { download, ascii },
+            Job::Download {
+                download,
+                ascii,
+                limit,
+            },
             opening,
             what,
             "Transfer complete".into(),
@@ -1138,11 +1133,25 @@ impl FtpSession {
         .await
     }
 
-    async fn store(&mut self, input: &str, mode: WriteMode) -> io::Result<()> {
+    /// STOR (or APPE with `append`): `REST n` writes from n on, dropping the old data after it; a `RANG` range
+    /// writes from its start, keeping the rest of the file.
+    async fn store(&mut self, input: &str, append: bool) -> io::Result<()> {
         let Some(setup) = self.take_data_setup().await? else {
             return Ok(());
         };
         let offset = std::mem::take(&mut self.rest);
+        let mode = match (self.hash_range.take(), offset, append) {
+            (Some((start, _)), _, _) => WriteMode::At {
+                offset: start,
+                truncate: false,
+            },
+            (None, 0, false) => WriteMode::Truncate,
+            (None, 0, true) => WriteMode::Append,
+            (None, offset, _) => WriteMode::At {
+                offset,
+                truncate: true,
+            },
+        };
         let result = self
             .with_path(input, |s, p| async move { s.open_write(&p, mode).await })
             .await;
@@ -1197,6 +1206,26 @@ impl FtpSession {
         )
         .await
     }
+}
+
+/// The `type=cdir` line of an MLSD listing and, below the root, the `type=pdir` line.
+async fn dir_fact_lines(session: &Session, dir: &VirtualPath, facts: &[String]) -> String {
+    let mut lines = String::new();
+    let mut add = |name: &str, path: &VirtualPath, meta: &ferry_core::storage::Metadata, role| {
+        let perms = session.account().permissions_at(path);
+        lines.push_str(&listing::mlst_line(name, meta, perms, role, facts));
+        lines.push_str("\r\n");
+    };
+    if let Ok(meta) = session.metadata(dir).await {
+        add(".", dir, &meta, EntryRole::Current);
+    }
+    if !dir.is_root() {
+        let parent = dir.parent();
+        if let Ok(meta) = session.metadata(&parent).await {
+            add("..", &parent, &meta, EntryRole::Parent);
+        }
+    }
+    lines
 }
 
 #[derive(Clone, Copy)]
@@ -1295,37 +1324,42 @@ fn fact_label(fact: &str) -> &str {
     }
 }
 
-fn features(tls: bool) -> Reply {
+/// The FEAT reply; `*` marks the MLST facts and the HASH algorithm this session has selected.
+fn features(tls: bool, selected_facts: &[String], hash: HashAlgorithm) -> Reply {
     let mut lines = vec!["Features:".to_owned()];
     if tls {
         lines.extend(["AUTH TLS", "PBSZ", "PROT"].map(String::from));
     }
     let facts: String = MLST_FACTS
         .iter()
-        .map(|f| format!("{}*;", fact_label(f)))
+        .map(|f| {
+            let star = if selected_facts.iter().any(|s| s == f) {
+                "*"
+            } else {
+                ""
+            };
+            format!("{}{star};", fact_label(f))
+        })
         .collect();
-    lines.extend(
-        [
-            "AVBL",
-            "EPRT",
-            "EPSV",
-            "HASH SHA-256*;SHA-512;SHA-1;MD5;CRC32",
-            "MDTM",
-            "MFMT",
-            &format!("MLST {facts}"),
-            "RANG STREAM",
-            "REST STREAM",
-            "SIZE",
-            "TVFS",
-            "UTF8",
-            "XCRC",
-            "XMD5",
-            "XSHA1",
-            "XSHA256",
-            "XSHA512",
-        ]
-        .map(String::from),
-    );
+    let hashes: Vec<String> = HashAlgorithm::ALL
+        .iter()
+        .map(|a| format!("{}{}", a.name(), if *a == hash { "*" } else { "" }))
+        .collect();
+    lines.extend([
+        "AVBL".to_owned(),
+        "EPRT".to_owned(),
+        "EPSV".to_owned(),
+        format!("HASH {}", hashes.join(";")),
+        "MDTM".to_owned(),
+        "MFMT".to_owned(),
+        format!("MLST {facts}"),
+        "RANG STREAM".to_owned(),
+        "REST STREAM".to_owned(),
+        "SIZE".to_owned(),
+        "TVFS".to_owned(),
+        "UTF8".to_owned(),
+    ]);
+    lines.extend(["XCRC", "XMD5", "XSHA1", "XSHA256", "XSHA512"].map(String::from));
     lines.push("End".to_owned());
     Reply::multi(Code::SystemStatus, lines)
 }

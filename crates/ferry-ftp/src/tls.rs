@@ -32,8 +32,18 @@ pub enum TlsConfigError {
     Rustls(#[from] rustls::Error),
 }
 
-/// A server TLS configuration from PEM files (certificate chain and private key).
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsConfigError> {
+/// The TLS configurations of one FTP server: one for control connections and one for data connections, sharing
+/// the session cache and ticket keys so that a data connection can resume the control connection's session.
+#[derive(Clone)]
+pub struct TlsConfigs {
+    pub control: Arc<ServerConfig>,
+    /// Sends no TLS 1.3 session tickets: an uploading client never reads its data connection, and unread tickets
+    /// in its receive buffer make its close a reset that can destroy the end of the upload.
+    pub data: Arc<ServerConfig>,
+}
+
+/// Server TLS configurations from PEM files (certificate chain and private key).
+pub fn server_configs(cert: &Path, key: &Path) -> Result<TlsConfigs, TlsConfigError> {
     let certs = CertificateDer::pem_file_iter(cert)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|source| TlsConfigError::Certificate {
@@ -50,7 +60,15 @@ pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsCo
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
-    Ok(Arc::new(config))
+    // Stateless tickets stay valid for several resumptions (stateful TLS 1.3 tickets are single-use), so every data
+    // connection of a session can resume the control connection's session.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
+    let mut data = config.clone();
+    data.send_tls13_tickets = 0;
+    Ok(TlsConfigs {
+        control: Arc::new(config),
+        data: Arc::new(data),
+    })
 }
 
 /// A TCP stream, in the clear or inside TLS.

@@ -44,11 +44,13 @@ pub enum ListFormat {
     Long,
     /// Names only, each prefixed with `prefix` (NLST of a directory argument).
     Names { prefix: String },
-    /// RFC 3659 facts (MLSD), with the listed directory for permissions.
+    /// RFC 3659 facts (MLSD), with the listed directory for permissions and the lines that go first (the
+    /// `cdir` and `pdir` entries).
     Facts {
         facts: Vec<String>,
         dir: VirtualPath,
         session: Session,
+        header: String,
     },
 }
 
@@ -61,9 +63,11 @@ pub enum ListSource {
 
 /// The work of one transfer.
 pub enum Job {
+    /// `limit`: send at most this many bytes (a RANG range).
     Download {
         download: Download,
         ascii: bool,
+        limit: Option<u64>,
     },
     Upload {
         upload: Upload,
@@ -109,8 +113,12 @@ pub async fn run(
         progress,
     };
     match job {
-        Job::Download { download, ascii } => {
-            io.send_file(download, ascii, &mut stream, &mut cancel)
+        Job::Download {
+            download,
+            ascii,
+            limit,
+        } => {
+            io.send_file(download, ascii, limit, &mut stream, &mut cancel)
                 .await
         }
         Job::Upload { upload, ascii } => {
@@ -173,14 +181,20 @@ impl Io {
         &self,
         mut download: Download,
         ascii: bool,
+        limit: Option<u64>,
         stream: &mut S,
         cancel: &mut oneshot::Receiver<()>,
     ) -> Result<u64, TransferError> {
         let mut buf = vec![0u8; TRANSFER_BUFFER];
         let mut converted = Vec::new();
+        let mut remaining = limit.unwrap_or(u64::MAX);
         let result = async {
             loop {
-                let n = download.read(&mut buf).await?;
+                let want = buf
+                    .len()
+                    .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+                let n = download.read(&mut buf[..want]).await?;
+                remaining -= n as u64;
                 if n == 0 {
                     break;
                 }
@@ -280,6 +294,7 @@ impl Io {
                     facts,
                     dir,
                     session,
+                    ..
                 } => {
                     let perms = dir
                         .join(&entry.name)
@@ -291,6 +306,9 @@ impl Io {
             batch.push_str(&line);
             batch.push_str("\r\n");
         };
+        if let ListFormat::Facts { header, .. } = &format {
+            batch.push_str(header);
+        }
         match source {
             ListSource::Entry(entry) => add(&mut batch, &entry),
             ListSource::Dir(mut entries) => {

@@ -1,0 +1,167 @@
+"""TLS policy (RFC 4217): --require-tls refuses clear-text logins and clear data; explicit FTPS works."""
+import ftplib
+import os
+import socket
+import ssl
+import stat
+
+import pytest
+
+from helpers_clients import require, run_client
+from helpers_files import put_file, random_bytes, sha256_bytes, sha256_file, write_random
+from helpers_ftp import TIMEOUT, RawFtp, expect_error, ftps_login, parse_pasv, retrieve, store
+
+
+@pytest.fixture
+def tls_server(ferry_factory):
+    server = ferry_factory("--require-tls", "--failed-login-delay-ms", "0")
+    server.add_user("alice", "secret")
+    return server
+
+
+def tls_context():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def test_require_tls_refuses_user_before_auth_tls(tls_server):
+    c = RawFtp(tls_server.host, tls_server.port)
+    reply = c.cmd("USER alice")
+    assert reply.startswith(("530", "534")), reply
+    # Even a client that sends the password anyway is not logged in.
+    reply = c.cmd("PASS secret")
+    assert not reply.startswith("230"), reply
+    assert not c.cmd("PWD").startswith("257")
+    c.close()
+
+
+def test_require_tls_feat_advertises_auth_tls(tls_server):
+    c = RawFtp(tls_server.host, tls_server.port)
+    reply = c.cmd("FEAT")
+    assert reply.startswith("211"), reply
+    assert "AUTH TLS" in reply, reply
+    assert "PBSZ" in reply and "PROT" in reply, reply
+    c.close()
+
+
+def test_require_tls_refuses_prot_c(tls_server):
+    ftp = ftps_login(tls_server, protect_data=False)
+    expect_error("5", ftp.prot_c)  # 534 or 536 per RFC 4217
+    ftp.quit()
+
+
+def test_require_tls_refuses_clear_data_connection_without_prot_p(tls_server):
+    """The default data protection is Clear; with TLS required, a transfer before PROT P must be refused."""
+    put_file(tls_server.home("alice") / "f.bin", b"secret data\n")
+    ftp = ftps_login(tls_server, protect_data=False)
+    ftp.voidcmd("PBSZ 0")
+    # 521 "data connection cannot be opened with this PROT setting" (RFC 4217), or another 5xx.
+    expect_error("5", retrieve, ftp, "f.bin")
+    ftp.quit()
+
+
+def test_require_tls_works_with_auth_tls_and_prot_p(tls_server):
+    data = random_bytes(1_500_000, seed=101)
+    ftp = ftps_login(tls_server)  # AUTH TLS, USER/PASS, PBSZ 0, PROT P
+    store(ftp, "tls.bin", data)
+    assert retrieve(ftp, "tls.bin") == data
+    names = ftp.nlst()
+    assert any(n.rsplit("/", 1)[-1] == "tls.bin" for n in names), names
+    lines = []
+    ftp.retrlines("LIST", lines.append)
+    assert any(l.endswith(" tls.bin") for l in lines), lines
+    ftp.quit()
+    assert sha256_file(tls_server.home("alice") / "tls.bin") == sha256_bytes(data)
+
+
+def test_require_tls_curl_ssl_reqd(tls_server, tmp_path):
+    require("curl")
+    digest = write_random(tmp_path / "c.bin", 700_000, seed=102)
+    base = f"ftp://alice:secret@{tls_server.host}:{tls_server.port}/"
+    run_client(["curl", "-q", "-sS", "--noproxy", "*", "--ssl-reqd", "-k", "-T", str(tmp_path / "c.bin"),
+                base + "c.bin"], tmp_path)
+    assert sha256_file(tls_server.home("alice") / "c.bin") == digest
+    run_client(["curl", "-q", "-sS", "--noproxy", "*", "--ssl-reqd", "-k", "-o", str(tmp_path / "back.bin"),
+                base + "c.bin"], tmp_path)
+    assert sha256_file(tmp_path / "back.bin") == digest
+    # And a plain curl (no TLS) cannot log in.
+    p = run_client(["curl", "-q", "-sS", "--noproxy", "*", "-o", str(tmp_path / "plain.bin"), base + "c.bin"],
+                   tmp_path, check=False)
+    assert p.returncode != 0
+    assert not (tmp_path / "plain.bin").exists()
+
+
+def test_data_connection_tls_works_without_require_tls(ferry):
+    """Without --require-tls, both clear and protected sessions work on the same listener."""
+    data = random_bytes(300_000, seed=103)
+    ftp = ftps_login(ferry)
+    store(ftp, "p.bin", data)
+    assert retrieve(ftp, "p.bin") == data
+    ftp.prot_c()  # back to clear data on a TLS control connection is allowed here
+    assert retrieve(ftp, "p.bin") == data
+    ftp.quit()
+    plain = ftplib.FTP(timeout=TIMEOUT)
+    plain.connect(ferry.host, ferry.port)
+    plain.login("alice", "secret")
+    assert retrieve(plain, "p.bin") == data
+    plain.quit()
+
+
+def test_auth_tls_handshake_rejects_garbage_and_server_survives(ferry):
+    c = RawFtp(ferry.host, ferry.port)
+    assert c.cmd("AUTH TLS").startswith("234")
+    c.sock.sendall(b"this is not a TLS ClientHello\r\n" * 10)
+    assert c.closed_within(10)
+    c.close()
+    ftp = ftps_login(ferry)
+    ftp.voidcmd("NOOP")
+    ftp.quit()
+
+
+def test_generated_certificate_and_key_permissions(ferry):
+    tls_dir = ferry.data_dir / "tls"
+    cert = tls_dir / "cert.pem"
+    assert cert.is_file(), sorted(os.listdir(ferry.data_dir))
+    keys = [p for p in tls_dir.iterdir() if p != cert and "key" in p.name]
+    assert keys, sorted(os.listdir(tls_dir))
+    for key in keys:
+        mode = stat.S_IMODE(key.stat().st_mode)
+        assert mode & 0o077 == 0, f"{key} has mode {oct(mode)}"
+    # The certificate served is the one on disk.
+    ftp = ftplib.FTP_TLS(context=tls_context(), timeout=TIMEOUT)
+    ftp.connect(ferry.host, ferry.port)
+    ftp.auth()
+    served = ftp.sock.getpeercert(binary_form=True)
+    ftp.close()
+    pem = cert.read_text()
+    first_block = pem[: pem.index("-----END CERTIFICATE-----")] + "-----END CERTIFICATE-----\n"
+    assert ssl.PEM_cert_to_DER_cert(first_block) == served
+
+
+def test_prot_p_data_connection_is_a_tls_session(ferry):
+    """With PROT P the data connection speaks TLS (a hand-made session: AUTH TLS, PBSZ 0, PROT P, PASV, RETR)."""
+    data = b"PLAINTEXT-MARKER " * 5000
+    put_file(ferry.home("alice") / "marker.txt", data)
+    ctx = tls_context()
+    c = RawFtp(ferry.host, ferry.port)
+    assert c.cmd("AUTH TLS").startswith("234")
+    c.sock = ctx.wrap_socket(c.sock, server_hostname=ferry.host)
+    c.file = c.sock.makefile("rb")
+    assert c.login().startswith("230")
+    assert c.cmd("PBSZ 0").startswith("200")
+    assert c.cmd("PROT P").startswith("200")
+    assert c.cmd("TYPE I").startswith("200")
+    host, port = parse_pasv(c.cmd("PASV"))
+    raw = socket.create_connection((host, port), timeout=10)
+    c.send("RETR marker.txt")
+    assert c.reply().startswith(("150", "125"))
+    tls_data = ctx.wrap_socket(raw, server_hostname=ferry.host)
+    received = bytearray()
+    while chunk := tls_data.recv(65536):
+        received += chunk
+    tls_data.close()
+    assert bytes(received) == data
+    assert c.reply().startswith("226")
+    c.close()
