@@ -497,12 +497,14 @@ fn parse_eprt(arg: &str) -> Result<SocketAddr, ParseError> {
     let [_, proto, addr, port, ""] = parts[..] else {
         return Err(bad());
     };
+    if !matches!(proto, "1" | "2") {
+        return Err(ParseError::NetworkProtocolNotSupported);
+    }
     let ip: IpAddr = addr.parse().map_err(|_| bad())?;
     let port: u16 = port.parse().map_err(|_| bad())?;
     match (proto, ip) {
         ("1", IpAddr::V4(_)) | ("2", IpAddr::V6(_)) => Ok(SocketAddr::new(ip, port)),
-        ("1" | "2", _) => Err(bad()),
-        _ => Err(ParseError::NetworkProtocolNotSupported),
+        _ => Err(bad()),
     }
 }
 
@@ -601,10 +603,10 @@ mod tests {
             Ok(Command::Eprt("10.0.0.1:21".parse().unwrap()))
         );
         assert!(parse("EPRT |1|::1|5000|").is_err());
-        assert!(matches!(
+        assert_eq!(
             parse("EPRT |3|x|1|"),
-            Err(ParseError::ParameterNotImplemented(_))
-        ));
+            Err(ParseError::NetworkProtocolNotSupported)
+        );
     }
 
     #[test]

@@ -64,7 +64,10 @@ impl Control {
             if let Some(pos) = self.buf.iter().position(|&b| b == b'\n') {
                 let rest = self.buf.split_off(pos + 1);
                 let raw = std::mem::replace(&mut self.buf, rest);
-                if self.buf.capacity() > IDLE_BUFFER {
+                if self.buf.is_empty() {
+                    // Nothing pipelined: an idle session keeps no buffer at all.
+                    self.buf = Vec::new();
+                } else if self.buf.capacity() > IDLE_BUFFER {
                     self.buf.shrink_to(IDLE_BUFFER);
                 }
                 if std::mem::take(&mut self.discarding) || raw.len() > self.max_line {

@@ -106,7 +106,8 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_
             return;
         };
         let wait = shared.core.limits().login_timeout;
-        match tokio::time::timeout(wait, acceptor.accept(tcp)).await {
+        // Boxed: the handshake state is large and must not stay in every session's future.
+        match tokio::time::timeout(wait, Box::pin(acceptor.accept(tcp))).await {
             Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
             Ok(Err(e)) => {
                 tracing::info!(%peer, error = %e, "implicit TLS handshake failed");

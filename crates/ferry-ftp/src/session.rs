@@ -124,13 +124,14 @@ impl FtpSession {
             }
             let flow = tokio::select! {
                 biased;
-                outcome = wait_transfer(&mut self.transfer) => self.transfer_finished(outcome).await,
+                outcome = wait_transfer(&mut self.transfer) => Box::pin(self.transfer_finished(outcome)).await,
                 _ = shutdown.wait(), if !self.shutting_down => {
                     self.shutting_down = true;
                     Ok(Flow::Continue)
                 }
                 line = self.control.read_line() => match line {
-                    Ok(Some(line)) => self.handle_line(line).await,
+                    // Boxed, like everything else that does not run while the session is idle.
+                    Ok(Some(line)) => Box::pin(self.handle_line(line)).await,
                     Ok(None) | Err(_) => Ok(Flow::Close),
                 },
                 _ = sleep_until(deadline), if self.transfer.is_none() => {
