@@ -38,6 +38,8 @@ class FerryServer:
         cmd = [FERRY_BIN, "serve", "--data-dir", str(data_dir), *args]
         if not any(a.startswith("--ftp") and not a.startswith("--ftps") for a in args):
             cmd += ["--ftp", "127.0.0.1:0"]
+        if not any(a.startswith("--sftp") for a in args):
+            cmd += ["--sftp", "127.0.0.1:0"]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
         )

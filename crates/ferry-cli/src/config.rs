@@ -15,6 +15,7 @@ use serde::Deserialize;
 /// Where `ferry serve` and `ferry user` keep their state when not told otherwise.
 pub const DEFAULT_DATA_DIR: &str = "ferry-data";
 const DEFAULT_FTP: &str = "0.0.0.0:2121";
+const DEFAULT_SFTP: &str = "0.0.0.0:2222";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +48,9 @@ pub struct ServeArgs {
     /// Implicit FTPS listener (TLS from the first byte), off by default.
     #[arg(long, env = "FERRY_FTPS")]
     pub ftps: Option<String>,
+    /// SSH listener for SFTP, SCP and checksum commands [default: 0.0.0.0:2222].
+    #[arg(long, env = "FERRY_SFTP")]
+    pub sftp: Option<String>,
     /// Passive data ports, e.g. 50000-51000 [default: any free port].
     #[arg(long, env = "FERRY_PASSIVE_PORTS")]
     pub passive_ports: Option<String>,
@@ -109,6 +113,7 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     pub ftp: SocketAddr,
     pub ftps: Option<SocketAddr>,
+    pub sftp: SocketAddr,
     pub passive_ports: Option<RangeInclusive<u16>>,
     pub passive_host: Option<IpAddr>,
     pub anonymous: Option<PathBuf>,
@@ -130,6 +135,7 @@ impl ServeArgs {
             data_dir: self.data_dir.or(other.data_dir),
             ftp: self.ftp.or(other.ftp),
             ftps: self.ftps.or(other.ftps),
+            sftp: self.sftp.or(other.sftp),
             passive_ports: self.passive_ports.or(other.passive_ports),
             passive_host: self.passive_host.or(other.passive_host),
             anonymous: self.anonymous.or(other.anonymous),
@@ -195,6 +201,7 @@ impl ServeArgs {
                 .map(parse_addr)
                 .transpose()
                 .context("--ftps")?,
+            sftp: parse_addr(merged.sftp.as_deref().unwrap_or(DEFAULT_SFTP)).context("--sftp")?,
             passive_ports: merged
                 .passive_ports
                 .as_deref()

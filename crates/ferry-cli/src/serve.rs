@@ -11,6 +11,7 @@ use ferry_core::events::{Event, EventBus};
 use ferry_core::server::{ServerCore, ServerSettings};
 use ferry_ftp::datachan::PassivePorts;
 use ferry_ftp::{FtpConfig, FtpServer};
+use ferry_ssh::{host_keys, SshConfig, SshServer};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -83,6 +84,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         );
         servers.push(tokio::spawn(async move { ftp.serve(listener, true).await }));
     }
+    let ssh_dir = config.data_dir.join("ssh");
+    let keys = tokio::task::spawn_blocking(move || host_keys::load_or_generate(&ssh_dir))
+        .await?
+        .context("SSH host keys")?;
+    let fingerprints = host_keys::fingerprints(&keys);
+    let ssh = SshServer::new(core.clone(), SshConfig::new(keys));
+    let listener = bind(config.sftp).await?;
+    println!(
+        "ferry: sftp listening on {} (SFTP, SCP and checksum commands over SSH)",
+        listener.local_addr()?
+    );
+    for fingerprint in fingerprints {
+        println!("ferry: ssh host key {fingerprint}");
+    }
+    servers.push(tokio::spawn(async move { ssh.serve(listener).await }));
     if config.anonymous.is_some() {
         println!("ferry: anonymous read-only access is enabled");
     }

@@ -1,5 +1,6 @@
 //! Password authentication: argon2id hashes, verified off the async runtime, with an in-memory cache of recent
-//! successes so that a client that logs in again and again does not pay the hash every time.
+//! successes so that a client that logs in again and again does not pay the hash every time. Public keys (SSH) are
+//! matched against the account's OpenSSH `authorized_keys` lines.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -145,6 +146,37 @@ impl Authenticator {
         Ok(account)
     }
 
+    /// Checks that `key`, an OpenSSH public key (`ssh-ed25519 AAAA... [comment]`) whose possession the protocol has
+    /// already verified, is one of the account's keys, for a client at `ip`. Stored lines with `authorized_keys`
+    /// options (`from=`, `command=`, ...) never match: ferry does not implement the restrictions they ask for.
+    pub async fn verify_public_key(
+        &self,
+        username: &str,
+        key: &str,
+        ip: IpAddr,
+    ) -> Result<Account, AuthError> {
+        if self.is_anonymous(username) {
+            return Err(AuthError::InvalidCredentials);
+        }
+        let offered = key_identity(key).ok_or(AuthError::InvalidCredentials)?;
+        let account = self
+            .store
+            .get(username)
+            .await?
+            .ok_or(AuthError::InvalidCredentials)?;
+        if !account
+            .public_keys
+            .iter()
+            .any(|line| key_identity(line) == Some(offered))
+        {
+            return Err(AuthError::InvalidCredentials);
+        }
+        if !account.ip_allowed(ip) {
+            return Err(AuthError::AddressNotAllowed(ip));
+        }
+        Ok(account)
+    }
+
     fn password_digest(&self, username: &str, password: &str) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.cache_key);
@@ -177,6 +209,21 @@ impl Authenticator {
             },
         );
     }
+}
+
+/// The key type and base64 blob of an OpenSSH public key line, or `None` for a comment, a line with options or
+/// anything else.
+fn key_identity(line: &str) -> Option<(&str, &str)> {
+    let mut words = line.split_whitespace();
+    let key_type = words.next()?;
+    let blob = words.next()?;
+    let known_type = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"]
+        .iter()
+        .any(|prefix| key_type.starts_with(prefix));
+    let base64 = blob
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=');
+    (known_type && base64).then_some((key_type, blob))
 }
 
 fn verify_hash(stored_hash: &str, password: &str) -> bool {
@@ -237,6 +284,41 @@ mod tests {
             .verify_password("alice", "right", "10.1.1.1".parse().unwrap())
             .await;
         assert!(matches!(r, Err(AuthError::AddressNotAllowed(_))));
+    }
+
+    #[tokio::test]
+    async fn public_keys_match_type_and_blob_only() {
+        let (_tmp, auth) = authenticator().await;
+        let mut a = auth.store().get("alice").await.unwrap().unwrap();
+        a.public_keys = vec![
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey1 alice@laptop".into(),
+            "from=\"10.0.0.0/8\" ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey2".into(),
+        ];
+        auth.store().update(&a).await.unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        let ok = auth
+            .verify_public_key("alice", "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey1", ip)
+            .await;
+        assert!(ok.is_ok());
+        for wrong in [
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey2",
+            "ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIKey1",
+            "ssh-ed25519",
+            "",
+        ] {
+            assert!(
+                auth.verify_public_key("alice", wrong, ip).await.is_err(),
+                "{wrong:?} accepted"
+            );
+        }
+        assert!(auth
+            .verify_public_key(
+                "alice",
+                "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKey1",
+                "10.1.1.1".parse().unwrap()
+            )
+            .await
+            .is_err());
     }
 
     #[tokio::test]

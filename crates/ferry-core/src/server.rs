@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::account::AccountStore;
+use crate::account::{Account, AccountStore};
 use crate::auth::{AuthError, Authenticator};
 use crate::error::CoreError;
 use crate::events::{Event, EventBus, EventKind};
@@ -97,27 +97,61 @@ impl ServerCore {
         password: &str,
         client: &ClientInfo,
     ) -> Result<Session, LoginError> {
-        let result = self.login_inner(username, password, client).await;
-        if let Err(e) = &result {
+        let result = async {
+            let account = self
+                .inner
+                .auth
+                .verify_password(username, password, client.ip)
+                .await?;
+            let anonymous = self.inner.auth.is_anonymous(username);
+            self.open_session(account, anonymous, client).await
+        }
+        .await;
+        self.publish_failure(username, client, &result);
+        result
+    }
+
+    /// Logs in with a public key whose possession the protocol has verified (see
+    /// [`Authenticator::verify_public_key`]), like [`ServerCore::login`] does with a password.
+    pub async fn login_with_key(
+        &self,
+        username: &str,
+        key: &str,
+        client: &ClientInfo,
+    ) -> Result<Session, LoginError> {
+        let result = async {
+            let account = self
+                .inner
+                .auth
+                .verify_public_key(username, key, client.ip)
+                .await?;
+            self.open_session(account, false, client).await
+        }
+        .await;
+        self.publish_failure(username, client, &result);
+        result
+    }
+
+    fn publish_failure(
+        &self,
+        username: &str,
+        client: &ClientInfo,
+        result: &Result<Session, LoginError>,
+    ) {
+        if let Err(e) = result {
             let mut event = Event::new(EventKind::LoginFailed, client, username);
             event.error = Some(e.to_string());
             self.inner.events.publish(event);
         }
-        result
     }
 
-    async fn login_inner(
+    /// Takes the account's session slot and opens its home.
+    async fn open_session(
         &self,
-        username: &str,
-        password: &str,
+        account: Account,
+        anonymous: bool,
         client: &ClientInfo,
     ) -> Result<Session, LoginError> {
-        let account = self
-            .inner
-            .auth
-            .verify_password(username, password, client.ip)
-            .await?;
-        let anonymous = self.inner.auth.is_anonymous(username);
         let slot = self
             .inner
             .limiter

@@ -44,6 +44,8 @@ impl ClientInfo {
 #[derive(Clone)]
 pub struct Session {
     inner: Arc<SessionInner>,
+    /// The protocol this handle's events are published under (see [`Session::with_protocol`]).
+    protocol: Protocol,
 }
 
 struct SessionInner {
@@ -83,10 +85,20 @@ impl Session {
             _slot: p.slot,
         };
         let session = Session {
+            protocol: inner.client.protocol,
             inner: Arc::new(inner),
         };
         session.publish(EventKind::Login, None, None, None);
         session
+    }
+
+    /// The same session, publishing its events under `protocol`: an SSH connection logs in once and then runs
+    /// SFTP, SCP or commands on its channels.
+    pub fn with_protocol(&self, protocol: Protocol) -> Session {
+        Session {
+            inner: Arc::clone(&self.inner),
+            protocol,
+        }
     }
 
     pub fn account(&self) -> &Account {
@@ -197,6 +209,11 @@ impl Session {
         }
 
         let atomic = self.inner.upload_mode == UploadMode::Atomic && position == 0;
+        let overwrite_floor = if atomic || self.allowed(Permission::Overwrite, path) {
+            0
+        } else {
+            kept
+        };
         let quota = self.quota();
         let mut files_delta = 0;
         if existing.is_none() {
@@ -250,6 +267,7 @@ impl Session {
             temp,
             position,
             size: start_size,
+            overwrite_floor,
             bytes_delta,
             files_delta,
         }))
@@ -358,6 +376,70 @@ impl Session {
             self.persist_usage(-(meta.size as i64), -1).await;
         }
         Ok(())
+    }
+
+    /// The target of a symlink, as stored.
+    pub async fn read_link(&self, path: &VirtualPath) -> CoreResult<String> {
+        self.check(Permission::List, &path.parent())?;
+        Ok(self.storage().read_link(path.relative()).await?)
+    }
+
+    /// Creates a symlink at `link` to `target`, a path relative to the link's directory or absolute from the home.
+    /// A target outside the home is refused; the link is stored relative so that it resolves the same way on disk.
+    pub async fn symlink(&self, target: &str, link: &VirtualPath) -> CoreResult<()> {
+        self.check_link(link)?;
+        let dir = link.parent();
+        let target = VirtualPath::resolve_beneath(&dir, target)?;
+        Ok(self
+            .storage()
+            .symlink(&target.relative_from(&dir), link.relative())
+            .await?)
+    }
+
+    /// Creates a hard link `to` for the file `from`. The new name counts against the quota like a copy, as a quota
+    /// rescan would count it.
+    pub async fn hard_link(&self, from: &VirtualPath, to: &VirtualPath) -> CoreResult<()> {
+        self.check_link(to)?;
+        self.check(Permission::Download, from)?;
+        self.check(Permission::Overwrite, from)?;
+        let meta = self.storage().symlink_metadata(from.relative()).await?;
+        if meta.is_dir() {
+            return Err(CoreError::IsADirectory);
+        }
+        let counted = meta.is_file();
+        if counted {
+            self.quota().reserve_file()?;
+            if let Err(e) = self.quota().reserve_bytes(meta.size) {
+                self.quota().release_file();
+                return Err(e);
+            }
+        }
+        if let Err(e) = self
+            .storage()
+            .hard_link(from.relative(), to.relative())
+            .await
+        {
+            if counted {
+                self.quota().release_bytes(meta.size);
+                self.quota().release_file();
+            }
+            return Err(e.into());
+        }
+        if counted {
+            self.persist_usage(meta.size as i64, 1).await;
+        }
+        Ok(())
+    }
+
+    /// New links need `upload` where they are created. With per-directory permissions they are refused: a link
+    /// would reach data through a path whose permissions differ from those of the data's own directory.
+    fn check_link(&self, link: &VirtualPath) -> CoreResult<()> {
+        self.check(Permission::Upload, link)?;
+        if self.inner.account.dir_permissions.is_empty() {
+            Ok(())
+        } else {
+            Err(CoreError::AccessDenied)
+        }
     }
 
     pub async fn set_modified(&self, path: &VirtualPath, time: SystemTime) -> CoreResult<()> {
@@ -514,6 +596,7 @@ impl Session {
         target: Option<&VirtualPath>,
     ) -> Event {
         let mut event = self.inner.base_event(kind);
+        event.protocol = self.protocol;
         event.path = path.map(ToString::to_string);
         event.target = target.map(ToString::to_string);
         event.real_path = path.map(|p| {

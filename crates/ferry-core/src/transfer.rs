@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::account::Permission;
 use crate::error::{CoreError, CoreResult};
 use crate::events::EventKind;
 use crate::session::Session;
-use crate::storage::{FileReader, FileWriter};
+use crate::storage::{FileReader, FileWriter, WriteMode};
 use crate::vpath::VirtualPath;
 
 /// How uploads that start from zero reach their final name.
@@ -45,6 +46,9 @@ struct UploadState {
     position: u64,
     /// The file's length as far as this upload knows it.
     size: u64,
+    /// Bytes at the start of the file that existed before the upload and that it may not overwrite (0 when the
+    /// account may overwrite here).
+    overwrite_floor: u64,
     /// Net change of stored bytes caused by this upload (truncation counts negative).
     bytes_delta: i64,
     files_delta: i64,
@@ -59,6 +63,7 @@ pub(crate) struct UploadParts {
     pub temp: Option<TempTarget>,
     pub position: u64,
     pub size: u64,
+    pub overwrite_floor: u64,
     pub bytes_delta: i64,
     pub files_delta: i64,
 }
@@ -73,6 +78,7 @@ impl Upload {
                 temp: p.temp,
                 position: p.position,
                 size: p.size,
+                overwrite_floor: p.overwrite_floor,
                 bytes_delta: p.bytes_delta,
                 files_delta: p.files_delta,
                 transferred: 0,
@@ -107,6 +113,40 @@ impl Upload {
         s.size = s.size.max(end);
         s.bytes_delta += growth as i64;
         s.transferred += data.len() as u64;
+        Ok(())
+    }
+
+    /// Writes `data` at `offset`, for protocols whose clients write blocks out of order (SFTP). Writing where the
+    /// upload already is costs nothing extra; anywhere else the file is reopened at `offset`. Quota is reserved for
+    /// any growth as in [`Upload::write`]; data that existed before the upload may only be overwritten with the
+    /// `overwrite` permission.
+    pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> CoreResult<()> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        if offset != s.position {
+            if offset < s.overwrite_floor {
+                return Err(CoreError::PermissionDenied(Permission::Overwrite));
+            }
+            // Buffered data must reach the file before another handle writes to it.
+            s.writer.shutdown().await?;
+            let target = s.temp.as_ref().map_or(&s.path, |t| &t.temp);
+            let mode = WriteMode::At {
+                offset,
+                truncate: false,
+            };
+            s.writer = s
+                .session
+                .storage()
+                .open_write(target.relative(), mode)
+                .await?;
+            s.position = offset;
+        }
+        self.write(data).await
+    }
+
+    /// Hands buffered data to the storage, so that other readers of the file see it.
+    pub async fn flush(&mut self) -> CoreResult<()> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        s.writer.flush().await?;
         Ok(())
     }
 
@@ -265,5 +305,93 @@ impl Download {
 impl Drop for Download {
     fn drop(&mut self) {
         self.record(Some(CoreError::Aborted.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::account::{Account, AccountStore, Permissions, Quota};
+    use crate::auth::{hash_password, Authenticator};
+    use crate::events::{EventBus, Protocol};
+    use crate::server::{ServerCore, ServerSettings};
+    use crate::session::ClientInfo;
+    use crate::store::SqliteAccountStore;
+
+    /// A session for an account with `permissions` and a byte quota of `max_bytes`.
+    async fn session(
+        tmp: &tempfile::TempDir,
+        permissions: Permissions,
+        max_bytes: Option<u64>,
+    ) -> Session {
+        let store = SqliteAccountStore::open(&tmp.path().join("db")).unwrap();
+        let mut account = Account::new("u", tmp.path().join("home"));
+        account.password_hash = Some(hash_password("pw").unwrap());
+        account.permissions = permissions;
+        account.quota = Quota {
+            max_bytes,
+            max_files: None,
+        };
+        store.create(&account).await.unwrap();
+        let store: Arc<dyn AccountStore> = Arc::new(store);
+        let core = ServerCore::new(
+            Authenticator::new(store),
+            EventBus::default(),
+            ServerSettings::default(),
+        );
+        let client = ClientInfo::new(Protocol::Sftp, "127.0.0.1".parse().unwrap());
+        core.login("u", "pw", &client).await.unwrap()
+    }
+
+    fn path(s: &str) -> VirtualPath {
+        VirtualPath::parse(s).unwrap()
+    }
+
+    #[tokio::test]
+    async fn write_at_places_out_of_order_blocks_and_counts_growth_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let session = session(&tmp, Permissions::all(), Some(10)).await;
+        let mut up = session
+            .open_write(&path("/f"), WriteMode::Truncate)
+            .await
+            .unwrap();
+        up.write_at(4, b"4567").await.unwrap();
+        up.write_at(0, b"0123").await.unwrap();
+        up.write_at(8, b"89").await.unwrap();
+        assert!(matches!(
+            up.write_at(10, b"x").await,
+            Err(CoreError::QuotaExceeded(_))
+        ));
+        up.write_at(2, b"ab").await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("home/f")).unwrap(),
+            b"01ab456789"
+        );
+        assert_eq!(session.quota().usage().bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn write_at_below_existing_data_needs_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+        std::fs::write(tmp.path().join("home/f"), b"old").unwrap();
+        let no_overwrite = "list,download,upload".parse().unwrap();
+        let session = session(&tmp, no_overwrite, None).await;
+        let mut up = session
+            .open_write(&path("/f"), WriteMode::Append)
+            .await
+            .unwrap();
+        up.write_at(3, b"new").await.unwrap();
+        up.write_at(5, b"W").await.unwrap();
+        assert!(matches!(
+            up.write_at(1, b"X").await,
+            Err(CoreError::PermissionDenied(Permission::Overwrite))
+        ));
+        up.flush().await.unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("home/f")).unwrap(), b"oldneW");
+        up.finish().await.unwrap();
     }
 }

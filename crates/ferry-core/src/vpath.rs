@@ -55,6 +55,49 @@ impl VirtualPath {
         Ok(VirtualPath(path))
     }
 
+    /// Like [`VirtualPath::resolve`], but a `..` that would climb above the root is an error instead of staying at
+    /// the root: for symlink targets, which must not point outside the home.
+    pub fn resolve_beneath(cwd: &VirtualPath, input: &str) -> Result<VirtualPath, CoreError> {
+        let depth_of_cwd = if input.starts_with('/') {
+            0
+        } else {
+            cwd.components().count()
+        };
+        let mut depth = depth_of_cwd;
+        for part in input.split('/') {
+            match part {
+                "" | "." => {}
+                ".." if depth == 0 => {
+                    return Err(CoreError::AccessDenied);
+                }
+                ".." => depth -= 1,
+                _ => depth += 1,
+            }
+        }
+        Self::resolve(cwd, input)
+    }
+
+    /// The relative path that leads from the directory `dir` to `self` (`.` when they are the same), as stored in
+    /// a symlink in `dir`.
+    pub fn relative_from(&self, dir: &VirtualPath) -> String {
+        let mut target = self.components().peekable();
+        let mut base = dir.components().peekable();
+        while let (Some(a), Some(b)) = (target.peek(), base.peek()) {
+            if a != b {
+                break;
+            }
+            target.next();
+            base.next();
+        }
+        let mut parts: Vec<&str> = base.map(|_| "..").collect();
+        parts.extend(target);
+        if parts.is_empty() {
+            ".".to_owned()
+        } else {
+            parts.join("/")
+        }
+    }
+
     /// Parses an already absolute path (for example from configuration).
     pub fn parse(input: &str) -> Result<VirtualPath, CoreError> {
         Self::resolve(&Self::root(), input)
@@ -183,6 +226,38 @@ mod tests {
         assert!(vp("/ab/c").starts_with(&vp("/ab")));
         assert!(!vp("/abc").starts_with(&vp("/ab")));
         assert!(vp("/x").starts_with(&vp("/")));
+    }
+
+    #[test]
+    fn resolve_beneath_refuses_to_climb_out() {
+        assert_eq!(
+            VirtualPath::resolve_beneath(&vp("/a/b"), "../c").unwrap(),
+            vp("/a/c")
+        );
+        assert_eq!(
+            VirtualPath::resolve_beneath(&vp("/a"), "/x/../y").unwrap(),
+            vp("/y")
+        );
+        assert!(VirtualPath::resolve_beneath(&vp("/a"), "../../etc/passwd").is_err());
+        assert!(VirtualPath::resolve_beneath(&vp("/"), "/..").is_err());
+    }
+
+    #[test]
+    fn relative_from_walks_up_then_down() {
+        assert_eq!(vp("/a/b/c").relative_from(&vp("/a/x")), "../b/c");
+        assert_eq!(vp("/a").relative_from(&vp("/a")), ".");
+        assert_eq!(vp("/f").relative_from(&vp("/")), "f");
+        assert_eq!(vp("/").relative_from(&vp("/d/e")), "../..");
+    }
+
+    proptest! {
+        #[test]
+        fn relative_from_resolves_back(dir in "(/[a-c]{1,2}){0,4}", target in "(/[a-c]{1,2}){0,4}") {
+            let dir = VirtualPath::parse(&dir).unwrap();
+            let target = VirtualPath::parse(&target).unwrap();
+            let rel = target.relative_from(&dir);
+            prop_assert_eq!(VirtualPath::resolve_beneath(&dir, &rel).unwrap(), target);
+        }
     }
 
     proptest! {

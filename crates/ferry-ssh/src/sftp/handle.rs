@@ -1,0 +1,396 @@
+//! Open SFTP handles. Each one lives in its own task and serves its requests in the order they arrived, while
+//! different handles proceed in parallel.
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use ferry_core::error::CoreError;
+use ferry_core::session::Session;
+use ferry_core::storage::{DirStream, WriteMode};
+use ferry_core::transfer::{Download, Upload};
+use ferry_core::vpath::VirtualPath;
+use russh_sftp::protocol::{Attrs, File, FileAttributes, Name, OpenFlags, Packet};
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::attrs;
+use super::status::Status;
+use super::wire;
+
+/// Entries sent in one READDIR reply (as OpenSSH does).
+const NAMES_PER_READDIR: usize = 100;
+
+/// A request addressed to an open handle.
+pub(crate) enum HandleRequest {
+    Read { offset: u64, len: u32 },
+    Write { offset: u64, data: Vec<u8> },
+    Fstat,
+    Fsetstat(FileAttributes),
+    ReadDir,
+    Fsync,
+    Close,
+}
+
+/// A request queued for a handle's task, holding its share of the session's in-flight budget.
+pub(crate) struct Job {
+    pub id: u32,
+    pub request: HandleRequest,
+    pub permit: OwnedSemaphorePermit,
+}
+
+/// What a handle serves.
+pub(crate) enum OpenHandle {
+    File(Box<FileHandle>),
+    Dir(DirHandle),
+}
+
+/// Serves `jobs` for one handle until it is closed or the session ends, sending each reply to `replies`.
+pub(crate) async fn run(
+    mut handle: OpenHandle,
+    mut jobs: mpsc::Receiver<Job>,
+    replies: mpsc::Sender<Bytes>,
+    max_read: u32,
+) {
+    while let Some(job) = jobs.recv().await {
+        let closing = matches!(job.request, HandleRequest::Close);
+        let reply = handle.serve(job.id, job.request, max_read).await;
+        // A failed send means the session is over; the handle still has to be wound up.
+        let _ = replies.send(reply).await;
+        drop(job.permit);
+        if closing {
+            return;
+        }
+    }
+    if let OpenHandle::File(file) = handle {
+        file.abandon().await;
+    }
+}
+
+impl OpenHandle {
+    async fn serve(&mut self, id: u32, request: HandleRequest, max_read: u32) -> Bytes {
+        let result = match (self, request) {
+            (OpenHandle::File(f), HandleRequest::Read { offset, len }) => {
+                return f
+                    .read(id, offset, len.min(max_read))
+                    .await
+                    .unwrap_or_else(|s| wire::status(id, s.code, &s.message))
+            }
+            (OpenHandle::File(f), HandleRequest::Write { offset, data }) => {
+                f.write(offset, &data).await
+            }
+            (OpenHandle::File(f), HandleRequest::Fstat) => {
+                return match f.stat().await {
+                    Ok(attrs) => wire::packet(id, Packet::Attrs(Attrs { id, attrs })),
+                    Err(s) => wire::status(id, s.code, &s.message),
+                }
+            }
+            (OpenHandle::File(f), HandleRequest::Fsetstat(attrs)) => f.set_attrs(&attrs).await,
+            (OpenHandle::File(f), HandleRequest::Fsync) => f.flush().await,
+            (OpenHandle::File(f), HandleRequest::Close) => f.close().await,
+            (OpenHandle::Dir(d), HandleRequest::ReadDir) => {
+                return match d.read_dir(id).await {
+                    Ok(name) => wire::packet(id, Packet::Name(name)),
+                    Err(s) => wire::status(id, s.code, &s.message),
+                }
+            }
+            (OpenHandle::Dir(d), HandleRequest::Fstat) => match d.session.metadata(&d.path).await {
+                Ok(meta) => {
+                    let attrs = attrs::from_metadata(&meta);
+                    return wire::packet(id, Packet::Attrs(Attrs { id, attrs }));
+                }
+                Err(e) => Err(e.into()),
+            },
+            (OpenHandle::Dir(_), HandleRequest::Close) => Ok(()),
+            (OpenHandle::Dir(_), _) => Err(Status::failure("not a file handle")),
+            (OpenHandle::File(_), HandleRequest::ReadDir) => {
+                Err(Status::failure("not a directory handle"))
+            }
+        };
+        match result {
+            Ok(()) => wire::status(id, russh_sftp::protocol::StatusCode::Ok, "ok"),
+            Err(s) => wire::status(id, s.code, &s.message),
+        }
+    }
+}
+
+/// Where a handle's download stands.
+struct Reader {
+    download: Download,
+    position: u64,
+}
+
+/// An open file. Reads go through a [`Download`] that is reopened when a client reads out of sequence; writes go
+/// through an [`Upload`] that places each block at its offset (or, with APPEND, at the end).
+pub(crate) struct FileHandle {
+    session: Session,
+    path: VirtualPath,
+    readable: bool,
+    writable: bool,
+    append: bool,
+    reader: Option<Reader>,
+    upload: Option<Upload>,
+    /// The first write error, so that the upload is recorded as failed when the handle closes.
+    write_error: Option<String>,
+}
+
+impl FileHandle {
+    /// Opens `path` as SSH_FXP_OPEN asks. Writing without TRUNC keeps existing data: the upload starts at the end
+    /// and reaches earlier offsets only where the account may overwrite.
+    pub(crate) async fn open(
+        session: Session,
+        path: VirtualPath,
+        flags: OpenFlags,
+        attrs: &FileAttributes,
+    ) -> Result<FileHandle, Status> {
+        let writable = flags.contains(OpenFlags::WRITE);
+        let readable = flags.contains(OpenFlags::READ) || !writable;
+        let mut handle = FileHandle {
+            session,
+            path,
+            readable,
+            writable,
+            append: flags.contains(OpenFlags::APPEND),
+            reader: None,
+            upload: None,
+            write_error: None,
+        };
+        if writable {
+            let existed = handle.session.metadata(&handle.path).await.is_ok();
+            if !flags.contains(OpenFlags::CREATE) && !existed {
+                return Err(CoreError::NotFound.into());
+            }
+            let mode = if flags.contains(OpenFlags::EXCLUDE) {
+                WriteMode::CreateNew
+            } else if flags.contains(OpenFlags::TRUNCATE) {
+                WriteMode::Truncate
+            } else {
+                WriteMode::Append
+            };
+            handle.upload = Some(handle.session.open_write(&handle.path, mode).await?);
+            if let (false, Some(mode)) = (existed, attrs.permissions) {
+                // Like open(2)'s mode argument: applied where allowed, otherwise the default stays.
+                let _ = handle
+                    .session
+                    .set_mode(&handle.path, crate::creation_mode(mode))
+                    .await;
+            }
+        } else {
+            let download = handle.session.open_read(&handle.path, 0).await?;
+            handle.reader = Some(Reader {
+                download,
+                position: 0,
+            });
+        }
+        Ok(handle)
+    }
+
+    async fn read(&mut self, id: u32, offset: u64, len: u32) -> Result<Bytes, Status> {
+        if !self.readable {
+            return Err(Status::new(
+                russh_sftp::protocol::StatusCode::PermissionDenied,
+                "handle not open for reading",
+            ));
+        }
+        if let Some(upload) = &mut self.upload {
+            upload.flush().await?;
+        }
+        let reader = match &mut self.reader {
+            Some(r) if r.position == offset => r,
+            current => {
+                if let Some(old) = current.take() {
+                    // Pipelined reads past the end arrive after the last block: answer them without reopening.
+                    if offset >= old.download.size() && !self.writable {
+                        *current = Some(old);
+                        return Err(Status::eof());
+                    }
+                    old.download.finish();
+                }
+                let download = match self.session.open_read(&self.path, offset).await {
+                    Ok(download) => download,
+                    Err(CoreError::InvalidArgument(_)) => return Err(Status::eof()),
+                    Err(e) => return Err(e.into()),
+                };
+                current.insert(Reader {
+                    download,
+                    position: offset,
+                })
+            }
+        };
+        let len = len as usize;
+        let mut buf = vec![0u8; wire::DATA_HEADER_LEN + len];
+        let mut filled = 0;
+        while filled < len {
+            let Some(space) = buf.get_mut(wire::DATA_HEADER_LEN + filled..) else {
+                break;
+            };
+            let n = reader.download.read(space).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            return Err(Status::eof());
+        }
+        reader.position += filled as u64;
+        Ok(wire::data(id, buf, filled))
+    }
+
+    async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Status> {
+        if !self.writable {
+            return Err(Status::new(
+                russh_sftp::protocol::StatusCode::PermissionDenied,
+                "handle not open for writing",
+            ));
+        }
+        // A later read must see this data, so it reopens its download.
+        if let Some(old) = self.reader.take() {
+            old.download.finish();
+        }
+        let upload = match &mut self.upload {
+            Some(upload) => upload,
+            empty => empty.insert(
+                self.session
+                    .open_write(&self.path, WriteMode::Append)
+                    .await?,
+            ),
+        };
+        let result = if self.append {
+            upload.write(data).await
+        } else {
+            upload.write_at(offset, data).await
+        };
+        if let Err(e) = &result {
+            self.write_error.get_or_insert_with(|| e.to_string());
+        }
+        Ok(result?)
+    }
+
+    async fn flush(&mut self) -> Result<(), Status> {
+        if let Some(upload) = &mut self.upload {
+            upload.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn stat(&mut self) -> Result<FileAttributes, Status> {
+        self.flush().await?;
+        let meta = self.session.metadata(&self.path).await?;
+        Ok(attrs::from_metadata(&meta))
+    }
+
+    async fn set_attrs(&mut self, attrs: &FileAttributes) -> Result<(), Status> {
+        self.flush().await?;
+        if attrs.size.is_some() {
+            // Truncation changes the file under the upload: end it here, the next write opens a new one.
+            self.end_upload().await?;
+        }
+        set_attrs(&self.session, &self.path, attrs).await
+    }
+
+    async fn close(&mut self) -> Result<(), Status> {
+        if let Some(reader) = self.reader.take() {
+            reader.download.finish();
+        }
+        self.end_upload().await
+    }
+
+    async fn end_upload(&mut self) -> Result<(), Status> {
+        let Some(upload) = self.upload.take() else {
+            return Ok(());
+        };
+        match self.write_error.take() {
+            Some(error) => {
+                upload.fail(error).await;
+                Ok(())
+            }
+            None => upload.finish().await.map(drop).map_err(Status::from),
+        }
+    }
+
+    /// Ends transfers left open when the session ended.
+    async fn abandon(mut self) {
+        if let Some(reader) = self.reader.take() {
+            reader.download.fail("the client disconnected");
+        }
+        if let Some(upload) = self.upload.take() {
+            let reason = self
+                .write_error
+                .take()
+                .unwrap_or_else(|| "the client disconnected".to_owned());
+            upload.fail(reason).await;
+        }
+    }
+}
+
+/// Applies SETSTAT/FSETSTAT attributes: size, then mode, then modification time (last, so that it sticks). Owner
+/// changes are not supported and ignored; the access time cannot be set on its own.
+pub(crate) async fn set_attrs(
+    session: &Session,
+    path: &VirtualPath,
+    attrs: &FileAttributes,
+) -> Result<(), Status> {
+    if let Some(size) = attrs.size {
+        session.set_len(path, size).await?;
+    }
+    if let Some(mode) = attrs.permissions {
+        session.set_mode(path, mode & 0o7777).await?;
+    }
+    if let Some(mtime) = attrs.mtime {
+        session
+            .set_modified(path, attrs::system_time(mtime))
+            .await?;
+    }
+    Ok(())
+}
+
+/// An open directory listing.
+pub(crate) struct DirHandle {
+    session: Session,
+    path: VirtualPath,
+    /// `None` once every entry was sent.
+    entries: Option<DirStream>,
+}
+
+impl DirHandle {
+    pub(crate) async fn open(session: Session, path: VirtualPath) -> Result<DirHandle, Status> {
+        let meta = session.metadata(&path).await?;
+        if !meta.is_dir() {
+            return Err(CoreError::NotADirectory.into());
+        }
+        let entries = session.list(&path).await?;
+        Ok(DirHandle {
+            session,
+            path,
+            entries: Some(entries),
+        })
+    }
+
+    async fn read_dir(&mut self, id: u32) -> Result<Name, Status> {
+        let Some(stream) = &mut self.entries else {
+            return Err(Status::eof());
+        };
+        let now = SystemTime::now();
+        let owner = self.session.username().to_owned();
+        let mut files = Vec::new();
+        while files.len() < NAMES_PER_READDIR {
+            match stream.next().await {
+                None => {
+                    self.entries = None;
+                    break;
+                }
+                Some(Ok(entry)) => files.push(File {
+                    longname: attrs::long_name(&entry.name, &entry.metadata, &owner, now),
+                    attrs: attrs::from_metadata(&entry.metadata),
+                    filename: entry.name,
+                }),
+                Some(Err(e)) => {
+                    tracing::warn!(path = %self.path, error = %e, "skipping an unreadable directory entry");
+                }
+            }
+        }
+        if files.is_empty() {
+            return Err(Status::eof());
+        }
+        Ok(Name { id, files })
+    }
+}

@@ -1,0 +1,468 @@
+//! The SFTP subsystem: protocol version 3 as OpenSSH speaks it, with the OpenSSH extensions
+//! `posix-rename`, `statvfs`/`fstatvfs` (reporting the account's quota), `fsync`, `hardlink`, `limits` and
+//! `expand-path`.
+//!
+//! Requests are read as fast as the client pipelines them. Requests on an open handle go to that handle's own task
+//! and are served in order; different handles are served in parallel; requests by path are served in order as they
+//! arrive. The number of requests in flight is bounded, so a client that sends faster than files can be written is
+//! slowed down by the SSH channel's flow control instead of filling memory.
+
+mod attrs;
+mod handle;
+mod status;
+mod wire;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_core::error::CoreError;
+use ferry_core::session::Session;
+use ferry_core::vpath::VirtualPath;
+use russh_sftp::protocol::{
+    Attrs, File, FileAttributes, Handle as HandleReply, Name, Packet, StatusCode, Version,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use handle::{DirHandle, FileHandle, HandleRequest, Job, OpenHandle};
+use status::Status;
+use wire::ExtArgs;
+
+/// Limits of one SFTP session; the defaults are OpenSSH's.
+#[derive(Clone, Debug)]
+pub struct SftpLimits {
+    /// Longest request packet accepted; a longer one ends the session.
+    pub max_packet: u32,
+    /// Most data returned by one READ.
+    pub max_read: u32,
+    /// Most data a client should send in one WRITE (advertised; the packet limit enforces it).
+    pub max_write: u32,
+    pub max_handles: usize,
+    /// Requests read from the client but not yet answered.
+    pub max_in_flight: usize,
+}
+
+impl Default for SftpLimits {
+    fn default() -> Self {
+        SftpLimits {
+            max_packet: 256 * 1024,
+            max_read: 255 * 1024,
+            max_write: 255 * 1024,
+            max_handles: 256,
+            max_in_flight: 64,
+        }
+    }
+}
+
+/// Replies waiting for the channel.
+const REPLY_QUEUE: usize = 16;
+/// Requests waiting in one handle's queue (beyond the in-flight budget, which bounds them all).
+const HANDLE_QUEUE: usize = 64;
+
+/// The extensions announced in the VERSION reply, with their versions.
+const EXTENSIONS: [(&str, &str); 7] = [
+    ("posix-rename@openssh.com", "1"),
+    ("statvfs@openssh.com", "2"),
+    ("fstatvfs@openssh.com", "2"),
+    ("hardlink@openssh.com", "1"),
+    ("fsync@openssh.com", "1"),
+    ("limits@openssh.com", "1"),
+    ("expand-path@openssh.com", "1"),
+];
+
+/// Serves SFTP for `session` on an SSH channel's `input` and `output` until the client closes it. Returns once
+/// every reply has been written.
+pub async fn serve<R, W>(session: Session, mut input: R, output: W, limits: SftpLimits)
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let (replies, queue) = mpsc::channel(REPLY_QUEUE);
+    let writer = tokio::spawn(write_replies(output, queue));
+    let mut server = Server {
+        session,
+        handles: HashMap::new(),
+        next_handle: 1,
+        in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
+        replies,
+        limits,
+    };
+    if let Err(e) = server.run(&mut input).await {
+        tracing::info!(user = %server.session.username(), error = %e, "sftp session ended");
+    }
+    // Dropping the queues lets every handle task finish its requests and wind up its transfers; the writer ends
+    // when the last of them is done.
+    drop(server);
+    let _ = writer.await;
+}
+
+async fn write_replies<W: AsyncWrite + Unpin>(mut output: W, mut queue: mpsc::Receiver<Bytes>) {
+    while let Some(reply) = queue.recv().await {
+        if output.write_all(&reply).await.is_err() {
+            break;
+        }
+    }
+    // Keep draining so that handle tasks never block on a dead channel.
+    while queue.recv().await.is_some() {}
+}
+
+struct HandleEntry {
+    path: VirtualPath,
+    jobs: mpsc::Sender<Job>,
+}
+
+struct Server {
+    session: Session,
+    handles: HashMap<String, HandleEntry>,
+    next_handle: u64,
+    in_flight: Arc<Semaphore>,
+    replies: mpsc::Sender<Bytes>,
+    limits: SftpLimits,
+}
+
+impl Server {
+    async fn run<R: AsyncRead + Unpin>(&mut self, input: &mut R) -> std::io::Result<()> {
+        let Some(first) = wire::read_packet(input, self.limits.max_packet).await? else {
+            return Ok(());
+        };
+        match Packet::try_from(&mut first.clone()) {
+            Ok(Packet::Init(_)) => {}
+            _ => return Err(protocol_error("the first packet must be SSH_FXP_INIT")),
+        }
+        let version = Version {
+            version: russh_sftp::protocol::VERSION,
+            extensions: EXTENSIONS
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        self.reply(wire::packet(0, Packet::Version(version))).await;
+        loop {
+            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+                return Ok(());
+            };
+            let Some(raw) = wire::read_packet(input, self.limits.max_packet).await? else {
+                return Ok(());
+            };
+            let id = wire::request_id(&raw).unwrap_or(0);
+            match Packet::try_from(&mut raw.clone()) {
+                Ok(Packet::Init(_)) => return Err(protocol_error("a second SSH_FXP_INIT")),
+                Ok(packet) => self.dispatch(id, packet, permit).await,
+                Err(e) => {
+                    let status = match raw.first() {
+                        Some(1..=20 | 200) => {
+                            Status::bad_message(format!("malformed request: {e}"))
+                        }
+                        _ => Status::unsupported("unknown request type"),
+                    };
+                    self.reply(wire::status(id, status.code, &status.message))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn reply(&self, reply: Bytes) {
+        // Fails only when the writer stopped because the channel is gone; the read loop ends soon after.
+        let _ = self.replies.send(reply).await;
+    }
+
+    /// Routes a request: handle requests to the handle's task, the rest served here, in order.
+    async fn dispatch(&mut self, id: u32, packet: Packet, permit: OwnedSemaphorePermit) {
+        let handle_request = match packet {
+            Packet::Read(r) => Some((
+                r.handle,
+                HandleRequest::Read {
+                    offset: r.offset,
+                    len: r.len,
+                },
+            )),
+            Packet::Write(w) => Some((
+                w.handle,
+                HandleRequest::Write {
+                    offset: w.offset,
+                    data: w.data,
+                },
+            )),
+            Packet::Fstat(f) => Some((f.handle, HandleRequest::Fstat)),
+            Packet::FSetStat(f) => Some((f.handle, HandleRequest::Fsetstat(f.attrs))),
+            Packet::ReadDir(r) => Some((r.handle, HandleRequest::ReadDir)),
+            Packet::Close(c) => Some((c.handle, HandleRequest::Close)),
+            Packet::Extended(e) if e.request == "fsync@openssh.com" => {
+                match ExtArgs::new(&e.data).string() {
+                    Some(handle) => Some((handle, HandleRequest::Fsync)),
+                    None => {
+                        let s = Status::bad_message("fsync needs a handle");
+                        return self.reply(wire::status(id, s.code, &s.message)).await;
+                    }
+                }
+            }
+            other => {
+                let reply = self.serve_path_request(id, other).await;
+                self.reply(reply).await;
+                return;
+            }
+        };
+        if let Some((handle, request)) = handle_request {
+            self.send_to_handle(id, &handle, request, permit).await;
+        }
+    }
+
+    async fn send_to_handle(
+        &mut self,
+        id: u32,
+        handle: &str,
+        request: HandleRequest,
+        permit: OwnedSemaphorePermit,
+    ) {
+        let closing = matches!(request, HandleRequest::Close);
+        let entry = if closing {
+            self.handles.remove(handle)
+        } else {
+            self.handles.get(handle).map(|e| HandleEntry {
+                path: e.path.clone(),
+                jobs: e.jobs.clone(),
+            })
+        };
+        let Some(entry) = entry else {
+            let s = Status::failure("invalid handle");
+            return self.reply(wire::status(id, s.code, &s.message)).await;
+        };
+        let job = Job {
+            id,
+            request,
+            permit,
+        };
+        if entry.jobs.send(job).await.is_err() {
+            let s = Status::failure("handle is gone");
+            self.reply(wire::status(id, s.code, &s.message)).await;
+        }
+    }
+
+    async fn serve_path_request(&mut self, id: u32, packet: Packet) -> Bytes {
+        let ok = || wire::status(id, StatusCode::Ok, "ok");
+        let result: Result<Bytes, Status> = async {
+            match packet {
+                Packet::Open(o) => {
+                    let path = resolve(&o.filename)?;
+                    self.check_handle_room()?;
+                    let file =
+                        FileHandle::open(self.session.clone(), path.clone(), o.pflags, &o.attrs)
+                            .await?;
+                    Ok(self.add_handle(id, path, OpenHandle::File(Box::new(file))))
+                }
+                Packet::OpenDir(o) => {
+                    let path = resolve(&o.path)?;
+                    self.check_handle_room()?;
+                    let dir = DirHandle::open(self.session.clone(), path.clone()).await?;
+                    Ok(self.add_handle(id, path, OpenHandle::Dir(dir)))
+                }
+                Packet::Stat(s) => self.stat(id, &s.path, true).await,
+                Packet::Lstat(s) => self.stat(id, &s.path, false).await,
+                Packet::SetStat(s) => {
+                    handle::set_attrs(&self.session, &resolve(&s.path)?, &s.attrs).await?;
+                    Ok(ok())
+                }
+                Packet::Remove(r) => {
+                    self.session.remove(&resolve(&r.filename)?).await?;
+                    Ok(ok())
+                }
+                Packet::MkDir(m) => {
+                    let path = resolve(&m.path)?;
+                    self.session.mkdir(&path).await?;
+                    if let Some(mode) = m.attrs.permissions {
+                        // Like mkdir(2)'s mode: applied where allowed, otherwise the default stays.
+                        let _ = self
+                            .session
+                            .set_mode(&path, crate::creation_mode(mode))
+                            .await;
+                    }
+                    Ok(ok())
+                }
+                Packet::RmDir(r) => {
+                    self.session.rmdir(&resolve(&r.path)?).await?;
+                    Ok(ok())
+                }
+                Packet::RealPath(r) => Ok(single_name(id, resolve(&r.path)?.to_string())),
+                Packet::Rename(r) => {
+                    let (from, to) = (resolve(&r.oldpath)?, resolve(&r.newpath)?);
+                    // SFTP v3 RENAME does not replace (posix-rename does).
+                    if self.session.symlink_metadata(&to).await.is_ok() {
+                        return Err(CoreError::AlreadyExists.into());
+                    }
+                    self.session.rename(&from, &to).await?;
+                    Ok(ok())
+                }
+                Packet::ReadLink(r) => {
+                    let target = self.session.read_link(&resolve(&r.path)?).await?;
+                    Ok(single_name(id, target))
+                }
+                // OpenSSH sends the target first, whatever the draft says, and every client follows it.
+                Packet::Symlink(s) => {
+                    let (target, link) = (s.linkpath, resolve(&s.targetpath)?);
+                    self.session.symlink(&target, &link).await?;
+                    Ok(ok())
+                }
+                Packet::Extended(e) => self.extended(id, &e.request, &e.data).await,
+                _ => Err(Status::unsupported("not a request")),
+            }
+        }
+        .await;
+        result.unwrap_or_else(|s| wire::status(id, s.code, &s.message))
+    }
+
+    fn check_handle_room(&self) -> Result<(), Status> {
+        if self.handles.len() >= self.limits.max_handles {
+            Err(Status::failure("too many open handles"))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn add_handle(&mut self, id: u32, path: VirtualPath, handle: OpenHandle) -> Bytes {
+        let name = self.next_handle.to_string();
+        self.next_handle += 1;
+        let (jobs, queue) = mpsc::channel(HANDLE_QUEUE);
+        tokio::spawn(handle::run(
+            handle,
+            queue,
+            self.replies.clone(),
+            self.limits.max_read,
+        ));
+        self.handles
+            .insert(name.clone(), HandleEntry { path, jobs });
+        wire::packet(id, Packet::Handle(HandleReply { id, handle: name }))
+    }
+
+    async fn stat(&self, id: u32, path: &str, follow: bool) -> Result<Bytes, Status> {
+        let path = resolve(path)?;
+        let meta = if follow {
+            self.session.metadata(&path).await?
+        } else {
+            self.session.symlink_metadata(&path).await?
+        };
+        let attrs = attrs::from_metadata(&meta);
+        Ok(wire::packet(id, Packet::Attrs(Attrs { id, attrs })))
+    }
+
+    async fn extended(&self, id: u32, request: &str, data: &[u8]) -> Result<Bytes, Status> {
+        let mut args = ExtArgs::new(data);
+        let mut arg = || {
+            args.string()
+                .ok_or_else(|| Status::bad_message("missing argument"))
+        };
+        match request {
+            "posix-rename@openssh.com" => {
+                let (from, to) = (resolve(&arg()?)?, resolve(&arg()?)?);
+                self.session.rename(&from, &to).await?;
+                Ok(wire::status(id, StatusCode::Ok, "ok"))
+            }
+            "hardlink@openssh.com" => {
+                let (from, to) = (resolve(&arg()?)?, resolve(&arg()?)?);
+                self.session.hard_link(&from, &to).await?;
+                Ok(wire::status(id, StatusCode::Ok, "ok"))
+            }
+            "statvfs@openssh.com" => {
+                let path = resolve(&arg()?)?;
+                self.session.metadata(&path).await?;
+                self.statvfs(id, &path).await
+            }
+            "fstatvfs@openssh.com" => {
+                let handle = arg()?;
+                let path = match self.handles.get(&handle) {
+                    Some(entry) => entry.path.clone(),
+                    None => return Err(Status::failure("invalid handle")),
+                };
+                self.statvfs(id, &path).await
+            }
+            "limits@openssh.com" => {
+                let l = &self.limits;
+                let mut out = Vec::with_capacity(32);
+                for v in [
+                    u64::from(l.max_packet),
+                    u64::from(l.max_read),
+                    u64::from(l.max_write),
+                    l.max_handles as u64,
+                ] {
+                    out.extend_from_slice(&v.to_be_bytes());
+                }
+                Ok(wire::extended_reply(id, &out))
+            }
+            "expand-path@openssh.com" => {
+                let path = crate::exec::resolve_path(&arg()?)?;
+                Ok(single_name(id, path.to_string()))
+            }
+            _ => Err(Status::unsupported(format!(
+                "extension {request} not supported"
+            ))),
+        }
+    }
+
+    /// statvfs@openssh.com, describing the account's quota (or the free disk space, whichever is smaller) as a
+    /// file system of 4 KiB blocks.
+    async fn statvfs(&self, id: u32, path: &VirtualPath) -> Result<Bytes, Status> {
+        const BLOCK: u64 = 4096;
+        const ST_RDONLY: u64 = 1;
+        const ST_NOSUID: u64 = 2;
+        const NAME_MAX: u64 = 255;
+        let quota = self.session.quota();
+        let usage = quota.usage();
+        let available = self
+            .session
+            .available_space()
+            .await?
+            .unwrap_or(u64::MAX / 2);
+        let avail_blocks = available / BLOCK;
+        let total_blocks = usage.bytes.div_ceil(BLOCK).saturating_add(avail_blocks);
+        let free_files = quota.remaining_files().unwrap_or(u64::MAX / 2);
+        let total_files = usage.files.saturating_add(free_files);
+        let writable = self
+            .session
+            .allowed(ferry_core::account::Permission::Upload, path);
+        let flags = ST_NOSUID | if writable { 0 } else { ST_RDONLY };
+        let fields = [
+            BLOCK,
+            BLOCK,
+            total_blocks,
+            avail_blocks,
+            avail_blocks,
+            total_files,
+            free_files,
+            free_files,
+            0,
+            flags,
+            NAME_MAX,
+        ];
+        let mut out = Vec::with_capacity(fields.len() * 8);
+        for v in fields {
+            out.extend_from_slice(&v.to_be_bytes());
+        }
+        Ok(wire::extended_reply(id, &out))
+    }
+}
+
+/// Resolves a client path: relative paths start at the home, which is `/`.
+fn resolve(path: &str) -> Result<VirtualPath, Status> {
+    Ok(VirtualPath::resolve(&VirtualPath::root(), path)?)
+}
+
+/// A NAME reply with one entry and no attributes (REALPATH, READLINK, expand-path).
+fn single_name(id: u32, name: String) -> Bytes {
+    let file = File {
+        longname: name.clone(),
+        filename: name,
+        attrs: FileAttributes::empty(),
+    };
+    wire::packet(
+        id,
+        Packet::Name(Name {
+            id,
+            files: vec![file],
+        }),
+    )
+}
+
+fn protocol_error(message: &str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned())
+}
