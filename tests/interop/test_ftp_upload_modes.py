@@ -1,0 +1,117 @@
+"""Upload modes (`--upload-mode direct|atomic`): where an upload's bytes live while it runs, and what is left
+when it breaks off. Atomic uploads write to a temporary name and rename on success; an aborted upload of a new file
+is moved to its final name so that REST/APPE can resume it; an existing file is never replaced by a partial one."""
+import hashlib
+import io
+import os
+
+import pytest
+
+from helpers_files import wait_until
+from helpers_ftplib import close_quietly, code, connect, home, send
+
+
+def temp_files(directory):
+    return [p.name for p in directory.iterdir() if ".ferry-upload-" in p.name]
+
+
+def start_upload(ftp, name, first_chunk):
+    """Starts STOR, sends the first chunk and returns the open data connection."""
+    conn = ftp.transfercmd(f"STOR {name}")
+    conn.sendall(first_chunk)
+    return conn
+
+
+def abort_upload(ftp, conn):
+    """ABOR while the data connection is still open: 426 then 226 (or 226 if the server was already done)."""
+    reply = ftp.abort()
+    conn.close()
+    if reply.startswith("426"):
+        assert ftp.getresp().startswith("226")
+
+
+@pytest.fixture
+def atomic(ferry_factory):
+    server = ferry_factory("--failed-login-delay-ms", "0", "--upload-mode", "atomic")
+    server.add_user("alice", "secret")
+    return server
+
+
+def test_atomic_upload_is_invisible_until_complete(atomic):
+    d = home(atomic)
+    (d / "report.bin").write_bytes(b"old contents")
+    data = os.urandom(3_000_000)
+    ftp = connect(atomic)
+    conn = start_upload(ftp, "report.bin", data[:1_000_000])
+    # While the upload runs, the old file is untouched and the new bytes go to a temporary name.
+    wait_until(lambda: temp_files(d))
+    assert (d / "report.bin").read_bytes() == b"old contents"
+    conn.sendall(data[1_000_000:])
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert hashlib.sha256((d / "report.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    assert temp_files(d) == []
+    close_quietly(ftp)
+
+
+def test_atomic_aborted_new_upload_is_kept_for_resume(atomic):
+    d = home(atomic)
+    data = os.urandom(2_000_000)
+    ftp = connect(atomic)
+    conn = start_upload(ftp, "new.bin", data[:500_000])
+    abort_upload(ftp, conn)
+    kept = (d / "new.bin").read_bytes()
+    assert 0 < len(kept) <= 500_000 and data.startswith(kept)
+    assert temp_files(d) == []
+    # Resume from what the server has.
+    offset = ftp.size("new.bin")
+    assert offset == len(kept)
+    ftp.storbinary("STOR new.bin", io.BytesIO(data[offset:]), rest=offset)
+    assert (d / "new.bin").read_bytes() == data
+    close_quietly(ftp)
+
+
+def test_atomic_aborted_upload_never_replaces_an_existing_file(atomic):
+    d = home(atomic)
+    (d / "keep.txt").write_bytes(b"precious")
+    ftp = connect(atomic)
+    conn = start_upload(ftp, "keep.txt", os.urandom(300_000))
+    abort_upload(ftp, conn)
+    assert (d / "keep.txt").read_bytes() == b"precious"
+    assert temp_files(d) == []
+    close_quietly(ftp)
+
+
+def test_atomic_mode_appends_in_place(atomic):
+    d = home(atomic)
+    (d / "log.txt").write_bytes(b"line1\n")
+    ftp = connect(atomic)
+    ftp.storbinary("APPE log.txt", io.BytesIO(b"line2\n"))
+    assert (d / "log.txt").read_bytes() == b"line1\nline2\n"
+    assert temp_files(d) == []
+    close_quietly(ftp)
+
+
+def test_direct_aborted_upload_keeps_the_partial_file(ferry):
+    d = home(ferry)
+    data = os.urandom(1_000_000)
+    ftp = connect(ferry)
+    conn = start_upload(ftp, "partial.bin", data[:400_000])
+    abort_upload(ftp, conn)
+    kept = (d / "partial.bin").read_bytes()
+    assert data.startswith(kept)
+    ftp.sendcmd(f"REST {len(kept)}")
+    ftp.storbinary("STOR partial.bin", io.BytesIO(data[len(kept):]))
+    assert (d / "partial.bin").read_bytes() == data
+    close_quietly(ftp)
+
+
+def test_upload_events_report_failure_and_success(ferry):
+    ftp = connect(ferry)
+    conn = start_upload(ftp, "ev.bin", b"x" * 100_000)
+    abort_upload(ftp, conn)
+    ferry.wait_for_log(r"upload failed.*path=\"?/ev\.bin")
+    ftp.storbinary("STOR ev2.bin", io.BytesIO(b"y" * 10))
+    ferry.wait_for_log(r"upload ok.*path=\"?/ev2\.bin")
+    assert code(send(ftp, "NOOP")) == 200
+    close_quietly(ftp)
