@@ -59,6 +59,8 @@ def test_atomic_aborted_new_upload_is_kept_for_resume(atomic):
     data = os.urandom(2_000_000)
     ftp = connect(atomic)
     conn = start_upload(ftp, "new.bin", data[:500_000])
+    # Abort only once the server has stored some of it, so that there is something to resume.
+    wait_until(lambda: any((d / n).stat().st_size > 0 for n in temp_files(d)))
     abort_upload(ftp, conn)
     kept = (d / "new.bin").read_bytes()
     assert 0 < len(kept) <= 500_000 and data.startswith(kept)

@@ -26,6 +26,7 @@ pub mod error;
 pub mod events;
 pub mod limits;
 pub mod quota;
+pub mod registry;
 pub mod server;
 pub mod session;
 pub mod storage;

@@ -1,12 +1,12 @@
 //! Live quota accounting. One [`QuotaTracker`] per account is shared by all of that account's sessions, so that
 //! concurrent uploads reserve space atomically and can never overrun the quota together.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 
 use crate::account::{Account, AccountStore, Quota, QuotaUsage};
 use crate::error::{CoreError, CoreResult};
+use crate::registry::SharedByKey;
 use crate::storage::local::LocalStorage;
 use crate::storage::Storage;
 
@@ -101,7 +101,7 @@ fn release(counter: &AtomicU64, n: u64) {
 /// Hands out the one tracker of each account that has live sessions.
 #[derive(Default)]
 pub struct QuotaRegistry {
-    trackers: Mutex<HashMap<String, Weak<QuotaTracker>>>,
+    trackers: SharedByKey<String, QuotaTracker>,
 }
 
 impl QuotaRegistry {
@@ -112,28 +112,13 @@ impl QuotaRegistry {
         account: &Account,
         store: &dyn AccountStore,
     ) -> CoreResult<Arc<QuotaTracker>> {
-        if let Some(tracker) = self.live(&account.name) {
+        if let Some(tracker) = self.trackers.get(account.name.as_str()) {
             tracker.set_quota(account.quota);
             return Ok(tracker);
         }
         let usage = store.usage(&account.name).await?;
-        let mut trackers = self.trackers.lock().unwrap_or_else(|e| e.into_inner());
-        // Another login may have created it while the usage was loading.
-        if let Some(tracker) = trackers.get(&account.name).and_then(Weak::upgrade) {
-            return Ok(tracker);
-        }
-        trackers.retain(|_, t| t.strong_count() > 0);
         let tracker = Arc::new(QuotaTracker::new(account.quota, usage));
-        trackers.insert(account.name.clone(), Arc::downgrade(&tracker));
-        Ok(tracker)
-    }
-
-    fn live(&self, name: &str) -> Option<Arc<QuotaTracker>> {
-        self.trackers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .and_then(Weak::upgrade)
+        Ok(self.trackers.insert(account.name.clone(), tracker))
     }
 }
 

@@ -2,6 +2,7 @@
 //! each front-end takes connection slots and opens sessions.
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -12,6 +13,7 @@ use crate::error::CoreError;
 use crate::events::{Event, EventBus, EventKind};
 use crate::limits::{ConnectionLimiter, ConnectionSlot, LimitError, Limits};
 use crate::quota::{QuotaRegistry, QuotaTracker};
+use crate::registry::SharedByKey;
 use crate::session::{ClientInfo, Session, SessionParts};
 use crate::storage::local::LocalStorage;
 use crate::transfer::UploadMode;
@@ -45,6 +47,7 @@ struct CoreInner {
     events: EventBus,
     limiter: ConnectionLimiter,
     quotas: QuotaRegistry,
+    homes: SharedByKey<PathBuf, LocalStorage>,
     settings: ServerSettings,
     shutdown: watch::Sender<bool>,
 }
@@ -56,6 +59,7 @@ impl ServerCore {
             events,
             limiter: ConnectionLimiter::default(),
             quotas: QuotaRegistry::default(),
+            homes: SharedByKey::default(),
             settings,
             shutdown: watch::Sender::new(false),
         };
@@ -148,17 +152,18 @@ impl ServerCore {
     /// Takes the account's session slot and opens its home.
     async fn open_session(
         &self,
-        account: Account,
+        mut account: Account,
         anonymous: bool,
         client: &ClientInfo,
     ) -> Result<Session, LoginError> {
+        // A session never needs the credentials again; do not keep them in memory for its lifetime.
+        account.password_hash = None;
+        account.public_keys = Vec::new();
         let slot = self
             .inner
             .limiter
             .login(&account.name, account.max_sessions)?;
-        let storage = LocalStorage::open(&account.home)
-            .await
-            .map_err(CoreError::from)?;
+        let storage = self.home_storage(&account.home).await?;
         let (quota, store) = if anonymous {
             (Arc::new(QuotaTracker::unlimited()), None)
         } else {
@@ -171,13 +176,22 @@ impl ServerCore {
         Ok(Session::new(SessionParts {
             account,
             client: client.clone(),
-            storage: Arc::new(storage),
+            storage,
             quota,
             store,
             events: self.inner.events.clone(),
             upload_mode: self.inner.settings.upload_mode,
             slot: Some(slot),
         }))
+    }
+
+    /// The storage of a home, shared by all its sessions: an idle session holds no descriptor of its own.
+    async fn home_storage(&self, home: &Path) -> Result<Arc<LocalStorage>, CoreError> {
+        if let Some(storage) = self.inner.homes.get(home) {
+            return Ok(storage);
+        }
+        let storage = Arc::new(LocalStorage::open(home).await?);
+        Ok(self.inner.homes.insert(home.to_owned(), storage))
     }
 
     /// Tells every front-end to stop accepting and to close idle sessions.

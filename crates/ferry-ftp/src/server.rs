@@ -5,6 +5,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use ferry_core::limits::LimitError;
 use ferry_core::server::ServerCore;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -94,26 +95,15 @@ impl FtpServer {
 }
 
 async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool) {
-    let local = match tcp.local_addr() {
-        Ok(local) => local,
-        Err(_) => return,
-    };
+    let Ok(local) = tcp.local_addr() else { return };
     // ftplib and others send ABOR's Telnet Synch as urgent data; keep it in the normal stream.
     let _ = socket2::SockRef::from(&tcp).set_out_of_band_inline(true);
     let _ = tcp.set_nodelay(true);
     let stream = if implicit_tls {
-        let Some(acceptor) = &shared.acceptor else {
-            return;
-        };
-        let wait = shared.core.limits().login_timeout;
         // Boxed: the handshake state is large and must not stay in every session's future.
-        match tokio::time::timeout(wait, Box::pin(acceptor.accept(tcp))).await {
-            Ok(Ok(tls)) => MaybeTls::Tls(Box::new(tls)),
-            Ok(Err(e)) => {
-                tracing::info!(%peer, error = %e, "implicit TLS handshake failed");
-                return;
-            }
-            Err(_) => return,
+        match Box::pin(implicit_handshake(&shared, tcp, peer)).await {
+            Some(stream) => stream,
+            None => return,
         }
     } else {
         MaybeTls::Plain(tcp)
@@ -126,12 +116,27 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_
                 .await;
             tracing::debug!(%peer, "disconnected");
         }
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "connection refused");
-            let mut stream = stream;
-            let reply = Reply::new(Code::ServiceUnavailable, format!("{e}, try again later"));
-            let _ = stream.write_all(reply.to_wire().as_bytes()).await;
-            let _ = stream.shutdown().await;
-        }
+        Err(e) => Box::pin(refuse(stream, peer, e)).await,
     }
+}
+
+async fn implicit_handshake(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<MaybeTls> {
+    let acceptor = shared.acceptor.as_ref()?;
+    let wait = shared.core.limits().login_timeout;
+    match tokio::time::timeout(wait, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Some(MaybeTls::Tls(Box::new(tls))),
+        Ok(Err(e)) => {
+            tracing::info!(%peer, error = %e, "implicit TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Tells a client over a connection cap why it is turned away, and closes.
+async fn refuse(mut stream: MaybeTls, peer: SocketAddr, e: LimitError) {
+    tracing::warn!(%peer, error = %e, "connection refused");
+    let reply = Reply::new(Code::ServiceUnavailable, format!("{e}, try again later"));
+    let _ = stream.write_all(reply.to_wire().as_bytes()).await;
+    let _ = stream.shutdown().await;
 }

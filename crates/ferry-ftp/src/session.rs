@@ -29,6 +29,14 @@ use crate::server::Shared;
 use crate::tls::MaybeTls;
 use crate::transfer::{self, DataContext, Job, ListFormat, ListSource, TransferError};
 
+/// What woke an idle session up.
+enum Wake {
+    TransferDone(Result<u64, TransferError>),
+    Shutdown,
+    Line(io::Result<Option<Line>>),
+    Idle,
+}
+
 /// What the command loop does after a command.
 enum Flow {
     Continue,
@@ -108,8 +116,7 @@ impl FtpSession {
     /// Runs the connection until the client quits, times out or the server shuts down.
     pub(crate) async fn run(mut self) {
         let connected = Instant::now();
-        if self
-            .send(Code::Ready, "ferry FTP server ready")
+        if Box::pin(self.send(Code::Ready, "ferry FTP server ready"))
             .await
             .is_err()
         {
@@ -122,34 +129,51 @@ impl FtpSession {
             if self.session.is_none() {
                 deadline = deadline.min((connected + limits.login_timeout).into());
             }
-            let flow = tokio::select! {
+            // Only waiting happens here; everything that runs is in the boxed handler, so that an idle session's
+            // future holds nothing but these waits.
+            let wake = tokio::select! {
                 biased;
-                outcome = wait_transfer(&mut self.transfer) => Box::pin(self.transfer_finished(outcome)).await,
-                _ = shutdown.wait(), if !self.shutting_down => {
-                    self.shutting_down = true;
-                    Ok(Flow::Continue)
-                }
-                line = self.control.read_line() => match line {
-                    // Boxed, like everything else that does not run while the session is idle.
-                    Ok(Some(line)) => Box::pin(self.handle_line(line)).await,
-                    Ok(None) | Err(_) => Ok(Flow::Close),
-                },
-                _ = sleep_until(deadline), if self.transfer.is_none() => {
-                    tracing::info!(peer = %self.peer, "closing idle connection");
-                    self.send(Code::ServiceUnavailable, "Timeout: closing control connection").await.map(|()| Flow::Close)
-                }
+                outcome = wait_transfer(&mut self.transfer) => Wake::TransferDone(outcome),
+                _ = shutdown.wait(), if !self.shutting_down => Wake::Shutdown,
+                line = self.control.read_line() => Wake::Line(line),
+                _ = sleep_until(deadline), if self.transfer.is_none() => Wake::Idle,
             };
-            match flow {
-                Ok(Flow::Continue) if self.shutting_down && self.transfer.is_none() => {
-                    let _ = self
-                        .send(Code::ServiceUnavailable, "Server shutting down")
-                        .await;
-                    break;
-                }
+            match Box::pin(self.handle_wake(wake)).await {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Close) | Err(_) => break,
             }
         }
+        Box::pin(self.close()).await;
+    }
+
+    async fn handle_wake(&mut self, wake: Wake) -> io::Result<Flow> {
+        let flow = match wake {
+            Wake::TransferDone(outcome) => self.transfer_finished(outcome).await?,
+            Wake::Shutdown => {
+                self.shutting_down = true;
+                Flow::Continue
+            }
+            Wake::Line(Ok(Some(line))) => self.handle_line(line).await?,
+            Wake::Line(Ok(None) | Err(_)) => Flow::Close,
+            Wake::Idle => {
+                tracing::info!(peer = %self.peer, "closing idle connection");
+                self.send(
+                    Code::ServiceUnavailable,
+                    "Timeout: closing control connection",
+                )
+                .await?;
+                Flow::Close
+            }
+        };
+        if matches!(flow, Flow::Continue) && self.shutting_down && self.transfer.is_none() {
+            self.send(Code::ServiceUnavailable, "Server shutting down")
+                .await?;
+            return Ok(Flow::Close);
+        }
+        Ok(flow)
+    }
+
+    async fn close(&mut self) {
         self.abort_transfer().await;
         self.control.shutdown().await;
     }
