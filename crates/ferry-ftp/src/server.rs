@@ -111,9 +111,15 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_
     match shared.core.connect(peer.ip()) {
         Ok(slot) => {
             tracing::debug!(%peer, "connected");
-            FtpSession::new(Arc::clone(&shared), stream, peer, local, slot)
-                .run()
-                .await;
+            Box::new(FtpSession::new(
+                Arc::clone(&shared),
+                stream,
+                peer,
+                local,
+                slot,
+            ))
+            .run()
+            .await;
             tracing::debug!(%peer, "disconnected");
         }
         Err(e) => Box::pin(refuse(stream, peer, e)).await,

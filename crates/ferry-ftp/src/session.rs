@@ -113,8 +113,9 @@ impl FtpSession {
         }
     }
 
-    /// Runs the connection until the client quits, times out or the server shuts down.
-    pub(crate) async fn run(mut self) {
+    /// Runs the connection until the client quits, times out or the server shuts down. Takes the session boxed:
+    /// by value, its state would be stored twice in the future of every idle session.
+    pub(crate) async fn run(mut self: Box<Self>) {
         let connected = Instant::now();
         if Box::pin(self.send(Code::Ready, "ferry FTP server ready"))
             .await
