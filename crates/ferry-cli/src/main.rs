@@ -1,6 +1,7 @@
 //! The `ferry` binary: parses arguments and wires the crates together. Server, account administration, and
 //! (later) client and benchmarks are sub-commands.
 
+mod client;
 mod config;
 mod serve;
 mod tls_setup;
@@ -12,7 +13,7 @@ use clap::{Parser, Subcommand};
 
 /// ferry: a fast, safe file-transfer server (FTP/FTPS) and its tools.
 #[derive(Parser)]
-#[command(name = "ferry", version, about)]
+#[command(name = "ferry", version, about, after_help = client::EXIT_CODES_HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,6 +25,8 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Manage accounts (works while the server runs).
     User(Box<user::UserArgs>),
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
 fn main() -> ExitCode {
@@ -40,12 +43,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve::run(*args).await,
-            Command::User(args) => user::run(*args).await,
+            Command::Serve(args) => serve::run(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::User(args) => user::run(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Client(command) => Ok(ExitCode::from(client::run(command).await)),
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("ferry: {e:#}");
             ExitCode::FAILURE

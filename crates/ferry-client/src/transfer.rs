@@ -1,0 +1,954 @@
+//! The transfer engine: copies files between two [`Pool`]s (local or remote), resuming what is already there,
+//! verifying the result, retrying transient failures with backoff, running several files at once and splitting
+//! large downloads into segments.
+//!
+//! A download goes to `NAME.part` and is renamed to `NAME` only once verified, so a file without `.part` is always
+//! complete. An upload writes the remote file in place (servers resume with `APPE`/offsets on that file).
+//!
+//! Resume: an existing part of `n` bytes is continued from `n` when it is not longer than the source and, where
+//! both sides can hash a byte range (ferry's FTP server with `HASH`+`RANG`, local files), its first `n` bytes hash
+//! the same on both sides; otherwise the file starts over. Verification compares the sizes and, where both sides
+//! compute one, a checksum of the whole file; a resumed transfer that fails verification is redone from scratch
+//! once, then reported as a verification failure.
+
+use std::future::Future;
+use std::io::SeekFrom;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::time::Sleep;
+
+use crate::checksum::{common_algorithm, HashAlgorithm};
+use crate::error::{ClientError, Result};
+use crate::progress::Progress;
+use crate::transport::{local, Pool, Transport};
+
+/// Suffix of downloads that are not complete and verified yet.
+pub const PART_SUFFIX: &str = ".part";
+/// Smallest piece a segmented download is split into.
+pub const MIN_SEGMENT: u64 = 1024 * 1024;
+/// Longest wait between retries.
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
+
+/// How files are transferred.
+#[derive(Clone, Debug)]
+pub struct TransferOptions {
+    /// Continue from what is already at the destination (the default).
+    pub resume: bool,
+    /// Compare checksums after the transfer where both sides offer one (sizes are always compared).
+    pub verify: bool,
+    /// How often a transient failure is retried.
+    pub retries: u32,
+    /// The first retry's delay; each further one doubles it.
+    pub retry_delay: Duration,
+    /// Files transferred at once.
+    pub parallel: usize,
+    /// Connections one large download is split over.
+    pub segments: usize,
+    /// Bytes per second per file, if limited.
+    pub limit_rate: Option<u64>,
+    /// Give the copy the source's modification time.
+    pub preserve_mtime: bool,
+    /// Checksum algorithm to use instead of the best common one.
+    pub algorithm: Option<HashAlgorithm>,
+}
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            resume: true,
+            verify: true,
+            retries: 3,
+            retry_delay: Duration::from_secs(1),
+            parallel: 1,
+            segments: 1,
+            limit_rate: None,
+            preserve_mtime: true,
+            algorithm: None,
+        }
+    }
+}
+
+/// One file to copy: paths in each side's form, and the name shown to the user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub source: String,
+    pub destination: String,
+    pub name: String,
+}
+
+/// How a transferred file was checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verification {
+    /// Same checksum on both sides.
+    Checksum,
+    /// Same size; no common checksum was available.
+    Size,
+}
+
+/// What happened to one file; `--json` prints it.
+#[derive(Clone, Debug, Serialize)]
+pub struct TransferReport {
+    pub path: String,
+    pub source: String,
+    pub destination: String,
+    /// Size of the file.
+    pub size: u64,
+    /// Bytes moved by this run.
+    pub bytes: u64,
+    /// Offset the transfer continued from (0: from scratch).
+    pub resumed_from: u64,
+    pub seconds: f64,
+    pub algorithm: Option<String>,
+    pub checksum: Option<String>,
+    pub verified: Verification,
+    /// Already complete at the destination; nothing moved.
+    pub skipped: bool,
+    pub segments: usize,
+}
+
+/// What to do with what is already at the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResumeDecision {
+    /// Nothing there: start from 0.
+    Fresh,
+    /// Continue from this offset.
+    Resume(u64),
+    /// The whole file is there already.
+    Complete,
+    /// What is there cannot be the start of the source: start over.
+    Restart(&'static str),
+}
+
+/// Decides from the existing part's length, the source's size and, when known, whether the part's bytes hash the
+/// same as the source's first bytes.
+pub fn decide_resume(
+    existing: Option<u64>,
+    source_size: u64,
+    prefix_matches: Option<bool>,
+) -> ResumeDecision {
+    match existing {
+        None | Some(0) => ResumeDecision::Fresh,
+        Some(n) if n > source_size => {
+            ResumeDecision::Restart("destination is longer than the source")
+        }
+        Some(_) if prefix_matches == Some(false) => {
+            ResumeDecision::Restart("destination differs from the source")
+        }
+        Some(n) if n == source_size => ResumeDecision::Complete,
+        Some(n) => ResumeDecision::Resume(n),
+    }
+}
+
+/// Splits `[start, end)` into at most `segments` ranges of at least [`MIN_SEGMENT`] bytes (one range when small).
+pub fn split_segments(start: u64, end: u64, segments: usize) -> Vec<(u64, u64)> {
+    let len = end.saturating_sub(start);
+    let by_size = (len / MIN_SEGMENT).max(1);
+    let n = (segments.max(1) as u64).min(by_size);
+    let step = len / n;
+    (0..n)
+        .map(|i| {
+            let s = start + i * step;
+            let e = if i + 1 == n { end } else { s + step };
+            (s, e)
+        })
+        .collect()
+}
+
+/// Copies files from one pool to another.
+pub struct Engine {
+    source: Arc<Pool>,
+    destination: Arc<Pool>,
+    options: TransferOptions,
+    progress: Arc<dyn Progress>,
+}
+
+impl Engine {
+    pub fn new(
+        source: Arc<Pool>,
+        destination: Arc<Pool>,
+        options: TransferOptions,
+        progress: Arc<dyn Progress>,
+    ) -> Arc<Engine> {
+        Arc::new(Engine {
+            source,
+            destination,
+            options,
+            progress,
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &TransferOptions {
+        &self.options
+    }
+
+    /// Copies every job, `parallel` at a time; results come back in the jobs' order.
+    pub async fn run(self: &Arc<Self>, jobs: Vec<Job>) -> Vec<(Job, Result<TransferReport>)> {
+        let permits = Arc::new(tokio::sync::Semaphore::new(self.options.parallel.max(1)));
+        let mut tasks = Vec::with_capacity(jobs.len());
+        for (id, job) in jobs.into_iter().enumerate() {
+            let engine = self.clone();
+            let permits = permits.clone();
+            tasks.push(tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await;
+                let result = engine.copy(id, &job).await;
+                (job, result)
+            }));
+        }
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            match task.await {
+                Ok(r) => out.push(r),
+                Err(e) => tracing::error!("transfer task failed: {e}"),
+            }
+        }
+        out
+    }
+
+    /// Copies one file, retrying transient failures.
+    pub async fn copy(&self, id: usize, job: &Job) -> Result<TransferReport> {
+        let mut failures = 0u32;
+        let mut fresh = false;
+        let result = loop {
+            let attempt = self.attempt(id, job, fresh).await;
+            match attempt {
+                Ok(report) => break Ok(report),
+                Err(Failure { error, resumed }) => {
+                    if matches!(error, ClientError::Verify { .. }) && resumed && !fresh {
+                        tracing::info!("{}: {error}; starting over", job.name);
+                        fresh = true;
+                        continue;
+                    }
+                    if error.is_transient() && failures < self.options.retries {
+                        let delay = self
+                            .options
+                            .retry_delay
+                            .saturating_mul(1 << failures.min(16))
+                            .min(MAX_RETRY_DELAY);
+                        failures += 1;
+                        self.progress.retry(id, &error, failures, delay);
+                        tokio::time::sleep(delay).await;
+                        continue;
+                    }
+                    break Err(error);
+                }
+            }
+        };
+        self.progress.finish(id, &job.name, &result);
+        result
+    }
+
+    async fn attempt(&self, id: usize, job: &Job, fresh: bool) -> Result<TransferReport, Failure> {
+        let mut src = self.source.get().await.map_err(Failure::new)?;
+        let mut dst = match self.destination.get().await {
+            Ok(d) => d,
+            Err(e) => {
+                self.source.put(src);
+                return Err(Failure::new(e));
+            }
+        };
+        let result = self.transfer(id, job, fresh, &mut src, &mut dst).await;
+        // A connection that failed mid-file is in an unknown state: only healthy ones go back.
+        let healthy = match &result {
+            Ok(_) => true,
+            Err(f) => !f.error.is_transient(),
+        };
+        if healthy {
+            self.source.put(src);
+            self.destination.put(dst);
+        }
+        result
+    }
+
+    async fn transfer(
+        &self,
+        id: usize,
+        job: &Job,
+        fresh: bool,
+        src: &mut Box<dyn Transport>,
+        dst: &mut Box<dyn Transport>,
+    ) -> Result<TransferReport, Failure> {
+        let started = Instant::now();
+        let entry = src
+            .stat(&job.source)
+            .await
+            .map_err(Failure::new)?
+            .ok_or_else(|| {
+                Failure::new(ClientError::NotFound {
+                    path: job.source.clone(),
+                })
+            })?;
+        if entry.is_dir() {
+            return Err(Failure::new(ClientError::remote(
+                &job.source,
+                "is a directory (use -r)",
+            )));
+        }
+        let size = entry.size;
+        let local_dst = dst.is_local();
+        let part = if local_dst {
+            format!("{}{PART_SUFFIX}", job.destination)
+        } else {
+            job.destination.clone()
+        };
+
+        let mut known_sum = None;
+        let mut decision = ResumeDecision::Fresh;
+        if self.options.resume && !fresh {
+            let existing = dst.stat(&part).await.map_err(Failure::new)?;
+            let existing = existing.filter(|e| !e.is_dir()).map(|e| e.size);
+            let prefix = match existing {
+                Some(n) if n > 0 && n <= size => self
+                    .compare_prefix(src, &job.source, dst, &part, n, size)
+                    .await
+                    .map_err(Failure::new)?,
+                _ => None,
+            };
+            decision = decide_resume(existing, size, prefix.as_ref().map(|p| p.0));
+            if decision == ResumeDecision::Complete {
+                known_sum = prefix.and_then(|p| p.1);
+            }
+            // A complete final file (no .part) counts only when a checksum proves it.
+            if local_dst && existing.is_none() {
+                let fin = dst.stat(&job.destination).await.map_err(Failure::new)?;
+                if fin.is_some_and(|f| !f.is_dir() && f.size == size) {
+                    let check = self
+                        .compare_prefix(src, &job.source, dst, &job.destination, size, size)
+                        .await
+                        .map_err(Failure::new)?;
+                    if let Some((true, sum)) = check {
+                        let (algorithm, checksum) = split_sum(sum);
+                        let report = TransferReport {
+                            path: job.name.clone(),
+                            source: job.source.clone(),
+                            destination: job.destination.clone(),
+                            size,
+                            bytes: 0,
+                            resumed_from: size,
+                            seconds: started.elapsed().as_secs_f64(),
+                            algorithm,
+                            checksum,
+                            verified: Verification::Checksum,
+                            skipped: true,
+                            segments: 0,
+                        };
+                        self.progress.start(id, &job.name, size, size);
+                        return Ok(report);
+                    }
+                }
+            }
+        }
+        if let ResumeDecision::Restart(why) = decision {
+            tracing::info!("{}: {why}; starting over", job.name);
+        }
+        let offset = match decision {
+            ResumeDecision::Resume(n) => n,
+            ResumeDecision::Complete => size,
+            ResumeDecision::Fresh | ResumeDecision::Restart(_) => 0,
+        };
+        let resumed = offset > 0;
+        self.progress.start(id, &job.name, size, offset);
+
+        let mut segments_used = 1;
+        let moved = if offset == size && size > 0 {
+            segments_used = 0;
+            0
+        } else if local_dst && !self.source.is_local() && self.options.segments > 1 {
+            let ranges = split_segments(offset, size, self.options.segments);
+            segments_used = ranges.len();
+            self.segmented(id, job, src, &part, offset, ranges)
+                .await
+                .map_err(|error| Failure { error, resumed })?
+        } else {
+            self.stream(id, job, src, dst, &part, offset)
+                .await
+                .map_err(|error| Failure { error, resumed })?
+        };
+
+        // Verify: size always, checksum where both sides have one.
+        let written = dst
+            .stat(&part)
+            .await
+            .map_err(|error| Failure { error, resumed })?
+            .map(|e| e.size);
+        if written != Some(size) {
+            return Err(Failure {
+                error: ClientError::Verify {
+                    path: job.name.clone(),
+                    reason: format!(
+                        "destination has {} bytes, source has {size}{}",
+                        written.map_or("no".to_owned(), |w| w.to_string()),
+                        if local_dst { " (kept as .part)" } else { "" }
+                    ),
+                },
+                resumed,
+            });
+        }
+        let mut verified = Verification::Size;
+        let mut sum = known_sum;
+        if sum.is_some() {
+            verified = Verification::Checksum;
+        } else if self.options.verify {
+            match self
+                .compare_prefix(src, &job.source, dst, &part, size, size)
+                .await
+                .map_err(|error| Failure { error, resumed })?
+            {
+                Some((true, s)) => {
+                    verified = Verification::Checksum;
+                    sum = s;
+                }
+                Some((false, _)) => {
+                    return Err(Failure {
+                        error: ClientError::Verify {
+                            path: job.name.clone(),
+                            reason: format!(
+                                "checksums differ{}",
+                                if local_dst { " (kept as .part)" } else { "" }
+                            ),
+                        },
+                        resumed,
+                    });
+                }
+                None => {}
+            }
+        }
+        if part != job.destination {
+            dst.rename(&part, &job.destination)
+                .await
+                .map_err(|error| Failure { error, resumed })?;
+        }
+        if self.options.preserve_mtime {
+            if let Some(mtime) = entry.mtime {
+                let _ = dst.set_mtime(&job.destination, mtime).await;
+            }
+        }
+        let (algorithm, checksum) = split_sum(sum);
+        Ok(TransferReport {
+            path: job.name.clone(),
+            source: job.source.clone(),
+            destination: job.destination.clone(),
+            size,
+            bytes: moved,
+            resumed_from: offset,
+            seconds: started.elapsed().as_secs_f64(),
+            algorithm,
+            checksum,
+            verified,
+            skipped: false,
+            segments: segments_used,
+        })
+    }
+
+    /// Hashes the first `n` bytes (all of them when `n == size`) on both sides. `None` when the two sides have no
+    /// common way to do it; else whether they match, with the checksum when the whole file was hashed.
+    async fn compare_prefix(
+        &self,
+        src: &mut Box<dyn Transport>,
+        src_path: &str,
+        dst: &mut Box<dyn Transport>,
+        dst_path: &str,
+        n: u64,
+        size: u64,
+    ) -> Result<Option<(bool, Option<(HashAlgorithm, String)>)>> {
+        let whole = n == size;
+        let ranged =
+            whole || (src.supports_ranged_checksum().await && dst.supports_ranged_checksum().await);
+        if !ranged {
+            return Ok(None);
+        }
+        let ours = src.checksum_algorithms().await;
+        if ours.is_empty() {
+            return Ok(None);
+        }
+        let theirs = dst.checksum_algorithms().await;
+        let algorithm = match self.options.algorithm {
+            Some(a) if ours.contains(&a) && theirs.contains(&a) => Some(a),
+            Some(_) => None,
+            None => common_algorithm(&ours, &theirs),
+        };
+        let Some(algorithm) = algorithm else {
+            return Ok(None);
+        };
+        let range = (!whole).then_some(0..n);
+        let Some(a) = src.checksum(src_path, algorithm, range.clone()).await? else {
+            return Ok(None);
+        };
+        let Some(b) = dst.checksum(dst_path, algorithm, range).await? else {
+            return Ok(None);
+        };
+        Ok(Some((a == b, whole.then_some((algorithm, a)))))
+    }
+
+    /// One stream from `offset` to the end.
+    async fn stream(
+        &self,
+        id: usize,
+        job: &Job,
+        src: &mut Box<dyn Transport>,
+        dst: &mut Box<dyn Transport>,
+        part: &str,
+        offset: u64,
+    ) -> Result<u64> {
+        let counter = Arc::new(AtomicU64::new(0));
+        if dst.is_local() {
+            let file = local::open_at(part, offset).await?;
+            let mut sink = Metered::new(file, id, self, counter.clone());
+            let n = src
+                .read(&job.source, offset, None, &mut sink)
+                .await
+                .map_err(|e| relabel_local(e, part))?;
+            sink.inner
+                .flush()
+                .await
+                .map_err(|e| ClientError::local(part, e))?;
+            sink.inner
+                .sync_data()
+                .await
+                .map_err(|e| ClientError::local(part, e))?;
+            Ok(n)
+        } else if src.is_local() {
+            let mut file = tokio::fs::File::open(&job.source)
+                .await
+                .map_err(|e| ClientError::local(&job.source, e))?;
+            file.seek(SeekFrom::Start(offset))
+                .await
+                .map_err(|e| ClientError::local(&job.source, e))?;
+            let mut source = Metered::new(file, id, self, counter.clone());
+            dst.write(part, offset, &mut source)
+                .await
+                .map_err(|e| relabel_local(e, &job.source))
+        } else {
+            let (reader, writer) = tokio::io::duplex(1024 * 1024);
+            let mut writer = Metered::new(writer, id, self, counter.clone());
+            let mut reader = reader;
+            let reading = async {
+                let r = src.read(&job.source, offset, None, &mut writer).await;
+                let _ = writer.inner.shutdown().await;
+                drop(writer);
+                r
+            };
+            let writing = dst.write(part, offset, &mut reader);
+            let (r, w) = tokio::join!(reading, writing);
+            let n = r?;
+            w?;
+            Ok(n)
+        }
+    }
+
+    /// Several ranged reads at once into the local `.part` file. If one fails, the file is cut back to the part
+    /// written without gaps from `offset`, so the next run resumes from there.
+    async fn segmented(
+        &self,
+        id: usize,
+        job: &Job,
+        src: &mut Box<dyn Transport>,
+        part: &str,
+        offset: u64,
+        ranges: Vec<(u64, u64)>,
+    ) -> Result<u64> {
+        drop(local::open_at(part, offset).await?);
+        let counters: Vec<Arc<AtomicU64>> =
+            ranges.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
+        let first = ranges[0];
+        let mut others = tokio::task::JoinSet::new();
+        for (i, &(start, end)) in ranges.iter().enumerate().skip(1) {
+            let pool = self.source.clone();
+            let path = job.source.clone();
+            let part = part.to_owned();
+            let counter = counters[i].clone();
+            let limiter = self.options.limit_rate;
+            let progress = self.progress.clone();
+            others.spawn(async move {
+                let mut conn = pool.get().await?;
+                let result = read_range(
+                    &mut conn, &path, &part, start, end, id, progress, counter, limiter,
+                )
+                .await;
+                if result.is_ok() {
+                    pool.put(conn);
+                }
+                result
+            });
+        }
+        let first_result = read_range(
+            src,
+            &job.source,
+            part,
+            first.0,
+            first.1,
+            id,
+            self.progress.clone(),
+            counters[0].clone(),
+            self.options.limit_rate,
+        );
+        let collect_others = async {
+            let mut first_error = None;
+            while let Some(joined) = others.join_next().await {
+                let r = joined.unwrap_or_else(|e| Err(ClientError::lost(part, e)));
+                if let (Err(e), None) = (r, &first_error) {
+                    first_error = Some(e);
+                }
+            }
+            first_error
+        };
+        let (first_result, other_error) = tokio::join!(first_result, collect_others);
+        let error = first_result.err().or(other_error);
+        if let Some(error) = error {
+            let mut contiguous = offset;
+            for ((start, end), counter) in ranges.iter().zip(&counters) {
+                let done = counter.load(Ordering::Relaxed);
+                contiguous = start + done;
+                if start + done < *end {
+                    break;
+                }
+            }
+            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(part) {
+                let _ = f.set_len(contiguous);
+            }
+            return Err(relabel_local(error, part));
+        }
+        Ok(counters.iter().map(|c| c.load(Ordering::Relaxed)).sum())
+    }
+}
+
+/// Reads `[start, end)` of a remote file into the same range of a local file.
+#[allow(clippy::too_many_arguments)]
+async fn read_range(
+    conn: &mut Box<dyn Transport>,
+    path: &str,
+    part: &str,
+    start: u64,
+    end: u64,
+    id: usize,
+    progress: Arc<dyn Progress>,
+    counter: Arc<AtomicU64>,
+    limit_rate: Option<u64>,
+) -> Result<u64> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .open(part)
+        .await
+        .map_err(|e| ClientError::local(part, e))?;
+    file.seek(SeekFrom::Start(start))
+        .await
+        .map_err(|e| ClientError::local(part, e))?;
+    let mut sink = Metered::with(file, id, progress, counter, limit_rate);
+    let n = conn
+        .read(path, start, Some(end - start), &mut sink)
+        .await
+        .map_err(|e| relabel_local(e, part))?;
+    sink.inner
+        .flush()
+        .await
+        .map_err(|e| ClientError::local(part, e))?;
+    if n != end - start {
+        return Err(ClientError::lost(
+            path,
+            format!("segment {start}-{end} ended after {n} bytes"),
+        ));
+    }
+    Ok(n)
+}
+
+/// A failed attempt, and whether it had resumed (so a verification failure is worth one fresh try).
+struct Failure {
+    error: ClientError,
+    resumed: bool,
+}
+
+impl Failure {
+    fn new(error: ClientError) -> Failure {
+        Failure {
+            error,
+            resumed: false,
+        }
+    }
+}
+
+fn split_sum(sum: Option<(HashAlgorithm, String)>) -> (Option<String>, Option<String>) {
+    match sum {
+        Some((a, s)) => (Some(a.name().to_owned()), Some(s)),
+        None => (None, None),
+    }
+}
+
+/// Local errors raised inside a transport name the remote path; they are about the local file.
+fn relabel_local(e: ClientError, local_path: &str) -> ClientError {
+    match e {
+        ClientError::Local { source, .. } => ClientError::local(local_path, source),
+        other => other,
+    }
+}
+
+/// Paces a stream to a number of bytes per second.
+struct RateLimit {
+    rate: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl RateLimit {
+    fn new(rate: u64) -> RateLimit {
+        RateLimit {
+            rate: rate.max(1),
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `n` bytes; returns when the next bytes may go.
+    fn account(&mut self, n: u64) -> Option<tokio::time::Instant> {
+        self.bytes += n;
+        let due = self.started + Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
+        (due > Instant::now()).then(|| tokio::time::Instant::from_std(due))
+    }
+}
+
+/// Counts bytes through a reader or writer for progress, and paces them with `--limit-rate`.
+struct Metered<T> {
+    inner: T,
+    id: usize,
+    progress: Arc<dyn Progress>,
+    counter: Arc<AtomicU64>,
+    limit: Option<RateLimit>,
+    pause: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> Metered<T> {
+    fn new(inner: T, id: usize, engine: &Engine, counter: Arc<AtomicU64>) -> Metered<T> {
+        Metered::with(
+            inner,
+            id,
+            engine.progress.clone(),
+            counter,
+            engine.options.limit_rate,
+        )
+    }
+
+    fn with(
+        inner: T,
+        id: usize,
+        progress: Arc<dyn Progress>,
+        counter: Arc<AtomicU64>,
+        limit_rate: Option<u64>,
+    ) -> Metered<T> {
+        Metered {
+            inner,
+            id,
+            progress,
+            counter,
+            limit: limit_rate.map(RateLimit::new),
+            pause: None,
+        }
+    }
+
+    fn poll_pause(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Some(sleep) = self.pause.as_mut() {
+            ready!(sleep.as_mut().poll(cx));
+            self.pause = None;
+        }
+        Poll::Ready(())
+    }
+
+    fn account(&mut self, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        self.progress.advance(self.id, n as u64);
+        if let Some(due) = self.limit.as_mut().and_then(|l| l.account(n as u64)) {
+            self.pause = Some(Box::pin(tokio::time::sleep_until(due)));
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Metered<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        ready!(this.poll_pause(cx));
+        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        this.account(n);
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_pause(cx));
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        this.account(n);
+        Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::progress::NoProgress;
+    use proptest::prelude::*;
+
+    #[test]
+    fn resume_decisions() {
+        assert_eq!(decide_resume(None, 100, None), ResumeDecision::Fresh);
+        assert_eq!(decide_resume(Some(0), 100, None), ResumeDecision::Fresh);
+        assert_eq!(
+            decide_resume(Some(40), 100, None),
+            ResumeDecision::Resume(40)
+        );
+        assert_eq!(
+            decide_resume(Some(40), 100, Some(true)),
+            ResumeDecision::Resume(40)
+        );
+        assert!(matches!(
+            decide_resume(Some(40), 100, Some(false)),
+            ResumeDecision::Restart(_)
+        ));
+        assert!(matches!(
+            decide_resume(Some(101), 100, None),
+            ResumeDecision::Restart(_)
+        ));
+        assert_eq!(
+            decide_resume(Some(100), 100, None),
+            ResumeDecision::Complete
+        );
+        assert!(matches!(
+            decide_resume(Some(100), 100, Some(false)),
+            ResumeDecision::Restart(_)
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn segments_cover_the_range_exactly(start in 0u64..10_000_000, len in 0u64..50_000_000, n in 1usize..16) {
+            let ranges = split_segments(start, start + len, n);
+            prop_assert!(!ranges.is_empty());
+            prop_assert!(ranges.len() <= n);
+            prop_assert_eq!(ranges[0].0, start);
+            prop_assert_eq!(ranges.last().unwrap().1, start + len);
+            for w in ranges.windows(2) {
+                prop_assert_eq!(w[0].1, w[1].0);
+            }
+            if ranges.len() > 1 {
+                for r in &ranges {
+                    prop_assert!(r.1 - r.0 >= MIN_SEGMENT);
+                }
+            }
+        }
+
+        #[test]
+        fn resuming_never_goes_past_the_source(existing in proptest::option::of(0u64..1000), size in 0u64..1000, matches in proptest::option::of(any::<bool>())) {
+            match decide_resume(existing, size, matches) {
+                ResumeDecision::Resume(n) => {
+                    prop_assert!(n > 0 && n < size);
+                    prop_assert_ne!(matches, Some(false));
+                }
+                ResumeDecision::Complete => prop_assert_eq!(existing, Some(size)),
+                _ => {}
+            }
+        }
+    }
+
+    fn engine(options: TransferOptions) -> Arc<Engine> {
+        Engine::new(Pool::local(), Pool::local(), options, Arc::new(NoProgress))
+    }
+
+    fn job(src: &std::path::Path, dst: &std::path::Path) -> Job {
+        Job {
+            source: src.to_string_lossy().into_owned(),
+            destination: dst.to_string_lossy().into_owned(),
+            name: "f".to_owned(),
+        }
+    }
+
+    #[tokio::test]
+    async fn local_copy_resumes_a_matching_part_and_removes_the_suffix() {
+        let dir = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::write(&src, &data).unwrap();
+        std::fs::write(dir.path().join("dst.part"), &data[..100_000]).unwrap();
+        let report = engine(TransferOptions::default())
+            .copy(0, &job(&src, &dst))
+            .await
+            .unwrap();
+        assert_eq!(report.resumed_from, 100_000);
+        assert_eq!(report.bytes, 200_000);
+        assert_eq!(report.verified, Verification::Checksum);
+        assert_eq!(std::fs::read(&dst).unwrap(), data);
+        assert!(!dir.path().join("dst.part").exists());
+    }
+
+    #[tokio::test]
+    async fn a_part_that_differs_from_the_source_is_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::write(&src, b"hello world, this is the source").unwrap();
+        std::fs::write(dir.path().join("dst.part"), b"garbage").unwrap();
+        let report = engine(TransferOptions::default())
+            .copy(0, &job(&src, &dst))
+            .await
+            .unwrap();
+        assert_eq!(report.resumed_from, 0);
+        assert_eq!(
+            std::fs::read(&dst).unwrap(),
+            b"hello world, this is the source"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_complete_destination_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::write(&src, b"same").unwrap();
+        std::fs::write(&dst, b"same").unwrap();
+        let report = engine(TransferOptions::default())
+            .copy(0, &job(&src, &dst))
+            .await
+            .unwrap();
+        assert!(report.skipped);
+        assert_eq!(report.bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn a_missing_source_is_not_found_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let dst = dir.path().join("dst");
+        let err = engine(TransferOptions::default())
+            .copy(0, &job(&dir.path().join("nope"), &dst))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::NotFound { .. }), "{err}");
+        assert!(!dst.exists());
+        assert!(!dir.path().join("dst.part").exists());
+    }
+}

@@ -1,0 +1,151 @@
+//! rustls client configuration for FTPS: the system's trust roots (plus `--ca-file`), or a pinned certificate
+//! fingerprint, or no verification at all with `--insecure`.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use sha2::{Digest, Sha256};
+
+use super::ConnectOptions;
+
+/// Builds the client configuration the options ask for. One configuration serves the control connection and
+/// every data connection, so data connections can resume the control connection's TLS session.
+pub fn client_config(options: &ConnectOptions) -> Result<Arc<ClientConfig>, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    let config = if options.insecure || options.tls_fingerprint.is_some() {
+        let pin = match &options.tls_fingerprint {
+            Some(f) => Some(parse_fingerprint(f)?),
+            None => None,
+        };
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(PinnedOrAny { pin, provider }))
+            .with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = &options.ca_file {
+            let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+            }
+        }
+        builder.with_root_certificates(roots).with_no_client_auth()
+    };
+    Ok(Arc::new(config))
+}
+
+/// The SHA-256 fingerprint of a certificate, as `AA:BB:...`.
+pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
+    let digest = Sha256::digest(cert.as_ref());
+    digest
+        .iter()
+        .map(|b| format!("{b:02X}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Accepts `AA:BB:..`, `aabb..` or `SHA256:aabb..`.
+fn parse_fingerprint(s: &str) -> Result<Vec<u8>, String> {
+    let s = s
+        .strip_prefix("SHA256:")
+        .or_else(|| s.strip_prefix("sha256:"))
+        .unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != ':').collect();
+    match hex::decode(&hex) {
+        Ok(bytes) if bytes.len() == 32 => Ok(bytes),
+        _ => Err(format!(
+            "--tls-fingerprint {s}: expected a SHA-256 fingerprint (64 hex digits)"
+        )),
+    }
+}
+
+#[derive(Debug)]
+struct PinnedOrAny {
+    pin: Option<Vec<u8>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedOrAny {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match &self.pin {
+            Some(pin) if Sha256::digest(end_entity.as_ref()).as_slice() != pin.as_slice() => {
+                Err(rustls::Error::General(format!(
+                    "certificate fingerprint {} does not match --tls-fingerprint",
+                    fingerprint(end_entity)
+                )))
+            }
+            _ => Ok(ServerCertVerified::assertion()),
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_parse_in_common_spellings() {
+        let hex64 = "ab".repeat(32);
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(parse_fingerprint(&hex64).unwrap(), vec![0xab; 32]);
+        assert_eq!(parse_fingerprint(&colons).unwrap(), vec![0xab; 32]);
+        assert_eq!(
+            parse_fingerprint(&format!("SHA256:{hex64}")).unwrap(),
+            vec![0xab; 32]
+        );
+        assert!(parse_fingerprint("abcd").is_err());
+    }
+}

@@ -1,0 +1,490 @@
+//! The one URL syntax for every protocol: `scheme://[user[:password]@]host[:port][/path]`.
+//!
+//! Schemes: `ftp`, `ftps` (explicit TLS via `AUTH TLS`), `ftps+implicit` (TLS from the first byte) and `sftp`.
+//! User, password and path are percent-decoded; IPv6 hosts are written in brackets (`sftp://[::1]:2222/x`).
+//! Paths follow curl's convention: for FTP the path is relative to the login directory (`ftp://h/a` is `a`,
+//! `ftp://h//tmp/a` is `/tmp/a`); for SFTP it is absolute (`sftp://h/tmp/a`), and `/~/` starts it at the home
+//! directory (`sftp://h/~/a` is `a`).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::error::ClientError;
+
+/// A protocol the client speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scheme {
+    Ftp,
+    /// FTP with `AUTH TLS` on the plain port.
+    Ftps,
+    /// FTP over TLS from the first byte.
+    FtpsImplicit,
+    Sftp,
+}
+
+impl Scheme {
+    /// All schemes, as written in URLs.
+    pub const NAMES: [&'static str; 4] = ["ftp", "ftps", "ftps+implicit", "sftp"];
+
+    /// Parses a scheme name (case-insensitive).
+    pub fn parse(name: &str) -> Option<Scheme> {
+        match name.to_ascii_lowercase().as_str() {
+            "ftp" => Some(Scheme::Ftp),
+            "ftps" | "ftpes" => Some(Scheme::Ftps),
+            "ftps+implicit" => Some(Scheme::FtpsImplicit),
+            "sftp" => Some(Scheme::Sftp),
+            _ => None,
+        }
+    }
+
+    /// The scheme's name in URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Ftp => "ftp",
+            Scheme::Ftps => "ftps",
+            Scheme::FtpsImplicit => "ftps+implicit",
+            Scheme::Sftp => "sftp",
+        }
+    }
+
+    /// The port used when the URL names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Scheme::Ftp | Scheme::Ftps => 21,
+            Scheme::FtpsImplicit => 990,
+            Scheme::Sftp => 22,
+        }
+    }
+
+    /// Whether this is one of the FTP schemes.
+    pub fn is_ftp(self) -> bool {
+        !matches!(self, Scheme::Sftp)
+    }
+}
+
+/// A parsed remote URL. `path` is decoded and in the form the server is given (see the module docs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct RemoteUrl {
+    pub scheme: Scheme,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Host name or IP address, without IPv6 brackets.
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+}
+
+impl RemoteUrl {
+    /// Parses `scheme://[user[:password]@]host[:port][/path]`.
+    pub fn parse(input: &str) -> Result<RemoteUrl, ClientError> {
+        let usage = |why: &str| ClientError::Usage(format!("{input}: {why}"));
+        let (scheme_name, rest) = input
+            .split_once("://")
+            .ok_or_else(|| usage("not a URL (expected scheme://host/path)"))?;
+        let scheme = Scheme::parse(scheme_name).ok_or_else(|| {
+            ClientError::Usage(format!(
+                "{input}: unknown scheme \"{scheme_name}\" (ferry speaks {})",
+                Scheme::NAMES.join(", ")
+            ))
+        })?;
+        let (authority, raw_path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        let (userinfo, hostport) = match authority.rfind('@') {
+            Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+            None => (None, authority),
+        };
+        let (user, password) = match userinfo {
+            None => (None, None),
+            Some(info) => {
+                let (u, p) = match info.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (info, None),
+                };
+                let user = percent_decode(u).ok_or_else(|| usage("bad percent-encoding"))?;
+                let password = p
+                    .map(|p| percent_decode(p).ok_or_else(|| usage("bad percent-encoding")))
+                    .transpose()?;
+                ((!user.is_empty()).then_some(user), password)
+            }
+        };
+        let (host, port) = split_host_port(hostport).ok_or_else(|| usage("bad host or port"))?;
+        if host.is_empty() {
+            return Err(usage("no host"));
+        }
+        let decoded = percent_decode(raw_path).ok_or_else(|| usage("bad percent-encoding"))?;
+        if decoded.contains('\0') {
+            return Err(usage("NUL in path"));
+        }
+        let path = server_path(scheme, &decoded);
+        Ok(RemoteUrl {
+            scheme,
+            user,
+            password,
+            host,
+            port,
+            path,
+        })
+    }
+
+    /// The port to connect to.
+    pub fn port_or_default(&self) -> u16 {
+        self.port.unwrap_or(self.scheme.default_port())
+    }
+
+    /// `scheme://[user@]host:port`, for messages (never shows the password).
+    pub fn server(&self) -> String {
+        let user = self
+            .user
+            .as_deref()
+            .map(|u| format!("{}@", percent_encode(u)))
+            .unwrap_or_default();
+        format!(
+            "{}://{user}{}:{}",
+            self.scheme.name(),
+            bracket_host(&self.host),
+            self.port_or_default()
+        )
+    }
+
+    /// The same server with another path.
+    pub fn with_path(&self, path: impl Into<String>) -> RemoteUrl {
+        RemoteUrl {
+            path: path.into(),
+            ..self.clone()
+        }
+    }
+
+    /// Whether the URL's path ends with `/` (names a directory) or is empty.
+    pub fn names_directory(&self) -> bool {
+        self.path.is_empty() || self.path.ends_with('/')
+    }
+}
+
+impl fmt::Display for RemoteUrl {
+    /// The URL without its password, with the path as the user wrote it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = match (self.scheme, self.path.as_str()) {
+            (Scheme::Sftp, p) if p.starts_with('/') => p.to_owned(),
+            (Scheme::Sftp, p) => format!("/~/{p}"),
+            (_, p) => format!("/{p}"),
+        };
+        write!(f, "{}{}", self.server(), percent_encode_path(&path))
+    }
+}
+
+impl fmt::Debug for RemoteUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RemoteUrl({self})")
+    }
+}
+
+/// One side of a transfer: a local path or a remote URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    Local(PathBuf),
+    Remote(RemoteUrl),
+}
+
+impl Location {
+    /// A string with `://` is a URL (and must have a known scheme); anything else is a local path.
+    pub fn parse(input: &str) -> Result<Location, ClientError> {
+        if input.contains("://") {
+            RemoteUrl::parse(input).map(Location::Remote)
+        } else if input.is_empty() {
+            Err(ClientError::Usage("empty path".to_owned()))
+        } else {
+            Ok(Location::Local(PathBuf::from(input)))
+        }
+    }
+}
+
+/// Joins a directory path and a name in a remote path ("" is the login directory).
+pub fn join(dir: &str, name: &str) -> String {
+    if dir.is_empty() || dir == "." {
+        name.to_owned()
+    } else if dir.ends_with('/') {
+        format!("{dir}{name}")
+    } else {
+        format!("{dir}/{name}")
+    }
+}
+
+/// The last component of a remote path ("" for the root or the login directory).
+pub fn file_name(path: &str) -> &str {
+    path.trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or_default()
+}
+
+/// The directory part of a remote path ("" for a name in the login directory, "/" for one in the root).
+pub fn parent(path: &str) -> &str {
+    let trimmed = path.trim_end_matches('/');
+    match trimmed.rfind('/') {
+        Some(0) => "/",
+        Some(i) => &trimmed[..i],
+        None => "",
+    }
+}
+
+/// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Encodes everything but unreserved characters.
+pub fn percent_encode(s: &str) -> String {
+    encode_except(s, |b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+}
+
+fn percent_encode_path(s: &str) -> String {
+    encode_except(s, |b| {
+        b.is_ascii_alphanumeric() || b"-._~/!$&'()*+,;=:@".contains(&b)
+    })
+}
+
+fn encode_except(s: &str, keep: impl Fn(u8) -> bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for &b in s.as_bytes() {
+        if keep(b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// `[::1]` for IPv6 literals, the host itself otherwise.
+pub fn bracket_host(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        host.parse::<std::net::Ipv6Addr>().ok()?;
+        match after {
+            "" => (host, None),
+            p => (host, Some(p.strip_prefix(':')?)),
+        }
+    } else {
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            Some(_) => return None,
+            None => (s, None),
+        }
+    };
+    let port = match port {
+        None | Some("") => None,
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0)?),
+    };
+    let host = percent_decode(host)?;
+    if host.contains(['/', '@', ' ']) {
+        return None;
+    }
+    Some((host, port))
+}
+
+fn server_path(scheme: Scheme, decoded: &str) -> String {
+    match scheme {
+        Scheme::Sftp => {
+            if decoded == "/~" {
+                String::new()
+            } else if let Some(rest) = decoded.strip_prefix("/~/") {
+                rest.to_owned()
+            } else if decoded.is_empty() {
+                "/".to_owned()
+            } else {
+                decoded.to_owned()
+            }
+        }
+        _ => decoded.strip_prefix('/').unwrap_or(decoded).to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn url(s: &str) -> RemoteUrl {
+        RemoteUrl::parse(s).unwrap()
+    }
+
+    #[test]
+    fn every_scheme_parses_with_its_default_port() {
+        for (s, scheme, port) in [
+            ("ftp://h/x", Scheme::Ftp, 21),
+            ("ftps://h/x", Scheme::Ftps, 21),
+            ("ftps+implicit://h/x", Scheme::FtpsImplicit, 990),
+            ("sftp://h/x", Scheme::Sftp, 22),
+            ("FTP://h/x", Scheme::Ftp, 21),
+        ] {
+            let u = url(s);
+            assert_eq!(u.scheme, scheme, "{s}");
+            assert_eq!(u.port_or_default(), port, "{s}");
+            assert_eq!(u.host, "h");
+        }
+    }
+
+    #[test]
+    fn user_password_host_port_and_path_are_split() {
+        let u = url("ftp://alice:s3cret@files.example.com:2121/dir/file.bin");
+        assert_eq!(u.user.as_deref(), Some("alice"));
+        assert_eq!(u.password.as_deref(), Some("s3cret"));
+        assert_eq!(u.host, "files.example.com");
+        assert_eq!(u.port, Some(2121));
+        assert_eq!(u.path, "dir/file.bin");
+    }
+
+    #[test]
+    fn user_without_password_and_at_sign_in_password() {
+        let u = url("sftp://bob@h/tmp/x");
+        assert_eq!(u.user.as_deref(), Some("bob"));
+        assert_eq!(u.password, None);
+        let u = url("ftp://bob:p@ss@h/x");
+        assert_eq!(u.user.as_deref(), Some("bob"));
+        assert_eq!(u.password.as_deref(), Some("p@ss"));
+    }
+
+    #[test]
+    fn percent_escapes_are_decoded_in_user_password_and_path() {
+        let u = url("ftp://a%40b:p%3Aw%2Fd@h/with%20space/%C3%A9t%C3%A9.txt");
+        assert_eq!(u.user.as_deref(), Some("a@b"));
+        assert_eq!(u.password.as_deref(), Some("p:w/d"));
+        assert_eq!(u.path, "with space/été.txt");
+    }
+
+    #[test]
+    fn ipv6_literals_are_bracketed() {
+        let u = url("sftp://alice@[::1]:2222/srv/x");
+        assert_eq!(u.host, "::1");
+        assert_eq!(u.port, Some(2222));
+        assert_eq!(u.path, "/srv/x");
+        assert_eq!(u.server(), "sftp://alice@[::1]:2222");
+        let u = url("ftp://[fe80::1]/x");
+        assert_eq!(u.host, "fe80::1");
+        assert_eq!(u.port, None);
+    }
+
+    #[test]
+    fn ftp_paths_are_relative_to_the_login_directory_unless_doubled() {
+        assert_eq!(url("ftp://h/a/b").path, "a/b");
+        assert_eq!(url("ftp://h//tmp/a").path, "/tmp/a");
+        assert_eq!(url("ftp://h").path, "");
+        assert_eq!(url("ftp://h/").path, "");
+        assert_eq!(url("ftp://h/dir/").path, "dir/");
+    }
+
+    #[test]
+    fn sftp_paths_are_absolute_unless_tilde() {
+        assert_eq!(url("sftp://h/tmp/a").path, "/tmp/a");
+        assert_eq!(url("sftp://h/~/a").path, "a");
+        assert_eq!(url("sftp://h/~").path, "");
+        assert_eq!(url("sftp://h").path, "/");
+    }
+
+    #[test]
+    fn bad_urls_are_usage_errors() {
+        for bad in [
+            "http://h/x",
+            "gopher://h/",
+            "ftp://",
+            "ftp://h:99999/x",
+            "ftp://h:0/x",
+            "ftp://h:port/x",
+            "ftp://[::1/x",
+            "ftp://[nothex]/x",
+            "ftp://h/%zz",
+            "ftp://h/%00",
+            "ftp://a:b:c:d/x",
+        ] {
+            let err = RemoteUrl::parse(bad).unwrap_err();
+            assert!(matches!(err, ClientError::Usage(_)), "{bad}: {err}");
+            assert_eq!(err.exit_code(), crate::error::EXIT_USAGE);
+        }
+        let err = RemoteUrl::parse("http://h/x").unwrap_err();
+        assert!(err.to_string().contains("unknown scheme \"http\""), "{err}");
+    }
+
+    #[test]
+    fn display_hides_the_password() {
+        let u = url("ftp://alice:secret@h:2121/a%20b");
+        assert_eq!(u.to_string(), "ftp://alice@h:2121/a%20b");
+        assert!(!format!("{u:?}").contains("secret"));
+    }
+
+    #[test]
+    fn locations_are_local_without_a_scheme() {
+        assert_eq!(
+            Location::parse("some/file").unwrap(),
+            Location::Local(PathBuf::from("some/file"))
+        );
+        assert!(matches!(
+            Location::parse("sftp://h/x").unwrap(),
+            Location::Remote(_)
+        ));
+        assert!(Location::parse("nope://h/x").is_err());
+    }
+
+    #[test]
+    fn path_helpers() {
+        assert_eq!(join("", "a"), "a");
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("d", "a"), "d/a");
+        assert_eq!(join("d/", "a"), "d/a");
+        assert_eq!(file_name("d/e/f.txt"), "f.txt");
+        assert_eq!(file_name("d/e/"), "e");
+        assert_eq!(parent("d/e/f"), "d/e");
+        assert_eq!(parent("/f"), "/");
+        assert_eq!(parent("f"), "");
+    }
+
+    proptest! {
+        #[test]
+        fn encoded_components_round_trip(
+            user in "[a-zA-Z0-9@:/ %._-]{1,12}",
+            password in "[ -~]{0,12}",
+            path in "[a-zA-Z0-9 ._/é-]{0,20}",
+            port in 1u16..,
+        ) {
+            let s = format!(
+                "ftp://{}:{}@host:{port}/{}",
+                percent_encode(&user),
+                percent_encode(&password),
+                percent_encode_path(&path)
+            );
+            let u = RemoteUrl::parse(&s).unwrap();
+            prop_assert_eq!(u.user.as_deref(), Some(user.as_str()));
+            prop_assert_eq!(u.password.as_deref(), Some(password.as_str()));
+            prop_assert_eq!(u.port, Some(port));
+            prop_assert_eq!(u.path, path);
+        }
+
+        #[test]
+        fn parsing_never_panics(s in "\\PC{0,40}") {
+            let _ = RemoteUrl::parse(&s);
+            let _ = Location::parse(&s);
+        }
+    }
+}
