@@ -1,6 +1,7 @@
 //! The `ferry` binary: parses arguments and wires the crates together. Server, account administration, and
 //! (later) client and benchmarks are sub-commands.
 
+mod bench;
 mod client;
 mod config;
 mod serve;
@@ -25,6 +26,8 @@ enum Command {
     Serve(Box<config::ServeArgs>),
     /// Manage accounts (works while the server runs).
     User(Box<user::UserArgs>),
+    /// Measure an FTP, FTPS or SFTP server on loopback: sessions, transfers, small files, listings.
+    Bench(Box<bench::BenchArgs>),
     #[command(flatten)]
     Client(client::ClientCommand),
 }
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(*args).await.map(|()| ExitCode::SUCCESS),
             Command::User(args) => user::run(*args).await.map(|()| ExitCode::SUCCESS),
+            Command::Bench(args) => bench::run(*args).await.map(|()| ExitCode::SUCCESS),
             Command::Client(command) => Ok(ExitCode::from(client::run(command).await)),
         }
     });

@@ -1,0 +1,181 @@
+//! `sessions`: open N logged-in sessions, hold them, and measure the login rate and what each idle session costs
+//! the server (PSS of the server's process tree after minus before, divided by N).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::conn::{Connection, Connector};
+use crate::pss::{self, Memory};
+use crate::report::Table;
+use crate::{Result, Scheme, SourceIps, Target};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub sessions: usize,
+    /// Logins in flight at once. Forking servers accept from a short listen backlog (vsftpd: 32), so more only
+    /// makes connections wait for SYN retransmits.
+    pub concurrency: usize,
+    /// Source addresses; by default enough 127.0.0.x addresses for `sessions`.
+    pub sources: Option<SourceIps>,
+    /// Server processes whose memory (with their descendants) is measured.
+    pub pids: Vec<u32>,
+    /// Wait after the last login before measuring memory.
+    pub settle: Duration,
+    /// Keep the sessions open this much longer after measuring.
+    pub hold: Duration,
+}
+
+/// What was measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub scenario: &'static str,
+    pub target: String,
+    pub protocol: Scheme,
+    pub sessions_requested: usize,
+    pub sessions_opened: usize,
+    pub failures: usize,
+    pub first_error: Option<String>,
+    pub source_addresses: usize,
+    pub concurrency: usize,
+    pub login_seconds: f64,
+    pub logins_per_sec: f64,
+    pub memory_before: Option<Memory>,
+    pub memory_after: Option<Memory>,
+    /// Server memory per open session, KiB.
+    pub per_session_kib: Option<f64>,
+    /// The same, projected to a million sessions, GiB.
+    pub projected_gib_per_million: Option<f64>,
+    pub server_cpu_seconds: Option<f64>,
+    pub client_cpu_seconds: f64,
+    pub open_files_limit: u64,
+}
+
+/// Opens the sessions, measures, holds, and closes them.
+pub async fn run(target: &Target, options: &Options) -> Result<Report> {
+    let open_files_limit = crate::raise_open_file_limit();
+    let sources = options
+        .sources
+        .clone()
+        .unwrap_or_else(|| SourceIps::enough_for(options.sessions, target.addr.ip()));
+    let connector = Arc::new(Connector::new(target, sources.clone())?);
+    let measure = |pids: &[u32]| (!pids.is_empty()).then(|| pss::measure(pids)).transpose();
+
+    let memory_before = measure(&options.pids)?;
+    let server_cpu_before = crate::cpu::tree_seconds(&options.pids);
+    let client_cpu_before = crate::cpu::own_seconds();
+    let gate = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut logins = JoinSet::new();
+    let started = Instant::now();
+    for i in 0..options.sessions {
+        let connector = Arc::clone(&connector);
+        let gate = Arc::clone(&gate);
+        logins.spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            connector.open(i).await
+        });
+    }
+    let mut held: Vec<Connection> = Vec::with_capacity(options.sessions);
+    let mut failures = 0;
+    let mut first_error = None;
+    let mut last_login = started.elapsed();
+    while let Some(joined) = logins.join_next().await {
+        match joined {
+            Ok(Ok(connection)) => {
+                held.push(connection);
+                last_login = started.elapsed();
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+            Err(e) => {
+                failures += 1;
+                first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    let login_seconds = last_login.as_secs_f64();
+    let server_cpu = crate::cpu::tree_seconds(&options.pids) - server_cpu_before;
+    let client_cpu_seconds = crate::cpu::own_seconds() - client_cpu_before;
+    tokio::time::sleep(options.settle).await;
+    let memory_after = measure(&options.pids)?;
+    let per_session_kib = match (memory_before, memory_after) {
+        (Some(before), Some(after)) if !held.is_empty() => {
+            Some((after.pss_kib as f64 - before.pss_kib as f64) / held.len() as f64)
+        }
+        _ => None,
+    };
+    tokio::time::sleep(options.hold).await;
+    let opened = held.len();
+    drop(held);
+
+    Ok(Report {
+        scenario: "sessions",
+        target: target.display_url(),
+        protocol: target.scheme,
+        sessions_requested: options.sessions,
+        sessions_opened: opened,
+        failures,
+        first_error,
+        source_addresses: sources.len(),
+        concurrency: options.concurrency,
+        login_seconds,
+        logins_per_sec: if login_seconds > 0.0 {
+            opened as f64 / login_seconds
+        } else {
+            0.0
+        },
+        memory_before,
+        memory_after,
+        per_session_kib,
+        projected_gib_per_million: per_session_kib.map(|kib| kib * 1e6 / (1024.0 * 1024.0)),
+        server_cpu_seconds: (!options.pids.is_empty()).then_some(server_cpu),
+        client_cpu_seconds,
+        open_files_limit,
+    })
+}
+
+impl Report {
+    pub fn table(&self) -> String {
+        Table::new(format!("sessions  {}", self.target))
+            .row(
+                "sessions opened",
+                format!("{} of {}", self.sessions_opened, self.sessions_requested),
+            )
+            .row("failures", self.failures)
+            .row_opt("first error", self.first_error.as_ref())
+            .row("source addresses", self.source_addresses)
+            .row("login time", format!("{:.2} s", self.login_seconds))
+            .row("logins/s", format!("{:.0}", self.logins_per_sec))
+            .row_opt(
+                "server PSS before",
+                self.memory_before
+                    .map(|m| format!("{} KiB in {} processes", m.pss_kib, m.processes)),
+            )
+            .row_opt(
+                "server PSS after",
+                self.memory_after
+                    .map(|m| format!("{} KiB in {} processes", m.pss_kib, m.processes)),
+            )
+            .row_opt(
+                "per session",
+                self.per_session_kib.map(|k| format!("{k:.2} KiB")),
+            )
+            .row_opt(
+                "1,000,000 sessions",
+                self.projected_gib_per_million
+                    .map(|g| format!("{g:.1} GiB")),
+            )
+            .row_opt(
+                "server CPU",
+                self.server_cpu_seconds.map(|s| format!("{s:.2} s")),
+            )
+            .row("client CPU", format!("{:.2} s", self.client_cpu_seconds))
+            .render()
+    }
+}
