@@ -451,10 +451,11 @@ async fn put(args: PutArgs) -> CmdResult {
             });
         }
     }
+    if into_dir && existing.is_none() && !url.path.trim_end_matches('/').is_empty() {
+        remote_dirs.insert(0, url.path.trim_end_matches('/').to_owned());
+    }
     for d in &remote_dirs {
-        if conn.stat(d).await?.is_none() {
-            conn.mkdir(d).await?;
-        }
+        make_parents(conn.as_mut(), d).await?;
     }
     pool.put(conn);
     let code = run_jobs(Pool::local(), pool, jobs, &args.transfer, &args.output).await;

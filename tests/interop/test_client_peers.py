@@ -1,0 +1,84 @@
+"""The `ferry` client against other servers: vsftpd (FTP: no MLSD, no HASH, LIST only) and OpenSSH's sshd with
+sftp-server (checksums through `sha256sum` run by the user's shell). get, put, resume after the client is killed
+mid-transfer, and mirror with --delete."""
+import pytest
+
+from helpers_ferry_client import fc, json_lines, spawn, wait_for_size
+from helpers_files import sha256_file, write_random
+from peers import sshd, vsftpd  # noqa: F401  (fixtures)
+
+SIZE = 6_000_000
+
+
+@pytest.fixture(params=["vsftpd", "sshd"])
+def peer(request):
+    """Either server, with `url(path)`, `flags()` and `root` (the local directory its URLs point into)."""
+    return request.getfixturevalue(request.param)
+
+
+def test_get_and_put(peer, tmp_path):
+    digest = write_random(tmp_path / "up.bin", 2_000_000, seed=1)
+    p = fc(tmp_path, "put", "--json", *peer.flags(), "up.bin", peer.url("up.bin"))
+    [r] = json_lines(p.stdout)
+    assert r["bytes"] == 2_000_000
+    assert sha256_file(peer.root / "up.bin") == digest
+    # vsftpd offers no checksum (verified by size); sshd runs sha256sum.
+    assert r["verified"] == ("size" if peer.__class__.__name__ == "Vsftpd" else "checksum"), r
+    p = fc(tmp_path, "get", "--json", *peer.flags(), peer.url("up.bin"), "down.bin")
+    assert sha256_file(tmp_path / "down.bin") == digest
+    p = fc(tmp_path, "ls", "-l", *peer.flags(), peer.url(""))
+    assert "up.bin" in p.stdout and " 2000000 " in p.stdout, p.stdout
+    fc(tmp_path, "mkdir", *peer.flags(), peer.url("d"))
+    fc(tmp_path, "mv", *peer.flags(), peer.url("up.bin"), "moved.bin")
+    fc(tmp_path, "rm", *peer.flags(), peer.url("moved.bin"))
+    assert (peer.root / "d").is_dir() and not (peer.root / "moved.bin").exists()
+    p = fc(tmp_path, "get", *peer.flags(), peer.url("missing.bin"), check=False)
+    assert p.returncode == 1 and "missing.bin" in p.stderr, p.stderr
+
+
+def test_download_resumes_after_the_client_is_killed(peer, tmp_path):
+    digest = write_random(peer.root / "big.bin", SIZE, seed=2)
+    proc = spawn(tmp_path, "get", "--limit-rate", "2m", *peer.flags(), peer.url("big.bin"), "big.bin")
+    wait_for_size(tmp_path / "big.bin.part", SIZE // 4, proc=proc)
+    proc.kill()
+    proc.wait(10)
+    assert not (tmp_path / "big.bin").exists()
+    p = fc(tmp_path, "get", "--json", *peer.flags(), peer.url("big.bin"), "big.bin")
+    [r] = json_lines(p.stdout)
+    assert r["resumed_from"] >= SIZE // 4, r
+    assert sha256_file(tmp_path / "big.bin") == digest
+
+
+def test_upload_resumes_after_the_client_is_killed(peer, tmp_path):
+    digest = write_random(tmp_path / "big.bin", SIZE, seed=3)
+    proc = spawn(tmp_path, "put", "--limit-rate", "2m", *peer.flags(), "big.bin", peer.url("big.bin"))
+    wait_for_size(peer.root / "big.bin", SIZE // 4, proc=proc)
+    proc.kill()
+    proc.wait(10)
+    partial = (peer.root / "big.bin").stat().st_size
+    assert partial < SIZE
+    p = fc(tmp_path, "put", "--json", *peer.flags(), "big.bin", peer.url("big.bin"))
+    [r] = json_lines(p.stdout)
+    assert r["resumed_from"] == partial, r
+    assert sha256_file(peer.root / "big.bin") == digest
+
+
+def test_mirror_with_delete(peer, tmp_path):
+    src = tmp_path / "src"
+    sums = {rel: write_random(src / rel, size, seed=i) for i, (rel, size) in enumerate(
+        [("a.bin", 10_000), ("sub/b.bin", 70_000), ("sub/deep/c.bin", 5)])}
+    stale = peer.root / "mirror/stale/old.txt"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    peer.own(peer.root / "mirror")
+    fc(tmp_path, "mirror", "--delete", *peer.flags(), src, peer.url("mirror"))
+    for rel, digest in sums.items():
+        assert sha256_file(peer.root / "mirror" / rel) == digest, rel
+    assert not (peer.root / "mirror/stale").exists()
+    # Mirrored once: a second run has nothing to do.
+    p = fc(tmp_path, "mirror", "--delete", "--dry-run", *peer.flags(), src, peer.url("mirror"))
+    assert p.stdout.strip() == "", p.stdout
+    # And back down.
+    fc(tmp_path, "mirror", "--delete", *peer.flags(), peer.url("mirror"), tmp_path / "back")
+    for rel, digest in sums.items():
+        assert sha256_file(tmp_path / "back" / rel) == digest, rel
