@@ -85,11 +85,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         servers.push(tokio::spawn(async move { ftp.serve(listener, true).await }));
     }
     let ssh_dir = config.data_dir.join("ssh");
-    let keys = tokio::task::spawn_blocking(move || host_keys::load_or_generate(&ssh_dir))
+    let (keys, pending_keys) = tokio::task::spawn_blocking(move || host_keys::load(&ssh_dir))
         .await?
         .context("SSH host keys")?;
     let fingerprints = host_keys::fingerprints(&keys);
     let ssh = SshServer::new(core.clone(), SshConfig::new(keys));
+    // A new RSA key takes a moment; the server starts with Ed25519 and adds RSA when it exists.
+    ssh.generate_host_keys(pending_keys);
     let listener = bind(config.sftp).await?;
     println!(
         "ferry: sftp listening on {} (SFTP, SCP and checksum commands over SSH)",

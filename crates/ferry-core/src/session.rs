@@ -396,8 +396,8 @@ impl Session {
             .await?)
     }
 
-    /// Creates a hard link `to` for the file `from`. The new name counts against the quota like a copy, as a quota
-    /// rescan would count it.
+    /// Creates a hard link `to` for the regular file `from`. The new name counts against the quota like a copy, as a
+    /// quota rescan would count it.
     pub async fn hard_link(&self, from: &VirtualPath, to: &VirtualPath) -> CoreResult<()> {
         self.check_link(to)?;
         self.check(Permission::Download, from)?;
@@ -406,28 +406,26 @@ impl Session {
         if meta.is_dir() {
             return Err(CoreError::IsADirectory);
         }
-        let counted = meta.is_file();
-        if counted {
-            self.quota().reserve_file()?;
-            if let Err(e) = self.quota().reserve_bytes(meta.size) {
-                self.quota().release_file();
-                return Err(e);
-            }
+        if !meta.is_file() {
+            return Err(CoreError::InvalidArgument(
+                "only regular files can be hard-linked".into(),
+            ));
+        }
+        self.quota().reserve_file()?;
+        if let Err(e) = self.quota().reserve_bytes(meta.size) {
+            self.quota().release_file();
+            return Err(e);
         }
         if let Err(e) = self
             .storage()
             .hard_link(from.relative(), to.relative())
             .await
         {
-            if counted {
-                self.quota().release_bytes(meta.size);
-                self.quota().release_file();
-            }
+            self.quota().release_bytes(meta.size);
+            self.quota().release_file();
             return Err(e.into());
         }
-        if counted {
-            self.persist_usage(meta.size as i64, 1).await;
-        }
+        self.persist_usage(meta.size as i64, 1).await;
         Ok(())
     }
 

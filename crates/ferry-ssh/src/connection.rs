@@ -11,13 +11,13 @@ use ferry_core::session::Session;
 use russh::server::{
     Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session as SshSession, VerifiedPublicKey,
 };
-use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodSet, Pty};
 use tokio::io::{AsyncWriteExt, BufReader};
 
 use crate::auth::{AuthFailure, Logins, Outcome};
 use crate::exec::{self, Command, CommandError};
 use crate::scp;
-use crate::server::Shared;
+use crate::server::{Shared, AUTH_METHODS};
 use crate::sftp;
 
 /// Why a connection ended with an error.
@@ -66,7 +66,7 @@ impl Connection {
                 self.session = Some(session);
                 Auth::Accept
             }
-            Outcome::Refused => Auth::reject(),
+            Outcome::Refused => refuse(),
         }
     }
 
@@ -77,6 +77,15 @@ impl Connection {
         self.running.fetch_add(1, Ordering::AcqRel);
         let guard = RunningGuard(Arc::clone(&self.running));
         Some((channel, session, guard))
+    }
+}
+
+/// Refuses one login attempt. Both methods stay on offer: russh would otherwise drop a method after its first
+/// failure, while the core's failure limit is what decides how many attempts a client gets.
+fn refuse() -> Auth {
+    Auth::Reject {
+        proceed_with_methods: Some(MethodSet::from(AUTH_METHODS)),
+        partial_success: false,
     }
 }
 
@@ -106,7 +115,7 @@ impl russh::server::Handler for Connection {
             if self.logins.key_acceptable(user, offer.public_key).await {
                 Auth::Accept
             } else {
-                Auth::reject()
+                refuse()
             },
         )
     }

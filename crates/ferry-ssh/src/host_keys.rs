@@ -1,6 +1,7 @@
 //! The server's host keys: an Ed25519 key, and an RSA key for older clients, kept in OpenSSH format in one directory.
 //! They are generated on first start (private keys mode 0600) and reused afterwards, so that clients that have
-//! seen the server once keep trusting it.
+//! seen the server once keep trusting it. Generating the RSA key takes a good part of a second, so [`load`] leaves
+//! it to the caller as a [`PendingKey`] that can be generated while the server already runs.
 
 use std::fs;
 use std::io::{self, Write};
@@ -38,34 +39,65 @@ pub enum HostKeyError {
     },
 }
 
-/// Loads the host keys from `dir`, generating any that is missing. `dir` is created with mode 0700 if needed.
-pub fn load_or_generate(dir: &Path) -> Result<Vec<PrivateKey>, HostKeyError> {
-    let io_err = |path: &Path| {
-        let path = path.to_owned();
-        move |source| HostKeyError::Io { path, source }
-    };
+/// A host key that does not exist yet.
+pub struct PendingKey {
+    path: PathBuf,
+    kind: KeyKind,
+}
+
+impl PendingKey {
+    /// Generates the key and saves it. CPU-heavy for RSA: run it off the async runtime.
+    pub fn generate(self) -> Result<PrivateKey, HostKeyError> {
+        let key = generate(self.kind).map_err(|source| HostKeyError::Key {
+            path: self.path.clone(),
+            source,
+        })?;
+        write_key(&self.path, &key).map_err(|source| HostKeyError::Io {
+            path: self.path,
+            source,
+        })?;
+        Ok(key)
+    }
+}
+
+/// Loads the host keys from `dir` (created with mode 0700 if needed). A missing Ed25519 key is generated at once;
+/// a missing RSA key is returned to be generated later.
+pub fn load(dir: &Path) -> Result<(Vec<PrivateKey>, Vec<PendingKey>), HostKeyError> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(io_err(dir))?;
+        .map_err(|source| HostKeyError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
     let mut keys = Vec::with_capacity(KEY_FILES.len());
+    let mut pending = Vec::new();
     for (name, kind) in KEY_FILES {
         let path = dir.join(name);
-        let key_err = |source| HostKeyError::Key {
-            path: path.clone(),
-            source,
-        };
-        let key = match fs::read_to_string(&path) {
-            Ok(text) => PrivateKey::from_openssh(text).map_err(key_err)?,
+        match fs::read_to_string(&path) {
+            Ok(text) => keys.push(
+                PrivateKey::from_openssh(text)
+                    .map_err(|source| HostKeyError::Key { path, source })?,
+            ),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = generate(kind).map_err(key_err)?;
-                write_key(&path, &key).map_err(io_err(&path))?;
-                key
+                let key = PendingKey { path, kind };
+                match kind {
+                    KeyKind::Ed25519 => keys.push(key.generate()?),
+                    KeyKind::Rsa => pending.push(key),
+                }
             }
-            Err(e) => return Err(io_err(&path)(e)),
-        };
-        keys.push(key);
+            Err(source) => return Err(HostKeyError::Io { path, source }),
+        }
+    }
+    Ok((keys, pending))
+}
+
+/// Loads the host keys from `dir`, generating any that is missing.
+pub fn load_or_generate(dir: &Path) -> Result<Vec<PrivateKey>, HostKeyError> {
+    let (mut keys, pending) = load(dir)?;
+    for key in pending {
+        keys.push(key.generate()?);
     }
     Ok(keys)
 }
@@ -123,5 +155,17 @@ mod tests {
         }
         let again = load_or_generate(&dir).unwrap();
         assert_eq!(fingerprints(&first), fingerprints(&again));
+    }
+
+    #[test]
+    fn only_rsa_is_left_pending() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (keys, pending) = load(tmp.path()).unwrap();
+        assert_eq!(keys.len(), 1);
+        assert_eq!(pending.len(), 1);
+        let rsa = pending.into_iter().next().unwrap().generate().unwrap();
+        let (again, pending) = load(tmp.path()).unwrap();
+        assert!(pending.is_empty());
+        assert_eq!(fingerprints(&again)[1], fingerprints(&[rsa])[0]);
     }
 }

@@ -3,9 +3,10 @@
 
 use std::borrow::Cow;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Shutdown, SocketAddr};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use ferry_core::server::ServerCore;
@@ -15,6 +16,7 @@ use russh::{Disconnect, MethodKind, MethodSet, SshId};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::connection::Connection;
+use crate::host_keys::{self, PendingKey};
 use crate::sftp::SftpLimits;
 
 /// SSH-specific settings.
@@ -48,7 +50,46 @@ impl SshConfig {
 pub(crate) struct Shared {
     pub core: ServerCore,
     pub config: SshConfig,
-    pub russh: Arc<Config>,
+    /// Replaced when a host key is added; each connection takes the one current when it starts.
+    russh: RwLock<Arc<Config>>,
+}
+
+impl Shared {
+    fn russh_config(&self) -> Arc<Config> {
+        Arc::clone(&self.russh.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn add_host_key(&self, key: PrivateKey) {
+        let mut current = self.russh.write().unwrap_or_else(|e| e.into_inner());
+        let mut keys = current.keys.clone();
+        keys.push(key);
+        *current = Arc::new(russh_config(&self.core, &self.config, keys));
+    }
+}
+
+/// The login methods offered, in the order clients should try them.
+pub(crate) const AUTH_METHODS: &[MethodKind] = &[MethodKind::PublicKey, MethodKind::Password];
+
+/// russh's settings for `config` with `keys`, and the core's idle timeout.
+fn russh_config(core: &ServerCore, config: &SshConfig, keys: Vec<PrivateKey>) -> Config {
+    Config {
+        server_id: SshId::Standard(Cow::Borrowed(concat!(
+            "SSH-2.0-ferry_",
+            env!("CARGO_PKG_VERSION")
+        ))),
+        methods: MethodSet::from(AUTH_METHODS),
+        // Failed logins are slowed down by the core's own delay, as for FTP; key probes are not.
+        auth_rejection_time: Duration::ZERO,
+        auth_rejection_time_initial: Some(Duration::ZERO),
+        keys,
+        window_size: config.window_size,
+        maximum_packet_size: config.max_packet_size,
+        inactivity_timeout: Some(core.limits().idle_timeout),
+        // Key probes (one per key in the client's agent) count too; failed logins are capped separately.
+        max_auth_attempts: 20,
+        nodelay: true,
+        ..Config::default()
+    }
 }
 
 /// An SSH server over one [`ServerCore`].
@@ -59,31 +100,31 @@ pub struct SshServer {
 
 impl SshServer {
     pub fn new(core: ServerCore, config: SshConfig) -> Self {
-        let limits = core.limits();
-        let russh = Config {
-            server_id: SshId::Standard(Cow::Borrowed(concat!(
-                "SSH-2.0-ferry_",
-                env!("CARGO_PKG_VERSION")
-            ))),
-            methods: MethodSet::from(&[MethodKind::PublicKey, MethodKind::Password][..]),
-            // Failed logins are slowed down by the core's own delay, as for FTP; key probes are not.
-            auth_rejection_time: Duration::ZERO,
-            auth_rejection_time_initial: Some(Duration::ZERO),
-            keys: config.host_keys.clone(),
-            window_size: config.window_size,
-            maximum_packet_size: config.max_packet_size,
-            inactivity_timeout: Some(limits.idle_timeout),
-            // Key probes (one per key in the client's agent) count too; failed logins are capped separately.
-            max_auth_attempts: 20,
-            nodelay: true,
-            ..Config::default()
-        };
+        let russh = russh_config(&core, &config, config.host_keys.clone());
         SshServer {
             shared: Arc::new(Shared {
                 core,
                 config,
-                russh: Arc::new(russh),
+                russh: RwLock::new(Arc::new(russh)),
             }),
+        }
+    }
+
+    /// Generates `pending` host keys in the background; new connections are offered each one once it exists.
+    pub fn generate_host_keys(&self, pending: Vec<PendingKey>) {
+        for key in pending {
+            let shared = Arc::clone(&self.shared);
+            tokio::spawn(async move {
+                match tokio::task::spawn_blocking(move || key.generate()).await {
+                    Ok(Ok(key)) => {
+                        let fingerprint = host_keys::fingerprints(std::slice::from_ref(&key));
+                        tracing::info!(key = ?fingerprint, "generated an SSH host key");
+                        shared.add_host_key(key);
+                    }
+                    Ok(Err(e)) => tracing::error!(error = %e, "cannot generate an SSH host key"),
+                    Err(e) => tracing::error!(error = %e, "SSH host key generation failed"),
+                }
+            });
         }
     }
 
@@ -121,18 +162,29 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     tracing::debug!(%peer, "connected");
     let authenticated = Arc::new(AtomicBool::new(false));
     let connection = Connection::new(Arc::clone(&shared), peer, Arc::clone(&authenticated));
-    let login_timeout = shared.core.limits().login_timeout;
-    let session = match russh::server::run_stream(Arc::clone(&shared.russh), tcp, connection).await
-    {
-        Ok(session) => session,
-        Err(e) => {
+    // A second handle on the socket, to cut off a client that does not finish logging in (russh cannot send its
+    // disconnect message in the middle of a key exchange).
+    let cutoff = tcp
+        .as_fd()
+        .try_clone_to_owned()
+        .map(std::net::TcpStream::from);
+    // The login timeout counts from the connection, through the version exchange, to a successful login.
+    let login_deadline = tokio::time::Instant::now() + shared.core.limits().login_timeout;
+    let start = russh::server::run_stream(shared.russh_config(), tcp, connection);
+    let session = match tokio::time::timeout_at(login_deadline, start).await {
+        Ok(Ok(session)) => session,
+        Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "ssh handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer, "login timeout");
             return;
         }
     };
     let handle = session.handle();
     tokio::pin!(session);
-    let login_deadline = tokio::time::sleep(login_timeout);
+    let login_deadline = tokio::time::sleep_until(login_deadline);
     tokio::pin!(login_deadline);
     let result = loop {
         tokio::select! {
@@ -145,8 +197,12 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
                 let _ = handle
                     .disconnect(Disconnect::ByApplication, "login timeout".into(), "en".into())
                     .await;
-                // Wait for the session to wind down, but not for ever.
-                let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+                if tokio::time::timeout(Duration::from_secs(1), &mut session).await.is_err() {
+                    if let Ok(socket) = &cutoff {
+                        let _ = socket.shutdown(Shutdown::Both);
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
+                }
                 break Ok(());
             }
         }

@@ -299,9 +299,11 @@ impl FileHandle {
             return Ok(());
         };
         match self.write_error.take() {
+            // Clients that pipeline writes may not look at each reply: say it again when the file is closed.
             Some(error) => {
+                let status = Status::failure(format!("upload failed: {error}"));
                 upload.fail(error).await;
-                Ok(())
+                Err(status)
             }
             None => upload.finish().await.map(drop).map_err(Status::from),
         }

@@ -1,0 +1,115 @@
+"""OpenSSH's scp against ferry: the default mode (which speaks SFTP) and the legacy SCP protocol (`scp -O`), both
+directions, single files, several files, -r trees and -p times and modes."""
+import os
+
+import pytest
+
+from helpers_files import assert_same_tree, make_tree, random_bytes, sha256_bytes, sha256_file, write_random
+from helpers_sftp import add_key_user, scp
+
+MODES = [pytest.param(False, id="sftp"), pytest.param(True, id="legacy")]
+OLD = 1_234_567_890
+
+
+@pytest.fixture
+def bob(ferry, tmp_path):
+    home, key = add_key_user(ferry, tmp_path, "bob")
+    home.mkdir(parents=True, exist_ok=True)
+    return home, key
+
+
+@pytest.mark.parametrize("legacy", MODES)
+def test_upload_and_download_one_file(ferry, tmp_path, bob, legacy):
+    home, key = bob
+    digest = write_random(tmp_path / "f.bin", 2_000_003, seed=1)
+    scp(ferry, tmp_path, key, "f.bin", "bob@HOST:uploaded.bin", legacy=legacy)
+    assert sha256_file(home / "uploaded.bin") == digest
+    scp(ferry, tmp_path, key, "bob@HOST:uploaded.bin", "back.bin", legacy=legacy)
+    assert sha256_file(tmp_path / "back.bin") == digest
+
+
+@pytest.mark.parametrize("legacy", MODES)
+def test_several_files_into_a_directory(ferry, tmp_path, bob, legacy):
+    home, key = bob
+    (home / "in").mkdir()
+    digests = {name: write_random(tmp_path / name, 10_000 * (i + 1), seed=i) for i, name in enumerate("abc")}
+    scp(ferry, tmp_path, key, "a", "b", "c", "bob@HOST:in/", legacy=legacy)
+    for name, digest in digests.items():
+        assert sha256_file(home / "in" / name) == digest
+
+
+@pytest.mark.parametrize("legacy", MODES)
+def test_recursive_upload_and_download_keep_the_tree(ferry, tmp_path, bob, legacy):
+    home, key = bob
+    make_tree(tmp_path / "tree")
+    scp(ferry, tmp_path, key, "-r", "tree", "bob@HOST:copy", legacy=legacy)
+    assert_same_tree(tmp_path / "tree", home / "copy")
+    scp(ferry, tmp_path, key, "-r", "bob@HOST:copy", "back", legacy=legacy)
+    assert_same_tree(tmp_path / "tree", tmp_path / "back")
+
+
+@pytest.mark.parametrize("legacy", MODES)
+def test_preserve_keeps_times_and_modes_both_ways(ferry, tmp_path, bob, legacy):
+    home, key = bob
+    src = tmp_path / "p"
+    write_random(src / "x.sh", 5000, seed=2)
+    write_random(src / "sub/y.bin", 7000, seed=3)
+    os.chmod(src / "x.sh", 0o750)
+    os.chmod(src / "sub/y.bin", 0o600)
+    for f in ("x.sh", "sub/y.bin"):
+        os.utime(src / f, (OLD, OLD))
+    scp(ferry, tmp_path, key, "-r", "-p", "p", "bob@HOST:p", legacy=legacy)
+    assert int((home / "p/x.sh").stat().st_mtime) == OLD
+    assert (home / "p/x.sh").stat().st_mode & 0o777 == 0o750
+    assert (home / "p/sub/y.bin").stat().st_mode & 0o777 == 0o600
+    os.utime(home / "p/sub/y.bin", (OLD + 7, OLD + 7))
+    scp(ferry, tmp_path, key, "-r", "-p", "bob@HOST:p", "back", legacy=legacy)
+    assert int((tmp_path / "back/sub/y.bin").stat().st_mtime) == OLD + 7
+    assert (tmp_path / "back/x.sh").stat().st_mode & 0o777 == 0o750
+
+
+@pytest.mark.parametrize("legacy", MODES)
+def test_missing_source_fails_cleanly(ferry, tmp_path, bob, legacy):
+    _, key = bob
+    p = scp(ferry, tmp_path, key, "bob@HOST:nothere.bin", "x", legacy=legacy, check=False)
+    assert p.returncode != 0
+    assert "no such file" in p.stderr.lower(), p.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_legacy_directory_without_r_is_refused(ferry, tmp_path, bob):
+    home, key = bob
+    (home / "d").mkdir()
+    p = scp(ferry, tmp_path, key, "bob@HOST:d", "x", legacy=True, check=False)
+    assert p.returncode != 0
+    assert "not a regular file" in p.stderr, p.stderr
+
+
+def test_legacy_upload_into_a_missing_directory_fails(ferry, tmp_path, bob):
+    home, key = bob
+    (tmp_path / "f").write_bytes(b"data")
+    p = scp(ferry, tmp_path, key, "f", "bob@HOST:no/such/dir/f", legacy=True, check=False)
+    assert p.returncode != 0
+    assert "No such file or directory" in p.stderr, p.stderr
+    assert not (home / "no").exists()
+
+
+def test_legacy_overwrite_replaces_contents(ferry, tmp_path, bob):
+    home, key = bob
+    (home / "f").write_bytes(random_bytes(500_000, seed=9))
+    data = random_bytes(1000, seed=10)
+    (tmp_path / "f").write_bytes(data)
+    scp(ferry, tmp_path, key, "f", "bob@HOST:f", legacy=True)
+    assert sha256_file(home / "f") == sha256_bytes(data)
+
+
+def test_legacy_paths_with_spaces_and_tilde(ferry, tmp_path, bob):
+    """With -O the remote path goes through the (emulated) remote shell: quoting and ~ work as with sshd."""
+    home, key = bob
+    (home / "a dir").mkdir()
+    data = random_bytes(3000, seed=11)
+    (tmp_path / "f").write_bytes(data)
+    scp(ferry, tmp_path, key, "f", "bob@HOST:'~/a dir/g h'", legacy=True)
+    assert (home / "a dir/g h").read_bytes() == data
+    scp(ferry, tmp_path, key, "bob@HOST:a\\ dir/g\\ h", "back", legacy=True)
+    assert (tmp_path / "back").read_bytes() == data
