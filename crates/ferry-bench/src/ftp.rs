@@ -175,6 +175,14 @@ impl Control {
             left -= n as u64;
         }
         timed("data close", data.shutdown()).await?;
+        // Wait for the server to close its side too (with TLS, after its close_notify): closing first would reset
+        // the connection under a server still finishing its TLS shutdown, which vsftpd reports as a failed upload.
+        let mut rest = [0u8; 512];
+        while let Ok(n) = timed("data close", data.read(&mut rest)).await {
+            if n == 0 {
+                break;
+            }
+        }
         drop(data);
         self.expect(&command, &[2]).await.map(drop)
     }

@@ -1,0 +1,446 @@
+"""Turns the results of one `bench/run` into docs/benchmarks.md (tables, ratios, targets, machine, versions, exact
+peer configurations) and an SVG plot of memory per idle session and login rate versus the number of sessions."""
+import statistics
+from pathlib import Path
+
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+FTP_PEERS = ["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib"]
+COLORS = {"ferry": "#d62728", "vsftpd": "#1f77b4", "pure-ftpd": "#2ca02c", "proftpd": "#9467bd",
+          "pyftpdlib": "#ff7f0e", "openssh": "#8c564b"}
+
+
+def pick(results, scenario, protocol=None, args=None):
+    """{server: [report, ...]} for the runs that match."""
+    out = {}
+    for r in results:
+        if r["scenario"] != scenario or r["report"] is None:
+            continue
+        if protocol and r["protocol"] != protocol:
+            continue
+        if args is not None and r["args"] != args:
+            continue
+        out.setdefault(r["server"], []).append(r["report"])
+    return out
+
+
+def errors(results):
+    return [r for r in results if r["error"]]
+
+
+def med(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(v, digits=0):
+    if v is None:
+        return "–"
+    return f"{v:,.{digits}f}"
+
+
+def spread(values, digits=0):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    m = statistics.median(values)
+    if len(values) == 1:
+        return fmt(m, digits)
+    return f"{fmt(m, digits)} ({fmt(min(values), digits)}–{fmt(max(values), digits)})"
+
+
+def ratio(ferry, best, higher_is_better=True):
+    if ferry is None or best is None or best == 0 or ferry == 0:
+        return "–"
+    return f"{ferry / best:.2f}×" if higher_is_better else f"{best / ferry:.2f}× better" if ferry < best else \
+        f"{ferry / best:.2f}× worse"
+
+
+def best_peer(values_by_server, peers, higher_is_better=True):
+    candidates = [(v, s) for s, v in values_by_server.items() if s in peers and v is not None]
+    if not candidates:
+        return None, None
+    return (max if higher_is_better else min)(candidates)
+
+
+class Doc:
+    def __init__(self):
+        self.lines = []
+
+    def p(self, text=""):
+        self.lines.append(text)
+
+    def table(self, header, rows):
+        self.p("| " + " | ".join(header) + " |")
+        self.p("|" + "|".join("---" if i == 0 else "---:" for i in range(len(header))) + "|")
+        for row in rows:
+            self.p("| " + " | ".join(str(c) for c in row) + " |")
+        self.p()
+
+
+def render(info, results):
+    mode = info["mode"]
+    d = Doc()
+    targets = []
+    d.p("# Benchmarks")
+    d.p()
+    kind = "quick check (`bench/run --quick`), not the reference figures" if info["quick"] else "full run"
+    d.p(f"Measured by `bench/run` ({kind}) on {info['started']}, in {info['minutes']} minutes. Reproduce with "
+        "`sudo bench/run` from a checkout (see [Method](#method)); every figure below is the median of the "
+        f"repetitions ({mode['reps']} per configuration, servers alternating), with the range in parentheses.")
+    d.p()
+    m = info["machine"]
+    d.p(f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB memory, {m['os']}, Linux {m['kernel']}. "
+        f"Open-file limit per process: {m['nofile_hard']} (hard; every server and the load generator raise their "
+        f"soft limit to it). Ephemeral ports {m['port_range'][0]}–{m['port_range'][1]}, pid_max {m['pid_max']}, "
+        f"somaxconn {m['somaxconn']}.")
+    d.p()
+    lb, la = info["load_before"], info["load_after"]
+    load_note = (f"Load average {lb['load'][0]:.2f} at the start and {la['load'][0]:.2f} at the end of the run.")
+    busy = sorted(set(lb["busy"] + la["busy"]))
+    if busy or lb["load"][0] > 1.0:
+        load_note += (" **The machine was shared**: other processes were busy during the run "
+                      f"({'; '.join(busy) if busy else 'see load'}), so absolute figures are lower and noisier "
+                      "than on an idle machine; servers ran alternately, so the comparisons stay fair.")
+    d.p(load_note)
+    d.p()
+
+    # --- physical limits
+    raw = {}
+    for r in results:
+        if r["scenario"] == "raw-tcp" and r["report"]:
+            key = (r["report"]["streams"], r["report"]["size"])
+            raw.setdefault(key, []).append(r["report"]["mib_per_sec"])
+    single_raw = med(next((v for (k, size), v in raw.items() if k == 1), []))
+
+    d.p("## Summary against the targets")
+    d.p()
+    summary_at = len(d.lines)
+    d.p()
+
+    d.p("## Physical limits")
+    d.p()
+    rows = [(f"loopback TCP, {k} stream{'s' if k > 1 else ''} × {size_text(size)}", spread(v) + " MiB/s")
+            for (k, size), v in sorted(raw.items())]
+    if info["cipher_mib_s"]:
+        rows.append(("AES-128-GCM alone, one core, 32 KiB blocks (`openssl speed -evp aes-128-gcm`)",
+                     f"{fmt(info['cipher_mib_s'])} MiB/s"))
+    d.table(["what", "throughput"], rows)
+    d.p("The TCP copy runs inside `ferry bench raw-tcp`: one task writes from a 256 KiB buffer, another reads into "
+        "one, the same buffers the FTP streams use. Both ends share the 2 cores, as client and server do below.")
+    d.p()
+
+    # --- single stream
+    size = mode["transfer_size"]
+    single = pick(results, "transfer", "ftp", ["--size", size, "--streams", "1"])
+    d.p(f"## One stream, {size}, plain FTP (page cache)")
+    d.p()
+    up = {s: med([r["upload"]["mib_per_sec"] for r in v]) for s, v in single.items()}
+    down = {s: med([r["download"]["mib_per_sec"] for r in v]) for s, v in single.items()}
+    rows = []
+    for s, v in ordered(single):
+        rows.append((s, spread([r["upload"]["mib_per_sec"] for r in v]),
+                     spread([r["download"]["mib_per_sec"] for r in v]),
+                     pct(up[s], single_raw), pct(down[s], single_raw),
+                     fmt(med([r["upload"]["server_cpu_seconds"] for r in v]), 2),
+                     fmt(med([r["download"]["server_cpu_seconds"] for r in v]), 2)))
+    d.table(["server", "STOR MiB/s", "RETR MiB/s", "STOR % of TCP", "RETR % of TCP", "server CPU s (STOR)",
+             "server CPU s (RETR)"], rows)
+    for label, values in (("STOR", up), ("RETR", down)):
+        b, who = best_peer(values, FTP_PEERS)
+        d.p(f"- {label}: ferry / best peer ({who}) = {ratio(values.get('ferry'), b)}")
+        targets.append((f"single-stream {label} of {size} ≥ 90% of loopback TCP",
+                        f"{pct(values.get('ferry'), single_raw)} ({fmt(values.get('ferry'))} of {fmt(single_raw)} MiB/s)",
+                        ok(values.get("ferry"), single_raw and 0.9 * single_raw)))
+    d.p()
+
+    # --- FTPS
+    tls = pick(results, "transfer", "ftps", ["--size", size, "--streams", "1"])
+    d.p(f"## One stream, {size}, FTPS (explicit TLS, PROT P)")
+    d.p()
+    rows = []
+    for s, v in ordered(tls):
+        u, dn = med([r["upload"]["mib_per_sec"] for r in v]), med([r["download"]["mib_per_sec"] for r in v])
+        rows.append((s, spread([r["upload"]["mib_per_sec"] for r in v]),
+                     spread([r["download"]["mib_per_sec"] for r in v]), pct(u, up.get(s)), pct(dn, down.get(s))))
+    d.table(["server", "STOR MiB/s", "RETR MiB/s", "STOR % of its plain", "RETR % of its plain"], rows)
+    for label, plain, key in (("STOR", up, "upload"), ("RETR", down, "download")):
+        f = med([r[key]["mib_per_sec"] for r in tls.get("ferry", [])])
+        targets.append((f"FTPS {label} ≥ 70% of plain", f"{pct(f, plain.get('ferry'))} ({fmt(f)} MiB/s)",
+                        ok(f, plain.get("ferry") and 0.7 * plain["ferry"])))
+    tls_errors = [r for r in errors(results) if r["protocol"] == "ftps"]
+    if tls_errors:
+        d.p("FTPS failures: " + "; ".join(f"{r['server']}: {r['error'][:160]}" for r in tls_errors))
+        d.p()
+
+    # --- many streams
+    many = pick(results, "transfer", "ftp", ["--size", mode["many_size"], "--streams", str(mode["many_streams"])])
+    d.p(f"## {mode['many_streams']} clients at once, {mode['many_size']} each, plain FTP")
+    d.p()
+    rows = []
+    mdown = {s: med([r["download"]["mib_per_sec"] for r in v]) for s, v in many.items()}
+    mup = {s: med([r["upload"]["mib_per_sec"] for r in v]) for s, v in many.items()}
+    for s, v in ordered(many):
+        rows.append((s, spread([r["upload"]["mib_per_sec"] for r in v]), spread([r["download"]["mib_per_sec"] for r in v])))
+    d.table(["server", "STOR MiB/s (all streams)", "RETR MiB/s (all streams)"], rows)
+    b, who = best_peer(mdown, FTP_PEERS)
+    d.p(f"- RETR: ferry / best peer ({who}) = {ratio(mdown.get('ferry'), b)}; "
+        f"STOR: ferry / best peer = {ratio(mup.get('ferry'), best_peer(mup, FTP_PEERS)[0])}")
+    d.p()
+    targets.append((f"{mode['many_streams']} concurrent downloaders ahead of the best peer",
+                    f"{fmt(mdown.get('ferry'))} vs {who} {fmt(b)} MiB/s", ok(mdown.get("ferry"), b)))
+
+    # --- small files
+    small = pick(results, "small", "ftp")
+    d.p(f"## Small files: {mode['small_files']} × 4 KiB, {mode['small_clients']} clients, one data connection each")
+    d.p()
+    stor = {s: med([r["stor_ops_per_sec"] for r in v]) for s, v in small.items()}
+    retr = {s: med([r["retr_ops_per_sec"] for r in v]) for s, v in small.items()}
+    d.table(["server", "STOR files/s", "RETR files/s"],
+            [(s, spread([r["stor_ops_per_sec"] for r in v]), spread([r["retr_ops_per_sec"] for r in v]))
+             for s, v in ordered(small)])
+    for label, values in (("STOR", stor), ("RETR", retr)):
+        b, who = best_peer(values, FTP_PEERS)
+        d.p(f"- {label}: ferry / best peer ({who}) = {ratio(values.get('ferry'), b)}")
+        targets.append((f"small-file {label}/s ahead of the best peer",
+                        f"{fmt(values.get('ferry'))} vs {who} {fmt(b)}", ok(values.get("ferry"), b)))
+    d.p()
+
+    # --- list
+    lst = pick(results, "list", "ftp")
+    d.p(f"## Listing one directory of {mode['list_entries']:,} entries")
+    d.p()
+    secs = {s: med([r["seconds"] for r in v]) for s, v in lst.items()}
+    grow = {s: med([r["memory_growth_kib"] for r in v]) for s, v in lst.items()}
+    d.table(["server", "command", "time s", "entries/s", "server memory growth KiB", "lines", "bytes"],
+            [(s, v[0]["command"], spread([r["seconds"] for r in v], 3), fmt(med([r["entries_per_sec"] for r in v])),
+              spread([r["memory_growth_kib"] for r in v]), v[0]["lines"], fmt(v[0]["bytes"])) for s, v in ordered(lst)])
+    b, who = best_peer(secs, FTP_PEERS, higher_is_better=False)
+    d.p(f"- ferry / best peer ({who}) time: {ratio(secs.get('ferry'), b, higher_is_better=False)}. The entries were "
+        "created directly on disk (`--local-dir`, empty files) once per server directory. vsftpd has no MLSD and "
+        "is measured with LIST. Server memory growth is the peak PSS sampled every 10 ms during the listing minus "
+        "the PSS before it, each server freshly restarted.")
+    d.p()
+    targets.append((f"MLSD of {mode['list_entries']:,} entries faster than the best peer",
+                    f"{fmt(secs.get('ferry'), 3)} s vs {who} {fmt(b, 3)} s", ok(b, secs.get("ferry"))))
+    targets.append(("listing memory bounded (streamed: growth ≤ 1 MiB)", f"+{fmt(grow.get('ferry'))} KiB at peak",
+                    ok(1024, grow.get("ferry"))))
+
+    # --- SFTP
+    cipher = info["sftp_cipher"]
+    d.p(f"## SFTP, {cipher}")
+    d.p()
+    if info["ferry_lacks_cipher"]:
+        d.p(f"**ferry's SSH server does not offer aes128-gcm@openssh.com** (russh leaves it out of its default list "
+            f"and ferry-ssh does not add it): `{info['ferry_lacks_cipher'][:200]}`. Both servers are therefore "
+            f"compared with {cipher}, the closest cipher both offer.")
+        d.p()
+        targets.append(("SFTP with aes128-gcm@openssh.com", "not offered by ferry", "missed"))
+    rows = []
+    sftp_ratios = {}
+    for label, args in (("1 stream", ["--size", mode["sftp_size"], "--streams", "1"]),
+                        (f"{mode['sftp_streams']} streams",
+                         ["--size", mode["sftp_stream_size"], "--streams", str(mode["sftp_streams"])])):
+        res = pick(results, "transfer", "sftp", args)
+        for s, v in ordered(res):
+            rows.append((label, s, spread([r["upload"]["mib_per_sec"] for r in v]),
+                         spread([r["download"]["mib_per_sec"] for r in v]),
+                         fmt(med([r["download"]["server_cpu_seconds"] for r in v]), 2)))
+        for key in ("upload", "download"):
+            f = med([r[key]["mib_per_sec"] for r in res.get("ferry", [])])
+            o = med([r[key]["mib_per_sec"] for r in res.get("openssh", [])])
+            sftp_ratios[(label, key)] = (f, o)
+            targets.append((f"SFTP {label} {'put' if key == 'upload' else 'get'} ≥ 80% of OpenSSH",
+                            f"{pct(f, o)} ({fmt(f)} vs {fmt(o)} MiB/s)", ok(f, o and 0.8 * o)))
+    d.table(["streams", "server", "upload MiB/s", "download MiB/s", "server CPU s (download)"], rows)
+    sess = pick(results, "sessions", "sftp")
+    if sess:
+        d.table(["server", "SFTP sessions", "logins/s", "memory per session KiB"],
+                [(s, v[0]["sessions_opened"], spread([r["logins_per_sec"] for r in v]),
+                  spread([r["per_session_kib"] for r in v], 1)) for s, v in ordered(sess)])
+    d.p("OpenSSH is sshd with its own sftp-server, one process pair per connection; both are driven by the same "
+        "russh client with only the cipher above offered.")
+    d.p()
+
+    # --- sessions
+    d.p("## Idle logged-in FTP sessions")
+    d.p()
+    sessions = [r for r in results if r["scenario"] == "sessions" and r["protocol"] == "ftp" and r["report"]]
+    by = {}
+    for r in sessions:
+        by.setdefault((r["server"], r["report"]["sessions_requested"]), []).append(r["report"])
+    ns = sorted({n for (_, n) in by})
+    servers = [s for s in ["ferry"] + FTP_PEERS if any((s, n) in by for n in ns)]
+    rows = []
+    for s in servers:
+        row = [s]
+        for n in ns:
+            v = by.get((s, n))
+            row.append("–" if not v else
+                       f"{spread([r['per_session_kib'] for r in v], 2)} KiB, {fmt(med([r['logins_per_sec'] for r in v]))}/s"
+                       + ("" if all(r["sessions_opened"] == n for r in v) else
+                          f" (opened {min(r['sessions_opened'] for r in v)})"))
+        rows.append(row)
+    d.table(["server"] + [f"N = {n:,}" for n in ns], rows)
+    d.p("Each cell: server memory per session (PSS of the server and all its processes after the logins minus "
+        "before, divided by N; each server restarted before each measurement), then logins per second (N over the "
+        "time until the last login, 32 logins in flight, source addresses 127.0.0.1–127.0.0.20). Forking servers "
+        "stop at 10,000 sessions: at their per-session cost, 19,000 would take most of the machine's memory and "
+        "more processes than pid_max allows.")
+    d.p()
+    d.p("![memory per idle session and login rate versus N](benchmarks-sessions.svg)")
+    d.p()
+    repeat_n = mode["sessions_repeat_n"] or max(ns, default=0)
+    ferry_at = by.get(("ferry", repeat_n), [])
+    kib = med([r["per_session_kib"] for r in ferry_at])
+    targets.insert(0, (f"idle FTP session ≤ 2 KiB at N = {repeat_n:,}", f"{fmt(kib, 2)} KiB", ok(2.0, kib)))
+    ferry_series = [med([r["per_session_kib"] for r in by[("ferry", n)]]) for n in ns if ("ferry", n) in by]
+    if len(ferry_series) > 1 and all(v is not None for v in ferry_series):
+        lo, hi = min(ferry_series), max(ferry_series)
+        targets.insert(1, (f"memory per session flat from {ns[0]:,} to {ns[-1]:,}",
+                           f"{fmt(lo, 2)}–{fmt(hi, 2)} KiB", "met" if hi <= max(lo * 1.25, lo + 0.5) else "missed"))
+    if kib:
+        targets.insert(2, ("projection for 1,000,000 idle FTP sessions", f"{kib * 1e6 / 1048576:.1f} GiB", "–"))
+    logins = {s: med([r["logins_per_sec"] for r in by.get((s, repeat_n), [])]) for s in servers}
+    py = logins.get("pyftpdlib")
+    targets.insert(3, ("logins/s ≥ 3× pyftpdlib (plain-text authorizer)",
+                       f"{fmt(logins.get('ferry'))}/s vs {fmt(py)}/s = {ratio(logins.get('ferry'), py)}",
+                       ok(logins.get("ferry"), py and 3 * py)))
+    d.p("Login work differs by design: ferry verifies an argon2id hash (and caches a successful verification in "
+        "memory, keyed by a salted digest of the password, so repeated logins of one account are cheap); vsftpd "
+        "(PAM), pure-ftpd and ProFTPD check the SHA-512 crypt hash in /etc/shadow, once per session process; "
+        "pyftpdlib compares plain text.")
+    d.p()
+
+    # --- failures
+    failed = errors(results)
+    if failed:
+        d.p("## Runs that failed")
+        d.p()
+        d.table(["server", "scenario", "arguments", "error"],
+                [(r["server"], r["scenario"] + f" ({r['protocol']})", " ".join(r["args"]),
+                  r["error"].replace("|", "/").replace("\n", " ")[:300]) for r in failed])
+
+    # --- method, versions, configs
+    d.p("## Method")
+    d.p()
+    d.p("`bench/run` fetches vsftpd, pure-ftpd, ProFTPD and OpenSSH's server as Debian packages with "
+        "`apt-get download`, unpacks them with `dpkg -x` under `bench/.work/` (with the libraries they need that the "
+        "machine lacks; nothing is installed), installs pyftpdlib in a virtualenv there, builds ferry in release "
+        "mode, creates the local user `ferrybench` (SHA-512 crypt password) that the FTP peers and sshd authenticate "
+        "against, and then runs `bench/runner.py`, which starts every server on its own loopback port and drives "
+        "them with `ferry bench` (see `ferry bench --help`): a hand-written async FTP client and russh for SFTP, "
+        "each call a separate process with `--json` output. The scenarios run one server at a time, servers in "
+        "rotating order per repetition. File data lives in the page cache (the files are rewritten by each "
+        "upload phase and read right after).")
+    d.p()
+    d.p("## Versions")
+    d.p()
+    d.table(["component", "version"], list(info["versions"].items()))
+    d.p("## Configurations")
+    d.p()
+    d.p(f"ferry: `{info['ferry_command'].replace(str(Path(__file__).resolve().parent), 'bench')}` with "
+        "`FERRY_LOG=warn` (no per-event log lines, as the peers run without transfer logs), the account `bench` "
+        "created by `ferry user add` (argon2id), everything else default.")
+    d.p()
+    for name, title in (("vsftpd.conf", "vsftpd"), ("pure-ftpd.args", "pure-ftpd (command-line options)"),
+                        ("proftpd.conf", "ProFTPD"), ("pyftpdlib_server.py", "pyftpdlib"),
+                        ("sshd_config", "OpenSSH sshd")):
+        d.p(f"### {title} (`bench/peers/{name}`)")
+        d.p()
+        d.p("```")
+        d.p((PEERS_DIR / name).read_text().rstrip())
+        d.p("```")
+        d.p()
+
+    summary = Doc()
+    summary.table(["target", "ferry measured", "status"], targets)
+    d.lines[summary_at:summary_at] = summary.lines
+    return "\n".join(d.lines) + "\n", svg_plot(by, ns, servers)
+
+
+def ordered(by_server):
+    order = ["ferry", "vsftpd", "pure-ftpd", "proftpd", "pyftpdlib", "openssh"]
+    return sorted(by_server.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+
+
+def pct(value, reference):
+    if value is None or not reference:
+        return "–"
+    return f"{100 * value / reference:.0f}%"
+
+
+def ok(value, threshold):
+    if value is None or threshold is None:
+        return "not measured"
+    return "met" if value >= threshold else "**missed**"
+
+
+def size_text(n):
+    for unit, factor in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor} {unit}"
+    return f"{n} B"
+
+
+def svg_plot(by, ns, servers):
+    """Two panels: memory per session (log scale) and logins/s, versus N."""
+    import math
+
+    width, height, panel_w, top, bottom, left = 960, 420, 400, 50, 60, 70
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">', f'<rect width="{width}" height="{height}" fill="white"/>']
+    if not ns:
+        return "\n".join(out + ["</svg>"]) + "\n"
+    xmin, xmax = min(ns), max(ns)
+
+    def x_of(n, x0):
+        if xmax == xmin:
+            return x0 + panel_w / 2
+        return x0 + (math.log10(n) - math.log10(xmin)) / (math.log10(xmax) - math.log10(xmin)) * panel_w
+
+    panels = [("server memory per idle session (KiB, log scale)", "per_session_kib", True),
+              ("logins per second", "logins_per_sec", False)]
+    for i, (title, key, log_scale) in enumerate(panels):
+        x0 = left + i * (panel_w + 90)
+        plot_h = height - top - bottom
+        series = {s: [(n, med([r[key] for r in by[(s, n)]])) for n in ns if (s, n) in by] for s in servers}
+        values = [v for pts in series.values() for _, v in pts if v is not None and v > 0]
+        if not values:
+            continue
+        if log_scale:
+            lo, hi = 10 ** math.floor(math.log10(min(values))), 10 ** math.ceil(math.log10(max(values)))
+            y_of = lambda v: top + plot_h - (math.log10(v) - math.log10(lo)) / (math.log10(hi) - math.log10(lo)) * plot_h
+            ticks = [10 ** e for e in range(int(math.log10(lo)), int(math.log10(hi)) + 1)]
+        else:
+            lo, hi = 0, max(values) * 1.1
+            y_of = lambda v: top + plot_h - (v - lo) / (hi - lo) * plot_h
+            step = 10 ** math.floor(math.log10(hi / 2))
+            ticks = [k * step for k in range(0, int(hi / step) + 1)]
+        out.append(f'<text x="{x0}" y="{top - 20}" font-weight="bold">{title}</text>')
+        out.append(f'<rect x="{x0}" y="{top}" width="{panel_w}" height="{plot_h}" fill="none" stroke="#999"/>')
+        for t in ticks:
+            y = y_of(t) if t > 0 or not log_scale else None
+            if y is None or y < top - 1 or y > top + plot_h + 1:
+                continue
+            out.append(f'<line x1="{x0}" x2="{x0 + panel_w}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>')
+            out.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end">{t:,.0f}</text>')
+        for n in ns:
+            x = x_of(n, x0)
+            out.append(f'<text x="{x:.1f}" y="{top + plot_h + 18}" text-anchor="middle">{n:,}</text>')
+        out.append(f'<text x="{x0 + panel_w / 2}" y="{top + plot_h + 40}" text-anchor="middle">'
+                   'sessions N (log scale)</text>')
+        for s, pts in series.items():
+            pts = [(n, v) for n, v in pts if v is not None and v > 0]
+            if not pts:
+                continue
+            path = " ".join(f"{x_of(n, x0):.1f},{y_of(v):.1f}" for n, v in pts)
+            color = COLORS.get(s, "#333")
+            out.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>')
+            for n, v in pts:
+                out.append(f'<circle cx="{x_of(n, x0):.1f}" cy="{y_of(v):.1f}" r="3" fill="{color}"/>')
+    for j, s in enumerate(servers):
+        x = left + j * 120
+        out.append(f'<rect x="{x}" y="{height - 14}" width="12" height="4" fill="{COLORS.get(s, "#333")}"/>')
+        out.append(f'<text x="{x + 16}" y="{height - 9}">{s}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"

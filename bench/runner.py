@@ -1,0 +1,572 @@
+"""The benchmark run behind `bench/run`: starts ferry and the peers on loopback, runs every scenario of
+`ferry bench` against each of them in turn (alternating, several repetitions), and writes docs/benchmarks.md with
+medians, ratios and targets, plus docs/benchmarks-sessions.svg (memory per session and login rate versus N).
+
+Called by bench/run, which fetches the peers and builds ferry first. Everything it starts runs in its own process
+group and is stopped at the end; every `ferry bench` call has a time limit.
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import pwd
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+PEERS = BENCH / "peers"
+WORK = BENCH / ".work"
+DEBROOT = WORK / "root"
+RUN = WORK / "run"
+DATA = WORK / "data"
+LIBS = f"{DEBROOT}/usr/lib/x86_64-linux-gnu:{DEBROOT}/lib/x86_64-linux-gnu"
+
+SYSTEM_USER = "ferrybench"
+PASSWORD = "bench-Pw-4711"
+CIPHER = "aes128-gcm@openssh.com"
+FALLBACK_CIPHER = "aes256-gcm@openssh.com"
+
+# What each mode runs. Forking servers (vsftpd, pure-ftpd, ProFTPD, sshd) stop at 10,000 sessions: at about
+# 0.4-0.8 MiB and one or two processes per session, 19,000 of them would need most of the machine's memory and
+# more processes than pid_max (32,768) allows.
+FULL = dict(
+    reps=3,
+    transfer_size="1GiB",
+    many_streams=100,
+    many_size="16MiB",
+    small_files=2000,
+    small_clients=10,
+    list_entries=100_000,
+    sessions_n=[1000, 5000, 10000, 19000],
+    sessions_n_forking=[1000, 5000, 10000],
+    sessions_repeat_n=10000,
+    sftp_size="1GiB",
+    sftp_streams=4,
+    sftp_stream_size="256MiB",
+    sftp_sessions=500,
+)
+QUICK = dict(
+    reps=1,
+    transfer_size="128MiB",
+    many_streams=20,
+    many_size="4MiB",
+    small_files=300,
+    small_clients=10,
+    list_entries=10_000,
+    sessions_n=[200, 1000],
+    sessions_n_forking=[200, 1000],
+    sessions_repeat_n=None,
+    sftp_size="128MiB",
+    sftp_streams=4,
+    sftp_stream_size="32MiB",
+    sftp_sessions=50,
+)
+
+
+def log(*args):
+    print(time.strftime("%H:%M:%S"), *args, flush=True)
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def wait_port(port, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
+
+def fill(template: Path, out: Path, **values):
+    text = template.read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    out.write_text(text)
+    return out
+
+
+class Server:
+    """One server under test, started in its own process group."""
+
+    forking = False
+
+    def __init__(self, name, protocol, port, url):
+        self.name, self.protocol, self.port, self.url = name, protocol, port, url
+        self.proc = None
+        self.log_path = RUN / f"{name}.log"
+
+    def command(self):
+        raise NotImplementedError
+
+    def env(self):
+        return dict(os.environ)
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            self.command(), env=self.env(), stdin=subprocess.DEVNULL, stdout=open(self.log_path, "a"),
+            stderr=subprocess.STDOUT, preexec_fn=raise_nofile, start_new_session=True, cwd=str(WORK),
+        )
+        if not wait_port(self.port) or self.proc.poll() is not None:
+            raise RuntimeError(f"{self.name} did not start; see {self.log_path}:\n{self.log_path.read_text()[-2000:]}")
+
+    def stop(self):
+        if self.proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # Session processes of forking servers may outlive the listener for a moment.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(self.proc.pid, 0)
+            except ProcessLookupError:
+                break
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+        self.proc = None
+
+    def restart(self):
+        self.stop()
+        self.start()
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+class Ferry(Server):
+    def __init__(self, binary, ftp_port, sftp_port):
+        super().__init__("ferry", "ftp", ftp_port, f"ftp://bench:{PASSWORD}@127.0.0.1:{ftp_port}/")
+        self.binary, self.sftp_port = binary, sftp_port
+        self.data = DATA / "ferry"
+        self.home = self.data / "files" / "bench"
+
+    def prepare(self):
+        if not self.home.exists():
+            subprocess.run([self.binary, "user", "add", "bench", "--password-stdin", "--data-dir", str(self.data)],
+                           input=PASSWORD + "\n", text=True, check=True, capture_output=True)
+
+    def command(self):
+        return [self.binary, "serve", "--data-dir", str(self.data), "--ftp", f"127.0.0.1:{self.port}",
+                "--sftp", f"127.0.0.1:{self.sftp_port}", "--max-connections", "30000", "--idle-timeout", "900",
+                "--login-timeout", "900"]
+
+    def env(self):
+        return dict(os.environ, FERRY_LOG="warn")
+
+    def start(self):
+        super().start()
+        if not wait_port(self.sftp_port):
+            raise RuntimeError("ferry's SFTP listener did not start")
+
+
+class Vsftpd(Server):
+    forking = True
+
+    def __init__(self, port):
+        super().__init__("vsftpd", "ftp", port, f"ftp://{SYSTEM_USER}:{PASSWORD}@127.0.0.1:{port}/")
+        self.home = DATA / "system"
+        self.conf = fill(PEERS / "vsftpd.conf", RUN / "vsftpd.conf", PORT=port, WORK=WORK)
+
+    def command(self):
+        return [str(DEBROOT / "usr/sbin/vsftpd"), str(self.conf)]
+
+    def env(self):
+        return dict(os.environ, LD_LIBRARY_PATH=LIBS)
+
+
+class PureFtpd(Server):
+    forking = True
+
+    def __init__(self, port):
+        super().__init__("pure-ftpd", "ftp", port, f"ftp://{SYSTEM_USER}:{PASSWORD}@127.0.0.1:{port}/")
+        self.home = DATA / "system"
+        text = fill(PEERS / "pure-ftpd.args", RUN / "pure-ftpd.args", PORT=port, WORK=WORK).read_text()
+        self.args = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    def command(self):
+        return [str(DEBROOT / "usr/sbin/pure-ftpd"), *self.args]
+
+    def env(self):
+        return dict(os.environ, LD_LIBRARY_PATH=LIBS)
+
+
+class Proftpd(Server):
+    forking = True
+
+    def __init__(self, port):
+        super().__init__("proftpd", "ftp", port, f"ftp://{SYSTEM_USER}:{PASSWORD}@127.0.0.1:{port}/")
+        self.home = DATA / "system"
+        self.conf = fill(PEERS / "proftpd.conf", RUN / "proftpd.conf", PORT=port, WORK=WORK)
+
+    def command(self):
+        return [str(DEBROOT / "usr/sbin/proftpd"), "--nodaemon", "--config", str(self.conf)]
+
+    def env(self):
+        return dict(os.environ, LD_LIBRARY_PATH=LIBS)
+
+
+class Pyftpdlib(Server):
+    def __init__(self, port):
+        super().__init__("pyftpdlib", "ftp", port, f"ftp://bench:{PASSWORD}@127.0.0.1:{port}/")
+        self.home = DATA / "pyftpdlib"
+
+    def command(self):
+        return [sys.executable, str(PEERS / "pyftpdlib_server.py"), str(self.port), str(self.home), "bench", PASSWORD]
+
+
+class Sshd(Server):
+    forking = True
+
+    def __init__(self, port):
+        super().__init__("openssh", "sftp", port, f"sftp://{SYSTEM_USER}:{PASSWORD}@127.0.0.1:{port}/")
+        self.home = DATA / "system"
+        self.conf = fill(PEERS / "sshd_config", RUN / "sshd_config", PORT=port, WORK=WORK, ROOT=DEBROOT)
+
+    def command(self):
+        return [str(DEBROOT / "usr/sbin/sshd"), "-D", "-e", "-f", str(self.conf)]
+
+    def env(self):
+        return dict(os.environ, LD_LIBRARY_PATH=LIBS)
+
+
+def sh(*cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+
+
+def prepare_system():
+    """The local user the FTP peers and sshd log in as, sshd's privilege separation, certificates, directories."""
+    RUN.mkdir(parents=True, exist_ok=True)
+    (RUN / "vsftpd-empty").mkdir(exist_ok=True)
+    os.chmod(RUN / "vsftpd-empty", 0o755)
+    system_home = DATA / "system"
+    system_home.mkdir(parents=True, exist_ok=True)
+    (DATA / "pyftpdlib").mkdir(parents=True, exist_ok=True)
+    try:
+        pwd.getpwnam(SYSTEM_USER)
+        sh("usermod", "-d", str(system_home), "-s", "/bin/sh", SYSTEM_USER)
+    except KeyError:
+        sh("useradd", "-M", "-d", str(system_home), "-s", "/bin/sh", SYSTEM_USER)
+    sh("chpasswd", "-c", "SHA512", input=f"{SYSTEM_USER}:{PASSWORD}\n")
+    entry = pwd.getpwnam(SYSTEM_USER)
+    for path in [system_home, *system_home.rglob("*")]:
+        os.chown(path, entry.pw_uid, entry.pw_gid)
+    try:
+        pwd.getpwnam("sshd")
+    except KeyError:
+        sh("useradd", "--system", "-M", "-d", "/run/sshd", "-s", "/usr/sbin/nologin", "sshd")
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    if not (RUN / "tls.pem").exists():
+        sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-subj", "/CN=127.0.0.1",
+           "-keyout", str(RUN / "tls.key"), "-out", str(RUN / "tls.pem"))
+        (RUN / "tls-combined.pem").write_text((RUN / "tls.key").read_text() + (RUN / "tls.pem").read_text())
+        for f in ("tls.key", "tls-combined.pem"):
+            os.chmod(RUN / f, 0o600)
+    if not (RUN / "ssh_host_ed25519_key").exists():
+        sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(RUN / "ssh_host_ed25519_key"))
+
+
+class Runner:
+    def __init__(self, ferry_bin, mode, quick):
+        self.ferry_bin, self.mode, self.quick = ferry_bin, mode, quick
+        self.results = []
+
+    def bench(self, server, scenario, *args, cipher=None, timeout=900):
+        """Runs one `ferry bench` scenario and records its JSON (or its error)."""
+        url = server.url if server else None
+        cmd = [self.ferry_bin, "bench", scenario, *([url] if url else []), *args, "--json"]
+        if cipher:
+            cmd += ["--cipher", cipher]
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=raise_nofile)
+            lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                raise RuntimeError((proc.stderr or proc.stdout).strip()[-500:])
+            report = json.loads(lines[-1])
+            error = None
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
+            report, error = None, str(e)
+        record = dict(server=server.name if server else "loopback", protocol=url.split(":")[0] if url else "tcp",
+                      scenario=scenario, args=without_pids(args),
+                      cipher=cipher, report=report, error=error, wall=time.monotonic() - started)
+        self.results.append(record)
+        summary = error if error else summarize(scenario, report)
+        log(f"  {record['server']:<10} {scenario:<9} {' '.join(args):<40} {summary}")
+        return record
+
+    def ftp_servers(self):
+        return [s for s in self.servers if s.protocol == "ftp"]
+
+    def rotation(self, servers, rep):
+        """The servers in an order that starts one further on each repetition."""
+        k = rep % len(servers)
+        return servers[k:] + servers[:k]
+
+    def run(self, ferry):
+        m = self.mode
+        ftp = self.ftp_servers()
+        pids = lambda s: ["--pid", str(s.pid)]
+        log("== raw loopback TCP and the cipher alone (the physical limits)")
+        for rep in range(m["reps"]):
+            self.bench(None, "raw-tcp", "--size", m["transfer_size"], "--streams", "1")
+            self.bench(None, "raw-tcp", "--size", m["many_size"], "--streams", str(m["many_streams"]))
+            self.bench(None, "raw-tcp", "--size", m["sftp_stream_size"], "--streams", str(m["sftp_streams"]))
+        self.cipher_speed = openssl_speed()
+
+        log("== transfer: one stream, plain FTP")
+        for rep in range(m["reps"]):
+            for s in self.rotation(ftp, rep):
+                self.bench(s, "transfer", "--size", m["transfer_size"], "--streams", "1", *pids(s))
+        log("== transfer: one stream, FTPS (explicit TLS, PROT P)")
+        ftps = [s for s in ftp if s.name in ("ferry", "vsftpd", "pure-ftpd")]
+        for rep in range(m["reps"]):
+            for s in self.rotation(ftps, rep):
+                self.bench(TlsView(s), "transfer", "--size", m["transfer_size"], "--streams", "1", *pids(s))
+        log(f"== transfer: {m['many_streams']} streams at once")
+        for rep in range(m["reps"]):
+            for s in self.rotation(ftp, rep):
+                self.bench(s, "transfer", "--size", m["many_size"], "--streams", str(m["many_streams"]), *pids(s))
+        log("== small files")
+        for rep in range(m["reps"]):
+            for s in self.rotation(ftp, rep):
+                self.bench(s, "small", "--files", str(m["small_files"]), "--size", "4KiB",
+                           "--clients", str(m["small_clients"]), *pids(s))
+        log(f"== list {m['list_entries']} entries")
+        for rep in range(m["reps"]):
+            for s in self.rotation(ftp, rep):
+                s.restart()
+                self.bench(s, "list", "--entries", str(m["list_entries"]), "--local-dir", str(s.home), *pids(s))
+        self.run_sftp(ferry)
+        self.run_sessions()
+
+    def run_sftp(self, ferry):
+        m = self.mode
+        log("== SFTP")
+        sftp = [ferry.sftp_view(), self.sshd]
+        cipher = CIPHER
+        probe = self.bench(sftp[0], "transfer", "--size", "1MiB", "--streams", "1", cipher=CIPHER)
+        self.results.pop()
+        if probe["error"] and "No common Cipher" in probe["error"]:
+            log(f"  ferry does not offer {CIPHER}; comparing with {FALLBACK_CIPHER} instead")
+            self.ferry_lacks_cipher = probe["error"]
+            cipher = FALLBACK_CIPHER
+        self.sftp_cipher = cipher
+        for rep in range(m["reps"]):
+            for s in self.rotation(sftp, rep):
+                self.bench(s, "transfer", "--size", m["sftp_size"], "--streams", "1", "--pid", str(s.pid),
+                           cipher=cipher)
+                self.bench(s, "transfer", "--size", m["sftp_stream_size"], "--streams", str(m["sftp_streams"]),
+                           "--pid", str(s.pid), cipher=cipher)
+        for s in sftp:
+            s.restart()
+            self.bench(s, "sessions", "-n", str(m["sftp_sessions"]), "--pid", str(s.pid), cipher=cipher)
+
+    def run_sessions(self):
+        m = self.mode
+        log("== idle sessions (each server restarted before each measurement)")
+        plan = []
+        for n in sorted(set(m["sessions_n"]) | set(m["sessions_n_forking"])):
+            plan.append(n)
+            if n == m["sessions_repeat_n"]:
+                plan += [n] * (m["reps"] - 1)
+        for i, n in enumerate(plan):
+            for s in self.rotation(self.ftp_servers(), i):
+                if n not in (m["sessions_n_forking"] if s.forking else m["sessions_n"]):
+                    continue
+                s.restart()
+                time.sleep(0.5)
+                self.bench(s, "sessions", "-n", str(n), "--pid", str(s.pid), "--source-ips", "127.0.0.1-127.0.0.20")
+
+
+class TlsView:
+    """The same server reached over explicit FTPS."""
+
+    def __init__(self, server):
+        self.server = server
+        self.name = server.name
+        self.url = server.url.replace("ftp://", "ftps://", 1)
+
+    @property
+    def pid(self):
+        return self.server.pid
+
+
+class SftpView:
+    def __init__(self, ferry):
+        self.ferry = ferry
+        self.name = "ferry"
+        self.url = f"sftp://bench:{PASSWORD}@127.0.0.1:{ferry.sftp_port}/"
+
+    @property
+    def pid(self):
+        return self.ferry.pid
+
+    def restart(self):
+        self.ferry.restart()
+
+
+Ferry.sftp_view = lambda self: SftpView(self)
+
+
+def without_pids(args):
+    """The arguments that name a scenario's configuration (no --pid, no --local-dir)."""
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a in ("--pid", "--local-dir"):
+            skip = True
+        else:
+            out.append(a)
+    return out
+
+
+def summarize(scenario, r):
+    if scenario == "raw-tcp":
+        return f"{r['mib_per_sec']:.0f} MiB/s"
+    if scenario == "transfer":
+        return f"up {r['upload']['mib_per_sec']:.0f} MiB/s, down {r['download']['mib_per_sec']:.0f} MiB/s"
+    if scenario == "small":
+        return f"STOR {r['stor_ops_per_sec']:.0f}/s, RETR {r['retr_ops_per_sec']:.0f}/s"
+    if scenario == "list":
+        return f"{r['command']} {r['seconds']:.3f} s, {r['lines']} lines, +{r['memory_growth_kib']} KiB"
+    if scenario == "sessions":
+        per = r["per_session_kib"]
+        return (f"{r['sessions_opened']}/{r['sessions_requested']} at {r['logins_per_sec']:.0f}/s, "
+                f"{per:.2f} KiB/session" if per is not None else f"{r['sessions_opened']} opened")
+    return ""
+
+
+def openssl_speed():
+    """AES-128-GCM alone on one core, 32 KiB blocks (an SFTP packet), in MiB/s."""
+    try:
+        out = sh("openssl", "speed", "-evp", "aes-128-gcm", "-bytes", "32768", "-seconds", "3").stdout
+        line = [l for l in out.splitlines() if l.lower().startswith("aes-128-gcm")][-1]
+        kbytes = float(line.split()[-1].rstrip("k"))
+        return kbytes * 1000 / (1024 * 1024)
+    except (subprocess.CalledProcessError, IndexError, ValueError):
+        return None
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+    mem = next((int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal")), 0)
+    os_name = next((l.split("=", 1)[1].strip().strip('"') for l in open("/etc/os-release")
+                    if l.startswith("PRETTY_NAME")), "?")
+    return dict(
+        cpu=cpu, cores=os.cpu_count(), memory_gib=round(mem / 1024 / 1024, 1), kernel=platform.release(), os=os_name,
+        nofile_hard=resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        port_range=Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split(),
+        pid_max=Path("/proc/sys/kernel/pid_max").read_text().strip(),
+        somaxconn=Path("/proc/sys/net/core/somaxconn").read_text().strip(),
+    )
+
+
+def busy_processes():
+    """Processes using the most CPU right now (other engineers' builds, for instance)."""
+    out = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"], capture_output=True,
+                         text=True).stdout.splitlines()
+    return [l.strip() for l in out[:5] if l.strip() and float(l.split()[0]) >= 5.0]
+
+
+def versions(ferry_bin):
+    def deb(name):
+        found = sorted((WORK / "debs").glob(f"{name}_*.deb"))
+        return found[0].name.split("_")[1].replace("%3a", ":") if found else "?"
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    ferry = subprocess.run([ferry_bin, "--version"], capture_output=True, text=True).stdout.strip()
+    import pyftpdlib
+    return {
+        "ferry": f"{ferry} (commit {commit}{', with uncommitted changes' if dirty else ''})",
+        "vsftpd": deb("vsftpd"),
+        "pure-ftpd": deb("pure-ftpd"),
+        "proftpd": deb("proftpd-core"),
+        "pyftpdlib": f"{pyftpdlib.__ver__} on Python {platform.python_version()}",
+        "openssh": deb("openssh-server"),
+        "openssl": sh("openssl", "version").stdout.strip(),
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ferry", required=True)
+    parser.add_argument("--quick", action="store_true", help="a check that everything works, in a minute or two")
+    args = parser.parse_args()
+    raise_nofile()
+    quick = args.quick
+    mode = QUICK if quick else FULL
+    started = time.time()
+    prepare_system()
+    machine_before = dict(load=os.getloadavg(), busy=busy_processes())
+
+    ferry = Ferry(args.ferry, 21210, 21220)
+    ferry.prepare()
+    servers = [ferry, Vsftpd(21211), PureFtpd(21212), Proftpd(21213), Pyftpdlib(21214)]
+    sshd = Sshd(21221)
+    runner = Runner(args.ferry, mode, quick)
+    runner.servers, runner.sshd = servers, sshd
+    runner.ferry_lacks_cipher = None
+    try:
+        for s in servers + [sshd]:
+            s.start()
+            log(f"started {s.name} (pid {s.pid}) on port {s.port}")
+        runner.run(ferry)
+    finally:
+        for s in servers + [sshd]:
+            s.stop()
+    finished = time.time()
+    info = dict(
+        quick=quick, mode=mode, started=datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
+        minutes=round((finished - started) / 60, 1), machine=machine(), load_before=machine_before,
+        load_after=dict(load=os.getloadavg(), busy=busy_processes()), versions=versions(args.ferry),
+        cipher_mib_s=runner.cipher_speed, sftp_cipher=runner.sftp_cipher,
+        ferry_lacks_cipher=runner.ferry_lacks_cipher, ferry_command=" ".join(ferry.command()),
+    )
+    out = WORK / ("results-quick.json" if quick else "results.json")
+    out.write_text(json.dumps(dict(info=info, results=runner.results), indent=1))
+    log(f"raw results in {out}")
+    import report
+    md, svg = report.render(info, runner.results)
+    if quick:
+        md_path, svg_path = WORK / "benchmarks-quick.md", WORK / "benchmarks-sessions-quick.svg"
+    else:
+        md_path, svg_path = ROOT / "docs/benchmarks.md", ROOT / "docs/benchmarks-sessions.svg"
+    md_path.write_text(md)
+    svg_path.write_text(svg)
+    log(f"wrote {md_path} and {svg_path} in {info['minutes']} minutes")
+
+
+if __name__ == "__main__":
+    main()
