@@ -1,0 +1,87 @@
+"""`ferry bench` against a ferry server from the fixture, with tiny numbers: checks that every scenario runs and
+that its JSON has the shape bench/runner.py reads. Nothing here looks at how fast anything was."""
+import json
+
+from conftest import run_ferry
+
+
+def bench(*args):
+    result = run_ferry("bench", *args, "--json")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def url(server, scheme="ftp"):
+    host, port = server.addresses["sftp" if scheme == "sftp" else "ftp"]
+    return f"{scheme}://alice:secret@{host}:{port}/"
+
+
+def test_sessions_reports_logins_and_memory_per_session(ferry):
+    report = bench("sessions", url(ferry), "-n", "5", "--pid", str(ferry.proc.pid), "--settle-ms", "0")
+    assert report["scenario"] == "sessions"
+    assert report["sessions_opened"] == 5 and report["failures"] == 0
+    assert report["logins_per_sec"] > 0
+    assert report["memory_before"]["pss_kib"] > 0 and report["memory_after"]["processes"] >= 1
+    assert isinstance(report["per_session_kib"], float)
+    assert "secret" not in json.dumps(report)
+
+
+def test_sessions_spread_over_source_addresses(ferry):
+    report = bench("sessions", url(ferry), "-n", "4", "--source-ips", "127.0.0.1-127.0.0.2", "--settle-ms", "0")
+    assert report["sessions_opened"] == 4
+    assert report["source_addresses"] == 2
+    assert report["per_session_kib"] is None
+
+
+def test_transfer_uploads_then_downloads_every_stream(ferry):
+    report = bench("transfer", url(ferry) + "bench", "--size", "1MiB", "--streams", "2", "--pid", str(ferry.proc.pid))
+    assert report["scenario"] == "transfer" and report["streams"] == 2
+    for phase in ("upload", "download"):
+        assert report[phase]["bytes"] == 2 * 1024 * 1024
+        assert report[phase]["mib_per_sec"] > 0
+    assert (ferry.home("alice") / "bench" / "ferry-bench-transfer-1.bin").stat().st_size == 1024 * 1024
+
+
+def test_transfer_over_ftps(ferry):
+    report = bench("transfer", url(ferry, "ftps"), "--size", "64KiB")
+    assert report["protocol"] == "ftps"
+    assert report["download"]["bytes"] == 65536
+
+
+def test_transfer_over_sftp(ferry):
+    report = bench("transfer", url(ferry, "sftp"), "--size", "64KiB", "--cipher", "aes256-gcm@openssh.com")
+    assert report["protocol"] == "sftp"
+    assert report["upload"]["bytes"] == report["download"]["bytes"] == 65536
+
+
+def test_small_files_count_operations(ferry):
+    report = bench("small", url(ferry), "--files", "6", "--size", "4KiB", "--clients", "3")
+    assert report["scenario"] == "small" and report["files"] == 6 and report["clients"] == 3
+    assert report["stor_ops_per_sec"] > 0 and report["retr_ops_per_sec"] > 0
+    assert report["retr"]["bytes"] == 6 * 4096
+
+
+def test_list_with_entries_created_on_disk(ferry):
+    report = bench("list", url(ferry), "--entries", "50", "--local-dir", str(ferry.home("alice")),
+                   "--pid", str(ferry.proc.pid))
+    assert report["created_via"] == "local-dir"
+    assert report["command"] == "MLSD"
+    assert report["lines"] >= 50
+    assert report["memory_peak"]["pss_kib"] >= report["memory_before"]["pss_kib"]
+
+
+def test_list_with_entries_created_through_the_protocol(ferry):
+    report = bench("list", url(ferry), "--entries", "5")
+    assert report["created_via"] == "protocol"
+    assert report["lines"] >= 5
+    assert report["memory_before"] is None
+
+
+def test_raw_tcp_copies_every_byte():
+    report = bench("raw-tcp", "--size", "1MiB", "--streams", "2")
+    assert report["bytes"] == 2 * 1024 * 1024
+
+
+def test_non_loopback_targets_are_refused():
+    result = run_ferry("bench", "transfer", "ftp://a:b@192.0.2.1:21/", check=False)
+    assert result.returncode != 0
+    assert "loopback" in result.stderr
