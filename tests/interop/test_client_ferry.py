@@ -248,3 +248,13 @@ def test_ftps_certificate_is_verified_unless_pinned_or_insecure(server, tmp_path
     fc(tmp_path, "ls", "--tls-fingerprint", fingerprint, target)
     p = fc(tmp_path, "ls", "--tls-fingerprint", "00" * 32, target, check=False)
     assert p.returncode == 3
+
+
+def test_ftps_data_connections_resume_the_control_tls_session(ferry_factory, tmp_path):
+    server = ferry_factory("--failed-login-delay-ms", "0", "--require-tls-resumption", "--require-tls")
+    server.add_user("alice", "secret")
+    digest = write_random(tmp_path / "f.bin", 500_000, seed=6)
+    fc(tmp_path, "put", *TRUST, "f.bin", url(server, "ftps", "f.bin"))
+    fc(tmp_path, "get", *TRUST, url(server, "ftps", "f.bin"), "back.bin")
+    assert sha256_file(tmp_path / "back.bin") == digest
+    fc(tmp_path, "ls", *TRUST, url(server, "ftps", ""))

@@ -82,3 +82,17 @@ def test_mirror_with_delete(peer, tmp_path):
     fc(tmp_path, "mirror", "--delete", *peer.flags(), peer.url("mirror"), tmp_path / "back")
     for rel, digest in sums.items():
         assert sha256_file(tmp_path / "back" / rel) == digest, rel
+
+
+def test_segmented_and_parallel_downloads(peer, tmp_path):
+    """vsftpd has no RANG: each segment is REST and RETR, and the data connection is closed once its bytes came."""
+    digest = write_random(peer.root / "big.bin", SIZE, seed=4)
+    p = fc(tmp_path, "get", "--segments", "3", "--json", *peer.flags(), peer.url("big.bin"), "big.bin")
+    [r] = json_lines(p.stdout)
+    assert r["segments"] == 3
+    assert sha256_file(tmp_path / "big.bin") == digest
+    sums = {f"s{i}.bin": write_random(peer.root / "many" / f"s{i}.bin", 50_000 + i, seed=i) for i in range(5)}
+    peer.own(peer.root / "many")
+    fc(tmp_path, "get", "-j", "3", *peer.flags(), peer.url("many/*.bin"), tmp_path / "many")
+    for name, digest in sums.items():
+        assert sha256_file(tmp_path / "many" / name) == digest

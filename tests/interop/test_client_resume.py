@@ -78,3 +78,22 @@ def test_no_resume_starts_over(ferry, tmp_path):
     [r] = json_lines(p.stdout)
     assert r["resumed_from"] == 0 and r["bytes"] == 500_000
     assert sha256_file(tmp_path / "f.bin") == digest
+
+
+def test_retries_reconnect_and_resume_when_the_server_comes_back(ferry_factory, tmp_path):
+    server = ferry_factory("--failed-login-delay-ms", "0")
+    server.add_user("alice", "secret")
+    port = server.addresses["ftp"][1]
+    digest = write_random(server.home("alice") / "big.bin", SIZE, seed=5)
+    proc = spawn(tmp_path, "get", "--retries", "5", "--limit-rate", RATE, "--json",
+                 url(server, "ftp", "big.bin"), "big.bin")
+    wait_for_size(tmp_path / "big.bin.part", SIZE // 4, proc=proc)
+    server.stop()
+    ferry_factory("--failed-login-delay-ms", "0", "--ftp", f"127.0.0.1:{port}", data_dir=server.data_dir)
+    out, err = proc.communicate(timeout=90)
+    assert proc.returncode == 0, err
+    assert "retry 1" in err, err
+    [r] = json_lines(out)
+    assert r["resumed_from"] >= SIZE // 4, r
+    assert r["checksum"] == digest
+    assert sha256_file(tmp_path / "big.bin") == digest

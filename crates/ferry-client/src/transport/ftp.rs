@@ -3,7 +3,7 @@
 //! What the server offers is read from `FEAT`: `MLST`/`MLSD` listings (else `LIST`, parsed in the Unix or DOS
 //! format), `HASH` with `RANG` or the legacy `XSHA256`-style commands for checksums, `MFMT` (else `MDTM` with a
 //! time, as vsftpd takes it) for setting times. Resumed downloads send `REST n` before `RETR`; resumed uploads
-//! use `APPE`; a bounded read uses `RANG` where offered, else `REST` and `ABOR` once enough bytes came.
+//! use `APPE`; a bounded read uses `RANG` where offered, else `REST` and closes the data connection once enough bytes came.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -212,12 +212,15 @@ impl FtpTransport {
                 return Err(e);
             }
         };
-        let finish = if len.is_some_and(|l| total >= l) && !bounded_by_server {
-            tokio::time::timeout(self.timeout, self.ftp.abort(stream)).await
-        } else {
-            tokio::time::timeout(self.timeout, stream.finish()).await
-        };
-        finish
+        if len.is_some_and(|l| total >= l) && !bounded_by_server {
+            // Enough bytes came: close the data connection early. The server answers with one reply (426, or 226
+            // if it had sent everything already), which the next command reads first. ABOR is not used: a server
+            // that finished before it arrives sends an extra reply (vsftpd: "225 No transfer to ABOR").
+            drop(stream);
+            return Ok(total);
+        }
+        tokio::time::timeout(self.timeout, stream.finish())
+            .await
             .map_err(|_| ClientError::lost(path, "timed out waiting for the end of the transfer"))?
             .map_err(|e| map_error(path, e))?;
         Ok(total)
