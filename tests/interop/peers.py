@@ -55,7 +55,9 @@ def ensure_ftp_user():
     except KeyError:
         if os.geteuid() != 0:
             pytest.skip(f"vsftpd needs a system user {VSFTPD_USER}; creating one needs root")
-        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", VSFTPD_USER], check=True)
+        # Two test workers may race to create it; either way it must exist afterwards.
+        subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", VSFTPD_USER], capture_output=True)
+        pwd.getpwnam(VSFTPD_USER)
     if os.geteuid() == 0:
         subprocess.run(["chpasswd"], input=f"{VSFTPD_USER}:{VSFTPD_PASSWORD}\n", text=True, check=True)
 
