@@ -59,7 +59,15 @@ def ensure_ftp_user():
         subprocess.run(["useradd", "--create-home", "--shell", "/bin/bash", VSFTPD_USER], capture_output=True)
         pwd.getpwnam(VSFTPD_USER)
     if os.geteuid() == 0:
-        subprocess.run(["chpasswd"], input=f"{VSFTPD_USER}:{VSFTPD_PASSWORD}\n", text=True, check=True)
+        # chpasswd fails while another worker holds the lock on /etc/shadow: try again.
+        for _ in range(50):
+            p = subprocess.run(["chpasswd"], input=f"{VSFTPD_USER}:{VSFTPD_PASSWORD}\n", text=True,
+                               capture_output=True)
+            if p.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"chpasswd failed: {p.stderr}")
 
 
 class Vsftpd:
