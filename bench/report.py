@@ -282,7 +282,9 @@ def render(info, results):
         rows.append(row)
     d.table(["server"] + [f"N = {n:,}" for n in ns], rows)
     d.p("Each cell: server memory per session (PSS of the server and all its processes after the logins minus "
-        "before, divided by N; each server restarted before each measurement), then logins per second (N over the "
+        "before, divided by N; each server restarted before each measurement and logged into once before the "
+        "baseline, so that one-time costs of a first login are not spread over the sessions), then logins per "
+        "second (N over the "
         "time until the last login, 32 logins in flight, source addresses 127.0.0.1–127.0.0.20). Forking servers "
         "stop at 10,000 sessions: at their per-session cost, 19,000 would take most of the machine's memory and "
         "more processes than pid_max allows.")
@@ -319,6 +321,11 @@ def render(info, results):
         d.table(["server", "scenario", "arguments", "error"],
                 [(r["server"], r["scenario"] + f" ({r['protocol']})", " ".join(r["args"]),
                   r["error"].replace("|", "/").replace("\n", " ")[:300]) for r in failed])
+
+    findings = Path(__file__).resolve().parent / "findings.md"
+    if findings.exists():
+        d.p(findings.read_text().rstrip())
+        d.p()
 
     # --- method, versions, configs
     d.p("## Method")

@@ -118,6 +118,8 @@ class Server:
         return dict(os.environ)
 
     def start(self):
+        if wait_port(self.port, timeout=0.2):
+            raise RuntimeError(f"port {self.port} for {self.name} is already in use: stop what listens there")
         self.proc = subprocess.Popen(
             self.command(), env=self.env(), stdin=subprocess.DEVNULL, stdout=open(self.log_path, "a"),
             stderr=subprocess.STDOUT, preexec_fn=raise_nofile, start_new_session=True, cwd=str(WORK),
@@ -257,8 +259,16 @@ class Sshd(Server):
         return dict(os.environ, LD_LIBRARY_PATH=LIBS)
 
 
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+def sh(*cmd, retries=1, **kw):
+    """Runs a command; `retries` > 1 retries a failure (useradd and chpasswd fail while another process, such as a
+    test worker creating its own user, holds the passwd or shadow lock)."""
+    for attempt in range(retries):
+        try:
+            return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+        except subprocess.CalledProcessError:
+            if attempt + 1 == retries:
+                raise
+            time.sleep(0.5)
 
 
 def prepare_system():
@@ -271,17 +281,17 @@ def prepare_system():
     (DATA / "pyftpdlib").mkdir(parents=True, exist_ok=True)
     try:
         pwd.getpwnam(SYSTEM_USER)
-        sh("usermod", "-d", str(system_home), "-s", "/bin/sh", SYSTEM_USER)
+        sh("usermod", "-d", str(system_home), "-s", "/bin/sh", SYSTEM_USER, retries=10)
     except KeyError:
-        sh("useradd", "-M", "-d", str(system_home), "-s", "/bin/sh", SYSTEM_USER)
-    sh("chpasswd", "-c", "SHA512", input=f"{SYSTEM_USER}:{PASSWORD}\n")
+        sh("useradd", "-M", "-d", str(system_home), "-s", "/bin/sh", SYSTEM_USER, retries=10)
+    sh("chpasswd", "-c", "SHA512", input=f"{SYSTEM_USER}:{PASSWORD}\n", retries=10)
     entry = pwd.getpwnam(SYSTEM_USER)
     for path in [system_home, *system_home.rglob("*")]:
         os.chown(path, entry.pw_uid, entry.pw_gid)
     try:
         pwd.getpwnam("sshd")
     except KeyError:
-        sh("useradd", "--system", "-M", "-d", "/run/sshd", "-s", "/usr/sbin/nologin", "sshd")
+        sh("useradd", "--system", "-M", "-d", "/run/sshd", "-s", "/usr/sbin/nologin", "sshd", retries=10)
     Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     if not (RUN / "tls.pem").exists():
         sh("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "365", "-subj", "/CN=127.0.0.1",

@@ -13,6 +13,9 @@ use crate::pss::{self, Memory};
 use crate::report::Table;
 use crate::{Result, Scheme, SourceIps, Target};
 
+/// How long a warm-up session's server process gets to exit.
+const WARMUP_EXIT: Duration = Duration::from_millis(300);
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -28,6 +31,9 @@ pub struct Options {
     pub settle: Duration,
     /// Keep the sessions open this much longer after measuring.
     pub hold: Duration,
+    /// Log in once (and out) before the baseline, so that one-time costs of a first login (a password hash
+    /// computed and cached, lazily started thread pools) are not counted as per-session memory.
+    pub warmup: bool,
 }
 
 /// What was measured.
@@ -42,6 +48,7 @@ pub struct Report {
     pub first_error: Option<String>,
     pub source_addresses: usize,
     pub concurrency: usize,
+    pub warmup: bool,
     pub login_seconds: f64,
     pub logins_per_sec: f64,
     pub memory_before: Option<Memory>,
@@ -65,6 +72,11 @@ pub async fn run(target: &Target, options: &Options) -> Result<Report> {
     let connector = Arc::new(Connector::new(target, sources.clone())?);
     let measure = |pids: &[u32]| (!pids.is_empty()).then(|| pss::measure(pids)).transpose();
 
+    if options.warmup {
+        connector.open(0).await?.close().await;
+        // Let a forking server's session process exit before the baseline.
+        tokio::time::sleep(WARMUP_EXIT).await;
+    }
     let memory_before = measure(&options.pids)?;
     let server_cpu_before = crate::cpu::tree_seconds(&options.pids);
     let client_cpu_before = crate::cpu::own_seconds();
@@ -124,6 +136,7 @@ pub async fn run(target: &Target, options: &Options) -> Result<Report> {
         first_error,
         source_addresses: sources.len(),
         concurrency: options.concurrency,
+        warmup: options.warmup,
         login_seconds,
         logins_per_sec: if login_seconds > 0.0 {
             opened as f64 / login_seconds

@@ -58,6 +58,9 @@ struct SessionsArgs {
     /// Seconds to keep the sessions open after measuring (at most 3600).
     #[arg(long, default_value_t = 0)]
     hold: u64,
+    /// Do not log in once before the baseline (count a first login's one-time costs as per-session memory).
+    #[arg(long)]
+    no_warmup: bool,
 }
 
 #[derive(Args, Debug)]
@@ -131,6 +134,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 pids: a.pids,
                 settle: Duration::from_millis(a.settle_ms),
                 hold: Duration::from_secs(a.hold.min(MAX_HOLD_SECS)),
+                warmup: !a.no_warmup,
             };
             let report = sessions::run(&target(&a.url)?, &options).await?;
             (report.table(), serde_json::to_value(&report)?)
