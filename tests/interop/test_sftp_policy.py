@@ -6,6 +6,7 @@ import ftplib
 import io
 import os
 import re
+import signal
 import socket
 import time
 
@@ -440,3 +441,20 @@ def test_login_timeout_closes_silent_connections(ferry_factory, send_version):
         while s.recv(4096):
             pass  # key exchange offer, then EOF once the timeout fires
         assert time.monotonic() - started < 8
+
+
+def test_shutdown_closes_idle_ssh_connections_at_once(ferry_factory):
+    server = ferry_factory("--shutdown-grace", "20")
+    server.add_user("alice", "secret")
+    host, port = server.addresses["sftp"]
+    t = paramiko.Transport((host, port))
+    try:
+        t.connect(username="alice", password="secret")
+        started = time.monotonic()
+        server.stop(signal.SIGTERM)
+        # The server waits for live connections up to the grace period; it exits well before, so it closed this
+        # one, on which nothing was running.
+        assert server.proc.returncode is not None
+        assert time.monotonic() - started < 10
+    finally:
+        t.close()

@@ -29,6 +29,14 @@ pub(crate) enum ConnectionError {
     Auth(#[from] AuthFailure),
 }
 
+/// What the listener watches of a connection, for its login timeout and for shutdown.
+#[derive(Default)]
+pub(crate) struct ConnectionState {
+    pub authenticated: AtomicBool,
+    /// Channels whose request is being served.
+    pub running: AtomicUsize,
+}
+
 /// The russh handler of one connection.
 pub(crate) struct Connection {
     shared: Arc<Shared>,
@@ -36,27 +44,20 @@ pub(crate) struct Connection {
     logins: Logins,
     /// The logged-in session, shared by all channels.
     session: Option<Session>,
-    authenticated: Arc<AtomicBool>,
+    state: Arc<ConnectionState>,
     /// Channels opened but not yet given a request.
     pending: HashMap<ChannelId, Channel<Msg>>,
-    /// Channels whose request is being served.
-    running: Arc<AtomicUsize>,
 }
 
 impl Connection {
-    pub(crate) fn new(
-        shared: Arc<Shared>,
-        peer: SocketAddr,
-        authenticated: Arc<AtomicBool>,
-    ) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, peer: SocketAddr, state: Arc<ConnectionState>) -> Self {
         Connection {
             logins: Logins::new(shared.core.clone(), peer),
             shared,
             peer,
             session: None,
-            authenticated,
+            state,
             pending: HashMap::new(),
-            running: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -74,8 +75,8 @@ impl Connection {
     fn take(&mut self, id: ChannelId) -> Option<(Channel<Msg>, Session, RunningGuard)> {
         let channel = self.pending.remove(&id)?;
         let session = self.session.clone()?;
-        self.running.fetch_add(1, Ordering::AcqRel);
-        let guard = RunningGuard(Arc::clone(&self.running));
+        self.state.running.fetch_add(1, Ordering::AcqRel);
+        let guard = RunningGuard(Arc::clone(&self.state));
         Some((channel, session, guard))
     }
 }
@@ -90,11 +91,11 @@ fn refuse() -> Auth {
 }
 
 /// Counts a channel as running until dropped.
-struct RunningGuard(Arc<AtomicUsize>);
+struct RunningGuard(Arc<ConnectionState>);
 
 impl Drop for RunningGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -130,7 +131,7 @@ impl russh::server::Handler for Connection {
     }
 
     async fn auth_succeeded(&mut self, _session: &mut SshSession) -> Result<(), Self::Error> {
-        self.authenticated.store(true, Ordering::Release);
+        self.state.authenticated.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -140,7 +141,7 @@ impl russh::server::Handler for Connection {
         reply: ChannelOpenHandle,
         _session: &mut SshSession,
     ) -> Result<(), Self::Error> {
-        let open = self.pending.len() + self.running.load(Ordering::Acquire);
+        let open = self.pending.len() + self.state.running.load(Ordering::Acquire);
         if self.session.is_none() || open >= self.shared.config.max_channels {
             tracing::info!(peer = %self.peer, open, "session channel refused");
             reply

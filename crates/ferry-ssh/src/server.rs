@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::os::fd::AsFd;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use russh::server::Config;
 use russh::{Disconnect, MethodKind, MethodSet, SshId};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::connection::Connection;
+use crate::connection::{Connection, ConnectionState};
 use crate::host_keys::{self, PendingKey};
 use crate::sftp::SftpLimits;
 
@@ -66,6 +66,9 @@ impl Shared {
         *current = Arc::new(russh_config(&self.core, &self.config, keys));
     }
 }
+
+/// How often a connection checks, during a shutdown, whether its channels have finished.
+const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 
 /// The login methods offered, in the order clients should try them.
 pub(crate) const AUTH_METHODS: &[MethodKind] = &[MethodKind::PublicKey, MethodKind::Password];
@@ -160,8 +163,8 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         }
     };
     tracing::debug!(%peer, "connected");
-    let authenticated = Arc::new(AtomicBool::new(false));
-    let connection = Connection::new(Arc::clone(&shared), peer, Arc::clone(&authenticated));
+    let state = Arc::new(ConnectionState::default());
+    let connection = Connection::new(Arc::clone(&shared), peer, Arc::clone(&state));
     // A second handle on the socket, to cut off a client that does not finish logging in (russh cannot send its
     // disconnect message in the middle of a key exchange).
     let cutoff = tcp
@@ -186,26 +189,45 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     tokio::pin!(session);
     let login_deadline = tokio::time::sleep_until(login_deadline);
     tokio::pin!(login_deadline);
+    let mut shutdown = shared.core.shutdown_signal();
+    let mut shutting_down = false;
+    let mut idle_check = tokio::time::interval(SHUTDOWN_POLL);
+    let logged_in = || state.authenticated.load(Ordering::Acquire);
     let result = loop {
-        tokio::select! {
+        let reason = tokio::select! {
             result = &mut session => break result,
-            () = &mut login_deadline, if !authenticated.load(Ordering::Acquire) => {
-                if authenticated.load(Ordering::Acquire) {
+            () = &mut login_deadline, if !logged_in() => {
+                if logged_in() {
                     continue;
                 }
-                tracing::info!(%peer, "login timeout");
-                let _ = handle
-                    .disconnect(Disconnect::ByApplication, "login timeout".into(), "en".into())
-                    .await;
-                if tokio::time::timeout(Duration::from_secs(1), &mut session).await.is_err() {
-                    if let Ok(socket) = &cutoff {
-                        let _ = socket.shutdown(Shutdown::Both);
-                    }
-                    let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
-                }
-                break Ok(());
+                "login timeout"
             }
+            () = shutdown.wait(), if !shutting_down => {
+                shutting_down = true;
+                continue;
+            }
+            _ = idle_check.tick(), if shutting_down => {
+                // On shutdown, a connection goes once no channel of it is at work.
+                if state.running.load(Ordering::Acquire) > 0 {
+                    continue;
+                }
+                "server shutting down"
+            }
+        };
+        tracing::info!(%peer, reason, "disconnecting");
+        let _ = handle
+            .disconnect(Disconnect::ByApplication, reason.into(), "en".into())
+            .await;
+        if tokio::time::timeout(Duration::from_secs(1), &mut session)
+            .await
+            .is_err()
+        {
+            if let Ok(socket) = &cutoff {
+                let _ = socket.shutdown(Shutdown::Both);
+            }
+            let _ = tokio::time::timeout(Duration::from_secs(5), &mut session).await;
         }
+        break Ok(());
     };
     match result {
         Ok(()) => tracing::debug!(%peer, "disconnected"),

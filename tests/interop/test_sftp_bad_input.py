@@ -1,0 +1,193 @@
+"""Malformed and hostile SFTP traffic, sent raw over an SSH channel: the server answers with a status or closes the
+SFTP session cleanly, never crashes, never writes outside the home, and keeps serving other clients."""
+import struct
+
+import paramiko
+import pytest
+
+from helpers_sftp import sftp_client
+
+SSH_FXP_INIT, SSH_FXP_VERSION, SSH_FXP_OPEN, SSH_FXP_READ, SSH_FXP_WRITE = 1, 2, 3, 5, 6
+SSH_FXP_OPENDIR, SSH_FXP_READDIR, SSH_FXP_EXTENDED = 11, 12, 200
+SSH_FXP_STATUS, SSH_FXP_HANDLE, SSH_FXP_DATA, SSH_FXP_NAME = 101, 102, 103, 104
+FX_OK, FX_EOF, FX_FAILURE, FX_BAD_MESSAGE, FX_OP_UNSUPPORTED = 0, 1, 4, 5, 8
+
+
+def string(b):
+    if isinstance(b, str):
+        b = b.encode()
+    return struct.pack(">I", len(b)) + b
+
+
+class RawSftp:
+    """An SFTP channel on which the test writes raw packets."""
+
+    def __init__(self, server, init=True):
+        host, port = server.addresses["sftp"]
+        self.transport = paramiko.Transport((host, port))
+        self.transport.connect(username="alice", password="secret")
+        self.chan = self.transport.open_session()
+        self.chan.settimeout(10)
+        self.chan.invoke_subsystem("sftp")
+        if init:
+            self.send(bytes([SSH_FXP_INIT]) + struct.pack(">I", 3))
+            kind, body = self.recv()
+            assert kind == SSH_FXP_VERSION and struct.unpack(">I", body[:4])[0] == 3
+
+    def send_raw(self, data):
+        self.chan.sendall(data)
+
+    def send(self, payload):
+        self.send_raw(struct.pack(">I", len(payload)) + payload)
+
+    def request(self, kind, request_id, body=b""):
+        self.send(bytes([kind]) + struct.pack(">I", request_id) + body)
+
+    def _read(self, n):
+        out = b""
+        while len(out) < n:
+            chunk = self.chan.recv(n - len(out))
+            if not chunk:
+                raise EOFError("channel closed")
+            out += chunk
+        return out
+
+    def recv(self):
+        (length,) = struct.unpack(">I", self._read(4))
+        data = self._read(length)
+        return data[0], data[1:]
+
+    def reply(self, request_id):
+        kind, body = self.recv()
+        assert struct.unpack(">I", body[:4])[0] == request_id, (kind, body)
+        return kind, body[4:]
+
+    def status(self, request_id):
+        kind, body = self.reply(request_id)
+        assert kind == SSH_FXP_STATUS, (kind, body)
+        return struct.unpack(">I", body[:4])[0]
+
+    def closed(self):
+        try:
+            return self.chan.recv(1) == b""
+        except OSError:
+            return True
+
+    def close(self):
+        self.transport.close()
+
+
+@pytest.fixture
+def raw(ferry):
+    conn = RawSftp(ferry)
+    yield conn
+    conn.close()
+
+
+def open_file(raw, request_id, path, flags):
+    raw.request(SSH_FXP_OPEN, request_id, string(path) + struct.pack(">II", flags, 0))
+    kind, body = raw.reply(request_id)
+    assert kind == SSH_FXP_HANDLE, (kind, body)
+    return body[4:4 + struct.unpack(">I", body[:4])[0]]
+
+
+def assert_server_still_serves(ferry):
+    with sftp_client(ferry) as sftp:
+        assert sftp.normalize(".") == "/"
+
+
+def test_unknown_and_truncated_requests_get_a_status(ferry, raw):
+    raw.request(99, 1)
+    assert raw.status(1) == FX_OP_UNSUPPORTED
+    raw.send(bytes([SSH_FXP_OPEN]) + struct.pack(">I", 2) + struct.pack(">I", 1000) + b"short")
+    assert raw.status(2) == FX_BAD_MESSAGE
+    raw.request(SSH_FXP_EXTENDED, 3, string("no-such@example.com"))
+    assert raw.status(3) == FX_OP_UNSUPPORTED
+    raw.request(SSH_FXP_EXTENDED, 4, string("posix-rename@openssh.com") + string("only-one-argument"))
+    assert raw.status(4) == FX_BAD_MESSAGE
+    assert_server_still_serves(ferry)
+
+
+def test_handles_that_do_not_exist(ferry, raw):
+    raw.request(SSH_FXP_READ, 1, string("424242") + struct.pack(">QI", 0, 100))
+    assert raw.status(1) == FX_FAILURE
+    raw.request(SSH_FXP_WRITE, 2, string("") + struct.pack(">Q", 0) + string(b"data"))
+    assert raw.status(2) == FX_FAILURE
+    raw.request(SSH_FXP_READDIR, 3, string("x" * 300))
+    assert raw.status(3) == FX_FAILURE
+
+
+def test_huge_read_lengths_are_capped(ferry, raw):
+    (ferry.home("alice") / "big").write_bytes(b"z" * 600_000)
+    handle = open_file(raw, 1, "big", 1)
+    raw.request(SSH_FXP_READ, 2, string(handle) + struct.pack(">QI", 0, 0xFFFFFFFF))
+    kind, body = raw.reply(2)
+    assert kind == SSH_FXP_DATA
+    (length,) = struct.unpack(">I", body[:4])
+    assert 0 < length <= 255 * 1024 and body[4:] == b"z" * length
+    raw.request(SSH_FXP_READ, 3, string(handle) + struct.pack(">QI", 2**63, 10))
+    assert raw.status(3) == FX_EOF
+
+
+def test_reading_a_directory_handle_as_a_file_and_back(ferry, raw):
+    (ferry.home("alice") / "f").write_bytes(b"f")
+    raw.request(SSH_FXP_OPENDIR, 1, string("/"))
+    kind, body = raw.reply(1)
+    assert kind == SSH_FXP_HANDLE
+    dir_handle = body[4:4 + struct.unpack(">I", body[:4])[0]]
+    raw.request(SSH_FXP_READ, 2, string(dir_handle) + struct.pack(">QI", 0, 10))
+    assert raw.status(2) == FX_FAILURE
+    file_handle = open_file(raw, 3, "f", 1)
+    raw.request(SSH_FXP_READDIR, 4, string(file_handle))
+    assert raw.status(4) == FX_FAILURE
+
+
+def test_writes_far_past_the_end_are_bounded_by_the_quota(ferry):
+    home = ferry.add_user("q", "pw", "--quota-bytes", "100000")
+    conn = RawSftp.__new__(RawSftp)
+    host, port = ferry.addresses["sftp"]
+    conn.transport = paramiko.Transport((host, port))
+    conn.transport.connect(username="q", password="pw")
+    conn.chan = conn.transport.open_session()
+    conn.chan.settimeout(10)
+    conn.chan.invoke_subsystem("sftp")
+    try:
+        conn.send(bytes([SSH_FXP_INIT]) + struct.pack(">I", 3))
+        conn.recv()
+        handle = open_file(conn, 1, "sparse", 0x02 | 0x08)
+        conn.request(SSH_FXP_WRITE, 2, string(handle) + struct.pack(">Q", 2**40) + string(b"x"))
+        assert conn.status(2) == FX_FAILURE
+        conn.request(4, 3, string(handle))  # CLOSE: the failed write is reported again
+        assert conn.status(3) == FX_FAILURE
+    finally:
+        conn.close()
+    assert (home / "sparse").stat().st_size == 0
+
+
+def test_oversized_packet_ends_the_session_cleanly(ferry, raw):
+    raw.send_raw(struct.pack(">I", 0x7FFFFFFF) + b"\x03")
+    assert raw.closed()
+    assert_server_still_serves(ferry)
+
+
+def test_first_packet_must_be_init(ferry):
+    conn = RawSftp(ferry, init=False)
+    try:
+        conn.request(SSH_FXP_OPENDIR, 1, string("/"))
+        assert conn.closed()
+    finally:
+        conn.close()
+    assert_server_still_serves(ferry)
+
+
+def test_disconnect_with_requests_in_flight(ferry):
+    """Dozens of pipelined writes, then the connection drops: the server winds the upload up without hanging."""
+    conn = RawSftp(ferry)
+    handle = open_file(conn, 1, "cut.bin", 0x02 | 0x08 | 0x10)
+    for i in range(60):
+        conn.request(SSH_FXP_WRITE, 10 + i, string(handle) + struct.pack(">Q", i * 32768) + string(b"y" * 32768))
+    conn.close()
+    ferry.wait_for_log(r"upload failed.*cut\.bin")
+    size = (ferry.home("alice") / "cut.bin").stat().st_size
+    assert size % 32768 == 0 and size <= 60 * 32768
+    assert_server_still_serves(ferry)
