@@ -279,3 +279,23 @@ def test_open_files_are_limited_by_errno_not_by_a_crash(ferry):
         for h in handles[:10]:
             h.close()
         assert read_remote(sftp, "h") == b"h"
+
+
+def test_atomic_upload_mode_with_out_of_order_writes_and_resume(ferry_factory):
+    server = ferry_factory("--upload-mode", "atomic")
+    server.add_user("alice", "secret")
+    home = server.home("alice")
+    blocks = [random_bytes(32_768, seed=30 + i) for i in range(4)]
+    with sftp_client(server) as sftp:
+        with sftp.open("a.bin", "w") as f:
+            for i in (2, 0, 3, 1):
+                f.seek(i * 32_768)
+                f.write(blocks[i])
+                f.flush()
+            # Invisible under its name until it is complete.
+            assert not (home / "a.bin").exists()
+        assert (home / "a.bin").read_bytes() == b"".join(blocks)
+        with sftp.open("a.bin", "a") as f:
+            f.write(b"tail")
+    assert (home / "a.bin").read_bytes() == b"".join(blocks) + b"tail"
+    assert sorted(p.name for p in home.iterdir()) == ["a.bin"]
