@@ -244,21 +244,25 @@ def render(info, results):
         for s, v in ordered(res):
             rows.append((label, s, spread([r["upload"]["mib_per_sec"] for r in v]),
                          spread([r["download"]["mib_per_sec"] for r in v]),
-                         fmt(med([r["download"]["server_cpu_seconds"] for r in v]), 2)))
+                         fmt(med([r["download"]["server_cpu_seconds"] for r in v]), 2),
+                         fmt(med([r["download"]["client_cpu_seconds"] for r in v]), 2),
+                         fmt(med([r["download"]["seconds"] for r in v]), 2)))
         for key in ("upload", "download"):
             f = med([r[key]["mib_per_sec"] for r in res.get("ferry", [])])
             o = med([r[key]["mib_per_sec"] for r in res.get("openssh", [])])
             sftp_ratios[(label, key)] = (f, o)
             targets.append((f"SFTP {label} {'put' if key == 'upload' else 'get'} ≥ 80% of OpenSSH",
                             f"{pct(f, o)} ({fmt(f)} vs {fmt(o)} MiB/s)", ok(f, o and 0.8 * o)))
-    d.table(["streams", "server", "upload MiB/s", "download MiB/s", "server CPU s (download)"], rows)
+    d.table(["streams", "server", "upload MiB/s", "download MiB/s", "server CPU s (download)",
+             "client CPU s (download)", "download wall s"], rows)
     sess = pick(results, "sessions", "sftp")
     if sess:
         d.table(["server", "SFTP sessions", "logins/s", "memory per session KiB"],
                 [(s, v[0]["sessions_opened"], spread([r["logins_per_sec"] for r in v]),
                   spread([r["per_session_kib"] for r in v], 1)) for s, v in ordered(sess)])
     d.p("OpenSSH is sshd with its own sftp-server, one process pair per connection; both are driven by the same "
-        "russh client with only the cipher above offered.")
+        "russh client (russh-sftp, 64 requests in flight) with only the cipher above offered. The client's CPU "
+        "time is shown because on 2 cores a client near one full core per stream would be a bottleneck of its own.")
     d.p()
 
     # --- sessions
@@ -286,8 +290,9 @@ def render(info, results):
         "baseline, so that one-time costs of a first login are not spread over the sessions), then logins per "
         "second (N over the "
         "time until the last login, 32 logins in flight, source addresses 127.0.0.1–127.0.0.20). Forking servers "
-        "stop at 10,000 sessions: at their per-session cost, 19,000 would take most of the machine's memory and "
-        "more processes than pid_max allows.")
+        "stop at 10,000 sessions (at their per-session cost 19,000 would take most of the machine's memory and "
+        "more processes than pid_max allows) and, logging in at 100–200 sessions/s, are measured once per N; "
+        "ferry and pyftpdlib are repeated where the targets are set.")
     d.p()
     d.p("![memory per idle session and login rate versus N](benchmarks-sessions.svg)")
     d.p()
