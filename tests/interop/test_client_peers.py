@@ -1,6 +1,8 @@
 """The `ferry` client against other servers: vsftpd (FTP: no MLSD, no HASH, LIST only) and OpenSSH's sshd with
 sftp-server (checksums through `sha256sum` run by the user's shell). get, put, resume after the client is killed
 mid-transfer, and mirror with --delete."""
+import time
+
 import pytest
 
 from helpers_ferry_client import fc, json_lines, spawn, wait_for_size
@@ -96,3 +98,18 @@ def test_segmented_and_parallel_downloads(peer, tmp_path):
     fc(tmp_path, "get", "-j", "3", *peer.flags(), peer.url("many/*.bin"), tmp_path / "many")
     for name, digest in sums.items():
         assert sha256_file(tmp_path / "many" / name) == digest
+
+
+def test_a_killed_segmented_download_resumes_without_gaps(peer, tmp_path):
+    """vsftpd offers no checksum, so only the recorded gap-free length keeps a resumed .part honest."""
+    digest = write_random(peer.root / "big.bin", SIZE, seed=5)
+    proc = spawn(tmp_path, "get", "--segments", "3", "--limit-rate", "500k", *peer.flags(), peer.url("big.bin"),
+                 "big.bin")
+    wait_for_size(tmp_path / "big.bin.part", 1, proc=proc)
+    time.sleep(1.5)
+    proc.kill()
+    proc.wait(10)
+    p = fc(tmp_path, "get", "--json", *peer.flags(), peer.url("big.bin"), "big.bin")
+    [r] = json_lines(p.stdout)
+    assert 0 < r["resumed_from"] < SIZE, r
+    assert sha256_file(tmp_path / "big.bin") == digest

@@ -1,13 +1,18 @@
 """Resume after the server is killed mid-transfer: the client is slowed with --limit-rate, the ferry server is
 killed once part of the file has moved, a new server is started on the same data directory, and the same command
 run again continues from what is there. The result is checked by hash."""
+import time
+
 import pytest
 
 from helpers_ferry_client import TRUST, fc, json_lines, spawn, url, wait_for_size
 from helpers_files import sha256_file, write_random
 
-SIZE = 8_000_000
-RATE = "2m"
+# Large enough that what the kernel's socket buffers hold when the server dies (several MB on loopback) is not
+# the whole rest of the file.
+SIZE = 32_000_000
+RATE = "4m"
+SMALL = 8_000_000
 
 
 def restart(ferry_factory, server):
@@ -21,7 +26,7 @@ def test_download_resumes_after_the_server_is_killed(ferry, ferry_factory, tmp_p
     digest = write_random(ferry.home("alice") / "big.bin", SIZE, seed=7)
     proc = spawn(tmp_path, "get", "--retries", "0", "--limit-rate", RATE, *TRUST,
                  url(ferry, scheme, "big.bin"), "big.bin")
-    wait_for_size(tmp_path / "big.bin.part", SIZE // 4, proc=proc)
+    wait_for_size(tmp_path / "big.bin.part", SIZE // 8, proc=proc)
     server = restart(ferry_factory, ferry)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
@@ -46,7 +51,7 @@ def test_upload_resumes_after_the_server_is_killed(ferry, ferry_factory, tmp_pat
     remote = ferry.home("alice") / "big.bin"
     proc = spawn(tmp_path, "put", "--retries", "0", "--limit-rate", RATE, *TRUST,
                  "big.bin", url(ferry, scheme, "big.bin"))
-    wait_for_size(remote, SIZE // 4, proc=proc)
+    wait_for_size(remote, SIZE // 8, proc=proc)
     server = restart(ferry_factory, ferry)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 1, err
@@ -84,16 +89,37 @@ def test_retries_reconnect_and_resume_when_the_server_comes_back(ferry_factory, 
     server = ferry_factory("--failed-login-delay-ms", "0")
     server.add_user("alice", "secret")
     port = server.addresses["ftp"][1]
-    digest = write_random(server.home("alice") / "big.bin", SIZE, seed=5)
+    digest = write_random(server.home("alice") / "big.bin", SMALL, seed=5)
     proc = spawn(tmp_path, "get", "--retries", "5", "--limit-rate", RATE, "--json",
                  url(server, "ftp", "big.bin"), "big.bin")
-    wait_for_size(tmp_path / "big.bin.part", SIZE // 4, proc=proc)
+    wait_for_size(tmp_path / "big.bin.part", SMALL // 4, proc=proc)
     server.stop()
     ferry_factory("--failed-login-delay-ms", "0", "--ftp", f"127.0.0.1:{port}", data_dir=server.data_dir)
     out, err = proc.communicate(timeout=90)
     assert proc.returncode == 0, err
     assert "retry 1" in err, err
     [r] = json_lines(out)
-    assert r["resumed_from"] >= SIZE // 4, r
+    assert r["resumed_from"] >= SMALL // 4, r
     assert r["checksum"] == digest
     assert sha256_file(tmp_path / "big.bin") == digest
+
+
+@pytest.mark.parametrize("scheme", ["ftp", "sftp"])
+def test_a_killed_segmented_download_resumes_without_gaps(ferry, tmp_path, scheme):
+    """Segments write all over the .part file; when the client dies, the next run cuts the part back to what was
+    written without gaps (recorded beside it) before resuming."""
+    digest = write_random(ferry.home("alice") / "big.bin", SMALL, seed=6)
+    proc = spawn(tmp_path, "get", "--segments", "4", "--limit-rate", "500k", *TRUST,
+                 url(ferry, scheme, "big.bin"), "big.bin")
+    wait_for_size(tmp_path / "big.bin.part", 1, proc=proc)
+    time.sleep(1.5)
+    proc.kill()
+    proc.wait(10)
+    assert (tmp_path / "big.bin.part.segments").exists()
+
+    p = fc(tmp_path, "get", "--json", *TRUST, url(ferry, scheme, "big.bin"), "big.bin")
+    [r] = json_lines(p.stdout)
+    assert 0 < r["resumed_from"] < SMALL, r
+    assert r["checksum"] == digest
+    assert sha256_file(tmp_path / "big.bin") == digest
+    assert not (tmp_path / "big.bin.part.segments").exists()

@@ -301,6 +301,9 @@ impl Engine {
 
         let mut known_sum = None;
         let mut decision = ResumeDecision::Fresh;
+        if local_dst {
+            repair_segmented_part(&part);
+        }
         if self.options.resume && !fresh {
             let existing = dst.stat(&part).await.map_err(Failure::new)?;
             let existing = existing.filter(|e| !e.is_dir()).map(|e| e.size);
@@ -360,7 +363,10 @@ impl Engine {
         let moved = if offset == size && size > 0 {
             segments_used = 0;
             0
-        } else if local_dst && !self.source.is_local() && self.options.segments > 1 {
+        } else if local_dst
+            && !self.source.is_local()
+            && split_segments(offset, size, self.options.segments).len() > 1
+        {
             let ranges = split_segments(offset, size, self.options.segments);
             segments_used = ranges.len();
             self.segmented(id, job, src, &part, offset, ranges)
@@ -501,14 +507,10 @@ impl Engine {
         if dst.is_local() {
             let file = local::open_at(part, offset).await?;
             let mut sink = Metered::new(file, id, self, counter.clone());
-            let n = src
-                .read(&job.source, offset, None, &mut sink)
-                .await
-                .map_err(|e| relabel_local(e, part))?;
-            sink.inner
-                .flush()
-                .await
-                .map_err(|e| ClientError::local(part, e))?;
+            let read = src.read(&job.source, offset, None, &mut sink).await;
+            let flushed = sink.inner.flush().await;
+            let n = read.map_err(|e| relabel_local(e, part))?;
+            flushed.map_err(|e| ClientError::local(part, e))?;
             sink.inner
                 .sync_data()
                 .await
@@ -599,24 +601,81 @@ impl Engine {
             }
             first_error
         };
+        // While segments run, the part's length says nothing: a sidecar file keeps the length that is known to
+        // be written without gaps, in case this process dies before it can cut the part back.
+        let sidecar = segments_sidecar(part);
+        write_sidecar(&sidecar, offset);
+        let ticker = {
+            let (sidecar, ranges, counters) = (sidecar.clone(), ranges.clone(), counters.clone());
+            tokio::spawn(async move {
+                // Record the previous tick's progress: by now those writes have reached the file.
+                let mut previous = offset;
+                loop {
+                    tokio::time::sleep(SIDECAR_INTERVAL).await;
+                    write_sidecar(&sidecar, previous);
+                    previous = contiguous_prefix(offset, &ranges, &counters);
+                }
+            })
+        };
         let (first_result, other_error) = tokio::join!(first_result, collect_others);
+        ticker.abort();
+        let _ = ticker.await;
         let error = first_result.err().or(other_error);
         if let Some(error) = error {
-            let mut contiguous = offset;
-            for ((start, end), counter) in ranges.iter().zip(&counters) {
-                let done = counter.load(Ordering::Relaxed);
-                contiguous = start + done;
-                if start + done < *end {
-                    break;
-                }
-            }
+            let contiguous = contiguous_prefix(offset, &ranges, &counters);
             if let Ok(f) = std::fs::OpenOptions::new().write(true).open(part) {
                 let _ = f.set_len(contiguous);
             }
+            let _ = std::fs::remove_file(&sidecar);
             return Err(relabel_local(error, part));
         }
+        let _ = std::fs::remove_file(&sidecar);
         Ok(counters.iter().map(|c| c.load(Ordering::Relaxed)).sum())
     }
+}
+
+/// How often a segmented download records its progress in the sidecar file.
+const SIDECAR_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The sidecar of a `.part` file that a segmented download is writing.
+fn segments_sidecar(part: &str) -> String {
+    format!("{part}.segments")
+}
+
+fn write_sidecar(path: &str, safe_len: u64) {
+    let tmp = format!("{path}.new");
+    if std::fs::write(&tmp, safe_len.to_string()).is_ok() {
+        let _ = std::fs::rename(&tmp, path);
+    }
+}
+
+/// A `.part` file left by a segmented download that did not end (the process died) may have gaps: cut it back
+/// to the length its sidecar says was written without gaps (0 if the sidecar is unreadable).
+fn repair_segmented_part(part: &str) {
+    let sidecar = segments_sidecar(part);
+    let Ok(text) = std::fs::read_to_string(&sidecar) else {
+        return;
+    };
+    let safe = text.trim().parse::<u64>().unwrap_or(0);
+    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(part) {
+        if f.metadata().is_ok_and(|m| m.len() > safe) {
+            let _ = f.set_len(safe);
+        }
+    }
+    let _ = std::fs::remove_file(&sidecar);
+}
+
+/// The length from `offset` that the segments wrote without a gap.
+pub fn contiguous_prefix(offset: u64, ranges: &[(u64, u64)], done: &[Arc<AtomicU64>]) -> u64 {
+    let mut contiguous = offset;
+    for ((start, end), counter) in ranges.iter().zip(done) {
+        let written = counter.load(Ordering::Relaxed);
+        contiguous = start + written;
+        if start + written < *end {
+            break;
+        }
+    }
+    contiguous
 }
 
 /// Reads `[start, end)` of a remote file into the same range of a local file.
@@ -641,14 +700,12 @@ async fn read_range(
         .await
         .map_err(|e| ClientError::local(part, e))?;
     let mut sink = Metered::with(file, id, progress, counter, limit_rate);
-    let n = conn
-        .read(path, start, Some(end - start), &mut sink)
-        .await
-        .map_err(|e| relabel_local(e, part))?;
-    sink.inner
-        .flush()
-        .await
-        .map_err(|e| ClientError::local(part, e))?;
+    let read = conn.read(path, start, Some(end - start), &mut sink).await;
+    // tokio writes files from a blocking thread: a write still in flight when the file is dropped would land after
+    // the caller cuts the file back. Flush first, whatever happened.
+    let flushed = sink.inner.flush().await;
+    let n = read.map_err(|e| relabel_local(e, part))?;
+    flushed.map_err(|e| ClientError::local(part, e))?;
     if n != end - start {
         return Err(ClientError::lost(
             path,
@@ -873,6 +930,30 @@ mod tests {
                 _ => {}
             }
         }
+    }
+
+    #[test]
+    fn the_contiguous_prefix_stops_at_the_first_unfinished_segment() {
+        let ranges = [(100, 200), (200, 300), (300, 400)];
+        let done = |v: [u64; 3]| v.map(|d| Arc::new(AtomicU64::new(d))).to_vec();
+        assert_eq!(contiguous_prefix(100, &ranges, &done([0, 100, 100])), 100);
+        assert_eq!(contiguous_prefix(100, &ranges, &done([50, 100, 100])), 150);
+        assert_eq!(contiguous_prefix(100, &ranges, &done([100, 20, 100])), 220);
+        assert_eq!(contiguous_prefix(100, &ranges, &done([100, 100, 100])), 400);
+    }
+
+    #[test]
+    fn a_part_left_by_a_dead_segmented_download_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let part = dir.path().join("f.part").to_string_lossy().into_owned();
+        std::fs::write(&part, vec![7u8; 1000]).unwrap();
+        write_sidecar(&segments_sidecar(&part), 300);
+        repair_segmented_part(&part);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 300);
+        assert!(!std::path::Path::new(&segments_sidecar(&part)).exists());
+        // No sidecar: the part is left alone.
+        repair_segmented_part(&part);
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), 300);
     }
 
     fn engine(options: TransferOptions) -> Arc<Engine> {
