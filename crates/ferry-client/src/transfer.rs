@@ -956,6 +956,98 @@ mod tests {
         assert_eq!(std::fs::metadata(&part).unwrap().len(), 300);
     }
 
+    /// The local filesystem, but every checksum it reports is wrong.
+    struct LyingChecksums(crate::transport::local::LocalTransport);
+
+    #[async_trait::async_trait]
+    impl Transport for LyingChecksums {
+        fn describe(&self) -> String {
+            "liar".to_owned()
+        }
+        async fn list(&mut self, dir: &str) -> Result<Vec<crate::transport::Entry>> {
+            self.0.list(dir).await
+        }
+        async fn stat(&mut self, path: &str) -> Result<Option<crate::transport::Entry>> {
+            self.0.stat(path).await
+        }
+        async fn read(
+            &mut self,
+            path: &str,
+            offset: u64,
+            len: Option<u64>,
+            sink: crate::transport::Sink<'_>,
+        ) -> Result<u64> {
+            self.0.read(path, offset, len, sink).await
+        }
+        async fn write(
+            &mut self,
+            path: &str,
+            offset: u64,
+            source: crate::transport::Source<'_>,
+        ) -> Result<u64> {
+            self.0.write(path, offset, source).await
+        }
+        async fn remove_file(&mut self, path: &str) -> Result<()> {
+            self.0.remove_file(path).await
+        }
+        async fn remove_dir(&mut self, path: &str) -> Result<()> {
+            self.0.remove_dir(path).await
+        }
+        async fn mkdir(&mut self, path: &str) -> Result<()> {
+            self.0.mkdir(path).await
+        }
+        async fn rename(&mut self, from: &str, to: &str) -> Result<()> {
+            self.0.rename(from, to).await
+        }
+        async fn set_mtime(&mut self, path: &str, mtime: std::time::SystemTime) -> Result<bool> {
+            self.0.set_mtime(path, mtime).await
+        }
+        async fn checksum_algorithms(&mut self) -> Vec<HashAlgorithm> {
+            vec![HashAlgorithm::Sha256]
+        }
+        async fn supports_ranged_checksum(&mut self) -> bool {
+            false
+        }
+        async fn checksum(
+            &mut self,
+            _: &str,
+            _: HashAlgorithm,
+            _: Option<std::ops::Range<u64>>,
+        ) -> Result<Option<String>> {
+            Ok(Some("0".repeat(64)))
+        }
+        async fn close(&mut self) {}
+    }
+
+    #[tokio::test]
+    async fn a_checksum_mismatch_is_a_verification_failure_and_keeps_the_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::write(&src, vec![5u8; 50_000]).unwrap();
+        // A part to resume from: the mismatch after a resumed transfer is retried once from scratch.
+        std::fs::write(dir.path().join("dst.part"), vec![5u8; 10_000]).unwrap();
+        let liar = Pool::custom(Arc::new(|| {
+            Box::new(LyingChecksums(crate::transport::local::LocalTransport)) as Box<dyn Transport>
+        }));
+        let engine = Engine::new(
+            liar,
+            Pool::local(),
+            TransferOptions::default(),
+            Arc::new(NoProgress),
+        );
+        let err = engine.copy(0, &job(&src, &dst)).await.unwrap_err();
+        assert!(matches!(err, ClientError::Verify { .. }), "{err}");
+        assert_eq!(err.exit_code(), crate::error::EXIT_VERIFY);
+        assert!(!dst.exists());
+        assert_eq!(
+            std::fs::metadata(dir.path().join("dst.part"))
+                .unwrap()
+                .len(),
+            50_000
+        );
+    }
+
     fn engine(options: TransferOptions) -> Arc<Engine> {
         Engine::new(Pool::local(), Pool::local(), options, Arc::new(NoProgress))
     }

@@ -202,58 +202,77 @@ impl Endpoint {
     }
 }
 
-/// Where connections for one side of a transfer come from: the local filesystem or a remote endpoint. Idle
-/// remote connections are kept for reuse.
+/// Where connections for one side of a transfer come from: the local filesystem, a remote endpoint, or a function
+/// (for embedding and tests). Idle connections are kept for reuse.
 pub struct Pool {
-    endpoint: Option<Arc<Endpoint>>,
+    origin: Origin,
     idle: std::sync::Mutex<Vec<Box<dyn Transport>>>,
+}
+
+/// Makes connections for [`Pool::custom`].
+pub type TransportFactory = dyn Fn() -> Box<dyn Transport> + Send + Sync;
+
+enum Origin {
+    Local,
+    Remote(Arc<Endpoint>),
+    Custom(Arc<TransportFactory>),
 }
 
 impl Pool {
     /// A pool of connections to `endpoint`.
     pub fn remote(endpoint: Arc<Endpoint>) -> Arc<Pool> {
-        Arc::new(Pool {
-            endpoint: Some(endpoint),
-            idle: std::sync::Mutex::new(Vec::new()),
-        })
+        Pool::new(Origin::Remote(endpoint))
     }
 
     /// The local filesystem.
     pub fn local() -> Arc<Pool> {
+        Pool::new(Origin::Local)
+    }
+
+    /// Connections made by `factory`.
+    pub fn custom(factory: Arc<TransportFactory>) -> Arc<Pool> {
+        Pool::new(Origin::Custom(factory))
+    }
+
+    fn new(origin: Origin) -> Arc<Pool> {
         Arc::new(Pool {
-            endpoint: None,
+            origin,
             idle: std::sync::Mutex::new(Vec::new()),
         })
     }
 
     /// Whether this side is the local filesystem.
     pub fn is_local(&self) -> bool {
-        self.endpoint.is_none()
+        matches!(self.origin, Origin::Local)
     }
 
     /// The remote endpoint, if this side is remote.
     pub fn endpoint(&self) -> Option<&Arc<Endpoint>> {
-        self.endpoint.as_ref()
+        match &self.origin {
+            Origin::Remote(e) => Some(e),
+            _ => None,
+        }
     }
 
     /// An idle connection, or a new one.
     pub async fn get(&self) -> Result<Box<dyn Transport>> {
-        let Some(endpoint) = &self.endpoint else {
-            return Ok(Box::new(local::LocalTransport));
-        };
-        let idle = self.idle.lock().ok().and_then(|mut v| v.pop());
-        match idle {
-            Some(t) => Ok(t),
-            None => endpoint.connect().await,
+        if let Some(t) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
+            return Ok(t);
+        }
+        match &self.origin {
+            Origin::Local => Ok(Box::new(local::LocalTransport)),
+            Origin::Remote(endpoint) => endpoint.connect().await,
+            Origin::Custom(factory) => Ok(factory()),
         }
     }
 
     /// Returns a connection that is in a good state, for reuse.
     pub fn put(&self, transport: Box<dyn Transport>) {
-        if self.endpoint.is_some() {
-            if let Ok(mut idle) = self.idle.lock() {
-                idle.push(transport);
-            }
+        if self.is_local() {
+            return;
+        }
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(transport);
         }
     }
 
