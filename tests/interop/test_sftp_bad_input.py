@@ -191,3 +191,16 @@ def test_disconnect_with_requests_in_flight(ferry):
     size = (ferry.home("alice") / "cut.bin").stat().st_size
     assert size % 32768 == 0 and size <= 60 * 32768
     assert_server_still_serves(ferry)
+
+
+def test_open_directories_are_limited(ferry, raw):
+    (ferry.home("alice") / "d").mkdir(parents=True)
+    for i in range(16):
+        raw.request(SSH_FXP_OPENDIR, i + 1, string("d"))
+        kind, _ = raw.reply(i + 1)
+        assert kind == SSH_FXP_HANDLE
+    raw.request(SSH_FXP_OPENDIR, 100, string("d"))
+    assert raw.status(100) == FX_FAILURE
+    # Files can still be opened.
+    (ferry.home("alice") / "f").write_bytes(b"f")
+    open_file(raw, 101, "f", 1)

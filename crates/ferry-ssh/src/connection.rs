@@ -208,7 +208,8 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel)?;
         let command = exec::parse(data);
-        tracing::info!(peer = %self.peer, user = %user.username(), command = %String::from_utf8_lossy(data), "exec");
+        let shown: String = String::from_utf8_lossy(data).chars().take(200).collect();
+        tracing::info!(peer = %self.peer, user = %user.username(), command = %shown, "exec");
         tokio::spawn(async move {
             run_command(user, command, channel_io).await;
             drop(guard);

@@ -39,6 +39,9 @@ pub struct SftpLimits {
     /// Most data a client should send in one WRITE (advertised; the packet limit enforces it).
     pub max_write: u32,
     pub max_handles: usize,
+    /// Open directory listings, a subset of `max_handles`: a large listing that the client stops reading holds a
+    /// storage thread until it is read on or closed.
+    pub max_dir_handles: usize,
     /// Requests read from the client but not yet answered.
     pub max_in_flight: usize,
 }
@@ -50,6 +53,7 @@ impl Default for SftpLimits {
             max_read: 255 * 1024,
             max_write: 255 * 1024,
             max_handles: 256,
+            max_dir_handles: 16,
             max_in_flight: 64,
         }
     }
@@ -109,6 +113,7 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut output: W, mut queue: mpsc::Re
 
 struct HandleEntry {
     path: VirtualPath,
+    is_dir: bool,
     jobs: mpsc::Sender<Job>,
 }
 
@@ -222,6 +227,7 @@ impl Server {
         } else {
             self.handles.get(handle).map(|e| HandleEntry {
                 path: e.path.clone(),
+                is_dir: e.is_dir,
                 jobs: e.jobs.clone(),
             })
         };
@@ -246,7 +252,7 @@ impl Server {
             match packet {
                 Packet::Open(o) => {
                     let path = resolve(&o.filename)?;
-                    self.check_handle_room()?;
+                    self.check_handle_room(false)?;
                     let file =
                         FileHandle::open(self.session.clone(), path.clone(), o.pflags, &o.attrs)
                             .await?;
@@ -254,7 +260,7 @@ impl Server {
                 }
                 Packet::OpenDir(o) => {
                     let path = resolve(&o.path)?;
-                    self.check_handle_room()?;
+                    self.check_handle_room(true)?;
                     let dir = DirHandle::open(self.session.clone(), path.clone()).await?;
                     Ok(self.add_handle(id, path, OpenHandle::Dir(dir)))
                 }
@@ -312,15 +318,19 @@ impl Server {
         result.unwrap_or_else(|s| wire::status(id, s.code, &s.message))
     }
 
-    fn check_handle_room(&self) -> Result<(), Status> {
+    fn check_handle_room(&self, dir: bool) -> Result<(), Status> {
+        let dirs = || self.handles.values().filter(|h| h.is_dir).count();
         if self.handles.len() >= self.limits.max_handles {
             Err(Status::failure("too many open handles"))
+        } else if dir && dirs() >= self.limits.max_dir_handles {
+            Err(Status::failure("too many open directories"))
         } else {
             Ok(())
         }
     }
 
     fn add_handle(&mut self, id: u32, path: VirtualPath, handle: OpenHandle) -> Bytes {
+        let is_dir = matches!(handle, OpenHandle::Dir(_));
         let name = self.next_handle.to_string();
         self.next_handle += 1;
         let (jobs, queue) = mpsc::channel(HANDLE_QUEUE);
@@ -331,7 +341,7 @@ impl Server {
             self.limits.max_read,
         ));
         self.handles
-            .insert(name.clone(), HandleEntry { path, jobs });
+            .insert(name.clone(), HandleEntry { path, is_dir, jobs });
         wire::packet(id, Packet::Handle(HandleReply { id, handle: name }))
     }
 
