@@ -458,3 +458,29 @@ def test_shutdown_closes_idle_ssh_connections_at_once(ferry_factory):
         assert time.monotonic() - started < 10
     finally:
         t.close()
+
+
+def test_connection_caps_count_ssh_connections(ferry_factory):
+    server = ferry_factory("--max-connections-per-ip", "1")
+    server.add_user("alice", "secret")
+    host, port = server.addresses["sftp"]
+    t = paramiko.Transport((host, port))
+    try:
+        t.connect(username="alice", password="secret")
+        # A second connection from the same address is closed before the SSH version exchange.
+        with socket.create_connection((host, port), timeout=10) as s:
+            assert s.recv(256) == b""
+        # FTP shares the cap.
+        with socket.create_connection(server.addresses["ftp"], timeout=10) as s:
+            assert not s.recv(256).startswith(b"220")
+    finally:
+        t.close()
+    # Once the first connection is gone, a new one is served.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.create_connection((host, port), timeout=10) as s:
+            if s.recv(256).startswith(b"SSH-2.0-"):
+                break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the SSH slot was not released")
