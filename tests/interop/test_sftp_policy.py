@@ -484,3 +484,22 @@ def test_connection_caps_count_ssh_connections(ferry_factory):
         time.sleep(0.1)
     else:
         pytest.fail("the SSH slot was not released")
+
+
+def test_hard_links_count_against_the_quota_like_copies(ferry):
+    home = ferry.add_user("q", "pw", "--quota-bytes", str(QUOTA))
+    c = SftpClient(ferry, "q", "pw")
+    try:
+        c.put("a.bin", random_bytes(600_000, seed=7))
+        c.put("s.bin", random_bytes(100_000, seed=8))
+        with pytest.raises(IOError):
+            c.sftp._request(paramiko.sftp.CMD_EXTENDED, "hardlink@openssh.com", "a.bin", "a2.bin")
+        c.sftp._request(paramiko.sftp.CMD_EXTENDED, "hardlink@openssh.com", "s.bin", "s2.bin")
+        assert (home / "s2.bin").stat().st_ino == (home / "s.bin").stat().st_ino
+        # A rescan counts every name, so usage stays consistent with what the quota allowed.
+        assert home_usage(home) == 800_000 <= QUOTA
+        c.delete("s2.bin")
+        c.put("t.bin", random_bytes(300_000, seed=9))
+    finally:
+        c.close()
+    assert home_usage(home) == 1_000_000
