@@ -113,3 +113,20 @@ def test_legacy_paths_with_spaces_and_tilde(ferry, tmp_path, bob):
     assert (home / "a dir/g h").read_bytes() == data
     scp(ferry, tmp_path, key, "bob@HOST:a\\ dir/g\\ h", "back", legacy=True)
     assert (tmp_path / "back").read_bytes() == data
+
+
+def test_legacy_download_expands_wildcards_in_the_last_component(ferry, tmp_path, bob):
+    home, key = bob
+    for name in ("a.log", "b.log", "c.txt", ".hidden.log"):
+        (home / "logs").mkdir(exist_ok=True)
+        (home / "logs" / name).write_bytes(name.encode())
+    (tmp_path / "got").mkdir()
+    scp(ferry, tmp_path, key, "bob@HOST:logs/*.log", "got/", legacy=True)
+    assert sorted(p.name for p in (tmp_path / "got").iterdir()) == ["a.log", "b.log"]
+    assert (tmp_path / "got/b.log").read_bytes() == b"b.log"
+    p = scp(ferry, tmp_path, key, "bob@HOST:logs/*.none", "got/", legacy=True, check=False)
+    assert p.returncode != 0 and "No such file or directory" in p.stderr, p.stderr
+    # Escaped for the remote side, the same characters are a plain name.
+    (home / "logs" / "*.log").write_bytes(b"star")
+    scp(ferry, tmp_path, key, "bob@HOST:logs/\\*.log", "star", legacy=True)
+    assert (tmp_path / "star").read_bytes() == b"star"

@@ -62,6 +62,7 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     let Some((name, args)) = words.split_first() else {
         return Err(CommandError::Empty);
     };
+    let name = name.text.as_str();
     if name == "scp" {
         return ScpArgs::parse(args)
             .map(Command::Scp)
@@ -73,11 +74,17 @@ pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
     if name == "pwd" {
         return Ok(Command::Pwd);
     }
-    if let Some(&(program, algorithm)) = CHECKSUM_COMMANDS.iter().find(|(p, _)| p == name) {
+    if let Some(&(program, algorithm)) = CHECKSUM_COMMANDS.iter().find(|(p, _)| *p == name) {
+        if args.iter().any(|a| a.glob.is_some()) {
+            return Err(CommandError::Usage {
+                program,
+                message: "wildcards are not expanded here; name the files".into(),
+            });
+        }
         let mut files = Vec::new();
         let mut options_done = false;
         for arg in args {
-            match arg.as_str() {
+            match arg.text.as_str() {
                 "--" if !options_done => options_done = true,
                 // Binary and text mode are the same thing on this server.
                 "-b" | "-t" | "--binary" | "--text" if !options_done => {}

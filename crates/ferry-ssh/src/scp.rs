@@ -17,6 +17,7 @@ use ferry_core::vpath::VirtualPath;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::exec::{error_text, resolve_path, EXIT_FAILURE};
+use crate::shell_words::{glob_match, Word};
 
 /// Longest header line accepted, in bytes (OpenSSH's scp uses a 2 KiB buffer).
 pub const MAX_LINE: usize = 2048;
@@ -48,19 +49,20 @@ pub struct ScpArgs {
     pub preserve: bool,
     /// `-d`: the target must be a directory.
     pub target_is_dir: bool,
-    /// The target (sink, exactly one) or the sources (source, at least one).
-    pub paths: Vec<String>,
+    /// The target (sink, exactly one) or the sources (source, at least one; wildcards in their last component
+    /// are expanded as a shell would).
+    pub paths: Vec<Word>,
 }
 
 impl ScpArgs {
     /// Parses the words after `scp`, as OpenSSH's client sends them (`-r -p -d -t -- PATH`).
-    pub fn parse(args: &[String]) -> Result<ScpArgs, String> {
+    pub fn parse(args: &[Word]) -> Result<ScpArgs, String> {
         let mut direction = None;
         let (mut recursive, mut preserve, mut target_is_dir) = (false, false, false);
         let mut paths = Vec::new();
         let mut options_done = false;
         for arg in args {
-            match arg.strip_prefix('-') {
+            match arg.text.strip_prefix('-') {
                 Some("-") if !options_done => options_done = true,
                 Some(flags) if !options_done && !flags.is_empty() => {
                     for flag in flags.chars() {
@@ -90,6 +92,9 @@ impl ScpArgs {
         let Some(direction) = direction else {
             return Err("this server only runs scp as a remote end (-t or -f)".into());
         };
+        if direction == Direction::Sink && paths.iter().any(|p: &Word| p.glob.is_some()) {
+            return Err("the target cannot have wildcards".into());
+        }
         match (direction, paths.len()) {
             (Direction::Sink, 1) | (Direction::Source, 1..) => Ok(ScpArgs {
                 direction,
@@ -315,7 +320,7 @@ where
         let Some(target) = self.args.paths.first() else {
             return Err(self.fatal("no target").await);
         };
-        let target = match resolve_path(target) {
+        let target = match resolve_path(&target.text) {
             Ok(t) => t,
             Err(e) => return Err(self.fatal(&e.to_string()).await),
         };
@@ -491,16 +496,26 @@ where
             return Ok(());
         }
         for arg in self.args.paths.clone() {
-            let path = match resolve_path(&arg) {
-                Ok(path) => path,
+            let paths = match &arg.glob {
+                None => resolve_path(&arg.text).map(|p| vec![p]),
+                Some(pattern) => expand(self.session, pattern).await,
+            };
+            let paths = match paths {
+                Ok(paths) => paths,
                 Err(e) => {
-                    self.warn(&format!("{arg}: {}", error_text(&e))).await?;
+                    self.warn(&format!("{}: {}", arg.text, error_text(&e)))
+                        .await?;
                     continue;
                 }
             };
-            match self.session.metadata(&path).await {
-                Ok(meta) => self.send(&path, &meta, 0).await?,
-                Err(e) => self.warn(&format!("{arg}: {}", error_text(&e))).await?,
+            for path in paths {
+                match self.session.metadata(&path).await {
+                    Ok(meta) => self.send(&path, &meta, 0).await?,
+                    Err(e) => {
+                        self.warn(&format!("{}: {}", arg.text, error_text(&e)))
+                            .await?
+                    }
+                }
             }
         }
         Ok(())
@@ -672,6 +687,55 @@ where
     }
 }
 
+/// The paths a glob pattern names, sorted, as a shell would expand it; wildcards are expanded in the last component
+/// only. No match is `NotFound`.
+async fn expand(session: &Session, pattern: &str) -> Result<Vec<VirtualPath>, CoreError> {
+    let (dir, name) = match pattern.rfind('/') {
+        Some(i) => (
+            pattern.get(..i).unwrap_or_default(),
+            pattern.get(i + 1..).unwrap_or_default(),
+        ),
+        None => ("", pattern),
+    };
+    let dir = unescape_directory(dir)?;
+    let dir = if dir.is_empty() && pattern.starts_with('/') {
+        VirtualPath::root()
+    } else {
+        resolve_path(if dir.is_empty() { "." } else { &dir })?
+    };
+    let mut entries = session.list(&dir).await?;
+    let mut matched = Vec::new();
+    while let Some(entry) = entries.next().await {
+        let entry = entry?;
+        if glob_match(name, &entry.name) {
+            matched.push(dir.join(&entry.name)?);
+        }
+    }
+    if matched.is_empty() {
+        return Err(CoreError::NotFound);
+    }
+    matched.sort();
+    Ok(matched)
+}
+
+/// The directory part of a pattern as a plain path; wildcards there are not expanded.
+fn unescape_directory(dir: &str) -> Result<String, CoreError> {
+    let mut out = String::with_capacity(dir.len());
+    let mut chars = dir.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '*' | '?' | '[' => {
+                return Err(CoreError::InvalidArgument(
+                    "wildcards are expanded in the last path component only".into(),
+                ))
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
 /// Makes the directory a `D` line names, unless it exists already.
 async fn make_dir(session: &Session, path: &VirtualPath) -> Result<(), CoreError> {
     match session.metadata(path).await {
@@ -687,8 +751,12 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn words(s: &str) -> Vec<String> {
-        s.split_whitespace().map(str::to_owned).collect()
+    fn words(s: &str) -> Vec<Word> {
+        crate::shell_words::split(s).unwrap()
+    }
+
+    fn texts(paths: &[Word]) -> Vec<&str> {
+        paths.iter().map(|w| w.text.as_str()).collect()
     }
 
     #[test]
@@ -696,10 +764,13 @@ mod tests {
         let a = ScpArgs::parse(&words("-r -p -d -t -- /dir")).unwrap();
         assert_eq!(a.direction, Direction::Sink);
         assert!(a.recursive && a.preserve && a.target_is_dir);
-        assert_eq!(a.paths, ["/dir"]);
+        assert_eq!(texts(&a.paths), ["/dir"]);
         let a = ScpArgs::parse(&words("-f -- -odd a")).unwrap();
         assert_eq!(a.direction, Direction::Source);
-        assert_eq!(a.paths, ["-odd", "a"]);
+        assert_eq!(texts(&a.paths), ["-odd", "a"]);
+        let a = ScpArgs::parse(&words("-f logs/*.txt")).unwrap();
+        assert_eq!(a.paths[0].glob.as_deref(), Some("logs/*.txt"));
+        assert!(ScpArgs::parse(&words("-t in/*")).is_err());
         assert!(ScpArgs::parse(&words("-t a b")).is_err());
         assert!(ScpArgs::parse(&words("-t -f a")).is_err());
         assert!(ScpArgs::parse(&words("a b")).is_err());

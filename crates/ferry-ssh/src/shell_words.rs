@@ -1,7 +1,8 @@
 //! Splits an SSH exec command line into words the way a POSIX shell would for simple commands: whitespace
 //! separates words, single quotes keep everything literally, double quotes and backslashes escape. There is no
-//! shell behind it, so anything that would make a shell do more (variables, globs, pipes, redirections,
-//! command substitution, several commands) is refused instead of being misread.
+//! shell behind it, so anything that would make a shell do more (variables, pipes, redirections, command
+//! substitution, several commands) is refused instead of being misread. Unquoted wildcards are kept as a glob
+//! pattern beside the word, for the one command that expands them (`scp -f`).
 
 /// Longest command line accepted, in bytes.
 pub const MAX_COMMAND_LEN: usize = 16 * 1024;
@@ -17,75 +18,230 @@ pub enum SplitError {
     NeedsShell(char),
 }
 
+/// One word of a command line.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Word {
+    /// The word as a command receives it when nothing expands its wildcards.
+    pub text: String,
+    /// For a word with unquoted wildcards (`*`, `?`, `[`): the glob pattern it stands for, in which quoted
+    /// wildcard characters are escaped with `\`.
+    pub glob: Option<String>,
+}
+
+/// Collects one word and its glob pattern.
+#[derive(Default)]
+struct WordBuilder {
+    started: bool,
+    text: String,
+    pattern: String,
+    has_wildcards: bool,
+}
+
+impl WordBuilder {
+    fn literal(&mut self, c: char) {
+        self.started = true;
+        self.text.push(c);
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            self.pattern.push('\\');
+        }
+        self.pattern.push(c);
+    }
+
+    fn wildcard(&mut self, c: char) {
+        self.unquoted(c);
+        self.has_wildcards = true;
+    }
+
+    /// An unquoted character that means the same in a pattern (`]`).
+    fn unquoted(&mut self, c: char) {
+        self.started = true;
+        self.text.push(c);
+        self.pattern.push(c);
+    }
+
+    fn finish(&mut self) -> Option<Word> {
+        if !self.started {
+            return None;
+        }
+        let WordBuilder {
+            text,
+            pattern,
+            has_wildcards,
+            ..
+        } = std::mem::take(self);
+        Some(Word {
+            text,
+            glob: has_wildcards.then_some(pattern),
+        })
+    }
+}
+
 /// Splits `line` into words.
-pub fn split(line: &str) -> Result<Vec<String>, SplitError> {
+pub fn split(line: &str) -> Result<Vec<Word>, SplitError> {
     if line.len() > MAX_COMMAND_LEN {
         return Err(SplitError::TooLong);
     }
     let mut words = Vec::new();
-    let mut word = String::new();
-    let mut in_word = false;
+    let mut word = WordBuilder::default();
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
         match c {
-            ' ' | '\t' | '\n' => {
-                if in_word {
-                    words.push(std::mem::take(&mut word));
-                    in_word = false;
-                }
-            }
+            ' ' | '\t' | '\n' => words.extend(word.finish()),
             '\'' => {
-                in_word = true;
+                word.started = true;
                 loop {
                     match chars.next() {
                         Some('\'') => break,
-                        Some(c) => word.push(c),
+                        Some(c) => word.literal(c),
                         None => return Err(SplitError::UnterminatedQuote),
                     }
                 }
             }
             '"' => {
-                in_word = true;
+                word.started = true;
                 loop {
                     match chars.next() {
                         Some('"') => break,
                         Some('\\') => match chars.next() {
-                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push(c),
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.literal(c),
                             Some('\n') => {}
                             Some(c) => {
-                                word.push('\\');
-                                word.push(c);
+                                word.literal('\\');
+                                word.literal(c);
                             }
                             None => return Err(SplitError::UnterminatedQuote),
                         },
                         Some(c @ ('$' | '`')) => return Err(SplitError::NeedsShell(c)),
-                        Some(c) => word.push(c),
+                        Some(c) => word.literal(c),
                         None => return Err(SplitError::UnterminatedQuote),
                     }
                 }
             }
             '\\' => match chars.next() {
                 Some('\n') => {}
-                Some(c) => {
-                    in_word = true;
-                    word.push(c);
-                }
+                Some(c) => word.literal(c),
                 None => return Err(SplitError::UnterminatedQuote),
             },
-            ';' | '&' | '|' | '<' | '>' | '(' | ')' | '$' | '`' | '*' | '?' | '[' => {
+            ';' | '&' | '|' | '<' | '>' | '(' | ')' | '$' | '`' => {
                 return Err(SplitError::NeedsShell(c));
             }
-            '#' if !in_word => break,
-            c => {
-                in_word = true;
-                word.push(c);
+            '*' | '?' | '[' => word.wildcard(c),
+            ']' => word.unquoted(c),
+            '#' if !word.started => break,
+            c => word.literal(c),
+        }
+    }
+    words.extend(word.finish());
+    Ok(words)
+}
+
+/// Whether `name` matches the glob `pattern`: `*`, `?`, `[...]` (with `!` or `^` to negate, and ranges), `\` to
+/// escape. As in a shell, a leading `.` in `name` must be matched by a `.` in the pattern.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    if name.starts_with('.') && !pattern.starts_with('.') {
+        return false;
+    }
+    let pattern: Vec<char> = pattern.chars().collect();
+    let name: Vec<char> = name.chars().collect();
+    let (mut p, mut n) = (0, 0);
+    // Where the last `*` was, and how much of the name it has taken so far.
+    let mut star: Option<(usize, usize)> = None;
+    loop {
+        let token = token(&pattern, p);
+        match (token, name.get(n)) {
+            (Some((Token::Star, next)), _) => {
+                star = Some((next, n));
+                p = next;
+                continue;
+            }
+            (Some((t, next)), Some(&c)) if t.matches(c) => {
+                p = next;
+                n += 1;
+                continue;
+            }
+            (None, None) => return true,
+            _ => {}
+        }
+        match star {
+            Some((after_star, taken)) if taken < name.len() => {
+                star = Some((after_star, taken + 1));
+                p = after_star;
+                n = taken + 1;
+            }
+            _ => return false,
+        }
+    }
+}
+
+enum Token {
+    Star,
+    Any,
+    Literal(char),
+    Class {
+        negated: bool,
+        ranges: Vec<(char, char)>,
+    },
+}
+
+impl Token {
+    fn matches(&self, c: char) -> bool {
+        match self {
+            Token::Star | Token::Any => true,
+            Token::Literal(l) => *l == c,
+            Token::Class { negated, ranges } => {
+                ranges.iter().any(|&(lo, hi)| lo <= c && c <= hi) != *negated
             }
         }
     }
-    if in_word {
-        words.push(word);
+}
+
+/// The token at `at` in `pattern`, and where the next one starts.
+fn token(pattern: &[char], at: usize) -> Option<(Token, usize)> {
+    let c = *pattern.get(at)?;
+    Some(match c {
+        '*' => (Token::Star, at + 1),
+        '?' => (Token::Any, at + 1),
+        '\\' => match pattern.get(at + 1) {
+            Some(&e) => (Token::Literal(e), at + 2),
+            None => (Token::Literal('\\'), at + 1),
+        },
+        '[' => class(pattern, at).unwrap_or((Token::Literal('['), at + 1)),
+        c => (Token::Literal(c), at + 1),
+    })
+}
+
+/// A bracket expression starting at `at`, or `None` if it is not closed (then `[` is a plain character).
+fn class(pattern: &[char], at: usize) -> Option<(Token, usize)> {
+    let mut i = at + 1;
+    let negated = matches!(pattern.get(i), Some('!' | '^'));
+    if negated {
+        i += 1;
     }
-    Ok(words)
+    let mut ranges = Vec::new();
+    let mut first = true;
+    loop {
+        let c = *pattern.get(i)?;
+        if c == ']' && !first {
+            return Some((Token::Class { negated, ranges }, i + 1));
+        }
+        first = false;
+        let lo = if c == '\\' {
+            i += 1;
+            *pattern.get(i)?
+        } else {
+            c
+        };
+        match (pattern.get(i + 1), pattern.get(i + 2)) {
+            (Some('-'), Some(&hi)) if hi != ']' => {
+                ranges.push((lo, hi));
+                i += 3;
+            }
+            _ => {
+                ranges.push((lo, lo));
+                i += 1;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -94,7 +250,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn words(line: &str) -> Vec<String> {
-        split(line).unwrap()
+        split(line).unwrap().into_iter().map(|w| w.text).collect()
     }
 
     #[test]
@@ -118,7 +274,6 @@ mod tests {
             "x > y",
             "echo $HOME",
             "echo `id`",
-            "ls *.txt",
             "\"$(id)\"",
         ] {
             assert!(
@@ -134,11 +289,66 @@ mod tests {
         );
     }
 
+    #[test]
+    fn unquoted_wildcards_make_a_pattern() {
+        let w = split("scp -f 'a b'/*.t\\?t \"[x]\"[0-9]").unwrap();
+        assert_eq!(w[1].glob, None);
+        assert_eq!(w[2].text, "a b/*.t?t");
+        assert_eq!(w[2].glob.as_deref(), Some("a b/*.t\\?t"));
+        assert_eq!(w[3].glob.as_deref(), Some("\\[x\\][0-9]"));
+    }
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        for (pattern, name) in [
+            ("*.txt", "a.txt"),
+            ("*", "x"),
+            (".*", ".hidden"),
+            ("a[0-9]?", "a5x"),
+            ("[!a]*", "bcd"),
+            ("[^a]*", "bcd"),
+            ("\\*", "*"),
+            ("[]]", "]"),
+            ("[a-]", "-"),
+            ("*a*b*", "xxaxxbxx"),
+            ("[", "["),
+        ] {
+            assert!(glob_match(pattern, name), "{pattern} {name}");
+        }
+        for (pattern, name) in [
+            ("*", ".hidden"),
+            ("*.txt", "a.txt.gz"),
+            ("\\*", "a"),
+            ("[!a]*", "abc"),
+            ("a?", "a"),
+            ("[a-c]", "d"),
+            ("", "a"),
+        ] {
+            assert!(!glob_match(pattern, name), "{pattern} {name}");
+        }
+    }
+
     proptest! {
         #[test]
         fn single_quoting_round_trips(parts in prop::collection::vec("[^']{0,12}", 1..5)) {
             let line = parts.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(" ");
-            prop_assert_eq!(split(&line).unwrap(), parts);
+            let words = split(&line).unwrap();
+            prop_assert!(words.iter().all(|w| w.glob.is_none()));
+            prop_assert_eq!(words.into_iter().map(|w| w.text).collect::<Vec<_>>(), parts);
+        }
+
+        #[test]
+        fn an_escaped_name_matches_only_itself(name in "[a-z*?\\[\\].]{1,8}", other in "[a-z*?.]{1,8}") {
+            // The pattern of a partly quoted word: its quoted wildcards are escaped.
+            let word = split(&format!("'{name}'*")).unwrap().remove(0);
+            let pattern = word.glob.unwrap();
+            let literal = pattern.strip_suffix('*').unwrap();
+            prop_assert_eq!(glob_match(literal, &other), name == other);
+        }
+
+        #[test]
+        fn glob_match_never_panics(pattern in ".{0,16}", name in ".{0,16}") {
+            let _ = glob_match(&pattern, &name);
         }
 
         #[test]
