@@ -44,6 +44,23 @@ impl Connector {
         Connector::new(target, SourceIps::single(source))
     }
 
+    /// Opens the `i`th connection and logs in, and nothing more (no TYPE, PBSZ or PROT): an idle session.
+    pub async fn open_session(&self, i: usize) -> Result<Connection> {
+        let source = self.sources.pick(i);
+        match &self.ssh {
+            Some(config) => Ok(Connection::Sftp(
+                SftpConnection::open(&self.target, source, config).await?,
+            )),
+            None => {
+                let mut control = Control::connect(&self.target, source, self.tls.as_ref()).await?;
+                control
+                    .login(&self.target.user, &self.target.password)
+                    .await?;
+                Ok(Connection::Ftp(control))
+            }
+        }
+    }
+
     /// Opens the `i`th connection (its source address is picked round-robin) and logs in.
     pub async fn open(&self, i: usize) -> Result<Connection> {
         let source = self.sources.pick(i);

@@ -8,6 +8,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -403,6 +404,22 @@ pub async fn connect_from(from: IpAddr, to: SocketAddr) -> Result<TcpStream> {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    // Choose the port at connect time, unique per 4-tuple, rather than at bind time, unique per address: with
+    // many connections in TIME_WAIT, a bind to port 0 runs out of ports long before the 4-tuples run out.
+    let enable: libc::c_int = 1;
+    // SAFETY: setsockopt reads `enable` (a c_int, as the option expects) for the given length only.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&enable as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set != 0 && to.is_ipv4() {
+        return Err(io::Error::last_os_error().into());
+    }
     socket.bind(SocketAddr::new(from, 0))?;
     let tcp = timed("connect", socket.connect(to)).await?;
     tcp.set_nodelay(true)?;

@@ -73,7 +73,7 @@ pub async fn run(target: &Target, options: &Options) -> Result<Report> {
     let measure = |pids: &[u32]| (!pids.is_empty()).then(|| pss::measure(pids)).transpose();
 
     if options.warmup {
-        connector.open(0).await?.close().await;
+        connector.open_session(0).await?.close().await;
         // Let a forking server's session process exit before the baseline.
         tokio::time::sleep(WARMUP_EXIT).await;
     }
@@ -88,7 +88,7 @@ pub async fn run(target: &Target, options: &Options) -> Result<Report> {
         let gate = Arc::clone(&gate);
         logins.spawn(async move {
             let _permit = gate.acquire_owned().await;
-            connector.open(i).await
+            connector.open_session(i).await
         });
     }
     let mut held: Vec<Connection> = Vec::with_capacity(options.sessions);
