@@ -20,8 +20,11 @@ use super::{
 };
 use crate::account::QuotaUsage;
 
-/// How many listing entries may wait between the directory walker and the front-end.
-const LISTING_QUEUE: usize = 128;
+/// Entries per message from the directory walker to the front-end.
+const LISTING_BATCH: usize = 256;
+/// Batches that may wait between the walker and the front-end: memory stays bounded at about
+/// `LISTING_QUEUE * LISTING_BATCH` entries per listing however large the directory.
+const LISTING_QUEUE: usize = 4;
 
 /// Storage in a local directory.
 #[derive(Clone)]
@@ -195,19 +198,35 @@ impl Storage for LocalStorage {
                     return;
                 }
             };
+            let mut batch = Vec::with_capacity(LISTING_BATCH);
             for entry in entries {
-                let item = entry.and_then(|entry| {
-                    let name = entry.file_name();
-                    let (metadata, link_target) = entry_metadata(&dir, Path::new(&name))?;
-                    Ok(DirEntry {
-                        name: name.to_string_lossy().into_owned(),
-                        metadata,
-                        link_target,
-                    })
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
+                        let _ = tx.blocking_send(Err(e));
+                        return;
+                    }
+                };
+                let name = entry.file_name();
+                // An entry that vanished meanwhile or cannot be read is left out, as `ls` does.
+                let Ok((metadata, link_target)) = entry_metadata(&dir, Path::new(&name)) else {
+                    continue;
+                };
+                batch.push(DirEntry {
+                    name: name.to_string_lossy().into_owned(),
+                    metadata,
+                    link_target,
                 });
-                if tx.blocking_send(item).is_err() {
-                    return; // the listing was dropped
+                if batch.len() == LISTING_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LISTING_BATCH));
+                    if tx.blocking_send(Ok(full)).is_err() {
+                        return; // the listing was dropped
+                    }
                 }
+            }
+            if !batch.is_empty() {
+                let _ = tx.blocking_send(Ok(batch));
             }
         });
         Ok(DirStream::new(rx))

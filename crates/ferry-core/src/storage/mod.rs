@@ -78,27 +78,44 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {}
 
 /// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.
 pub struct DirStream {
-    entries: mpsc::Receiver<io::Result<DirEntry>>,
+    batches: mpsc::Receiver<io::Result<Vec<DirEntry>>>,
+    /// The current batch, reversed so that `pop` yields entries in order.
+    current: Vec<DirEntry>,
 }
 
 impl DirStream {
-    /// A stream fed by a producer through a bounded channel; the producer stops when the stream is dropped.
-    pub fn new(entries: mpsc::Receiver<io::Result<DirEntry>>) -> Self {
-        DirStream { entries }
+    /// A stream fed by a producer through a bounded channel of batches (one message per batch keeps the
+    /// per-entry cost of crossing threads low); the producer stops when the stream is dropped.
+    pub fn new(batches: mpsc::Receiver<io::Result<Vec<DirEntry>>>) -> Self {
+        DirStream {
+            batches,
+            current: Vec::new(),
+        }
     }
 
     /// A stream holding exactly these entries.
-    pub fn from_entries(entries: Vec<DirEntry>) -> Self {
-        let (tx, rx) = mpsc::channel(entries.len().max(1));
-        for entry in entries {
-            // Cannot fail: the channel has room for every entry and the receiver is alive.
-            let _ = tx.try_send(Ok(entry));
+    pub fn from_entries(mut entries: Vec<DirEntry>) -> Self {
+        let (_, rx) = mpsc::channel(1);
+        entries.reverse();
+        DirStream {
+            batches: rx,
+            current: entries,
         }
-        DirStream { entries: rx }
     }
 
     pub async fn next(&mut self) -> Option<io::Result<DirEntry>> {
-        self.entries.recv().await
+        loop {
+            if let Some(entry) = self.current.pop() {
+                return Some(Ok(entry));
+            }
+            match self.batches.recv().await? {
+                Ok(mut batch) => {
+                    batch.reverse();
+                    self.current = batch;
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
     }
 }
 
