@@ -95,8 +95,9 @@ def render(info, results):
         f"somaxconn {m['somaxconn']}.")
     d.p()
     lb, la = info["load_before"], info["load_after"]
-    load_note = (f"Load average {lb['load'][0]:.2f} at the start and {la['load'][0]:.2f} at the end of the run.")
-    busy = sorted(set(lb["busy"] + la["busy"]))
+    load_note = (f"Load average {lb['load'][0]:.2f} at the start and {la['load'][0]:.2f} at the end of the run (the "
+                 "end includes the thousands of session processes of the forking peers being torn down).")
+    busy = sorted({b for b in lb["busy"] + la["busy"] if b.split()[-1] != "ps"})
     if busy or lb["load"][0] > 1.0:
         load_note += (" **The machine was shared**: other processes were busy during the run "
                       f"({'; '.join(busy) if busy else 'see load'}), so absolute figures are lower and noisier "
@@ -360,6 +361,26 @@ def render(info, results):
         "rotating order per repetition. File data lives in the page cache (the files are rewritten by each "
         "upload phase and read right after).")
     d.p()
+    d.p("The `ferry bench` calls behind the tables (URL is each server's, `--pid` its process):")
+    d.p()
+    d.p("```")
+    seen = []
+    for r in results:
+        url = {"tcp": "", "ftp": " ftp://USER:PASSWORD@127.0.0.1:PORT/", "ftps": " ftps://USER:PASSWORD@127.0.0.1:PORT/",
+               "sftp": " sftp://USER:PASSWORD@127.0.0.1:PORT/"}[r["protocol"]]
+        extra = []
+        if r["scenario"] in ("sessions", "transfer", "small", "list") and r["server"] != "loopback":
+            extra.append("--pid PID")
+        if r["scenario"] == "list":
+            extra.append("--local-dir SERVER_DIR")
+        if r["cipher"]:
+            extra.append(f"--cipher {r['cipher']}")
+        line = " ".join(["ferry bench", r["scenario"] + url, *r["args"], *extra, "--json"])
+        if line not in seen:
+            seen.append(line)
+    d.p("\n".join(seen))
+    d.p("```")
+    d.p()
     d.p("## Versions")
     d.p()
     d.table(["component", "version"], list(info["versions"].items()))
@@ -467,7 +488,21 @@ def svg_plot(by, ns, servers):
                 out.append(f'<circle cx="{x_of(n, x0):.1f}" cy="{y_of(v):.1f}" r="3" fill="{color}"/>')
     for j, s in enumerate(servers):
         x = left + j * 120
-        out.append(f'<rect x="{x}" y="{height - 14}" width="12" height="4" fill="{COLORS.get(s, "#333")}"/>')
-        out.append(f'<text x="{x + 16}" y="{height - 9}">{s}</text>')
+        out.append(f'<rect x="{x}" y="8" width="12" height="4" fill="{COLORS.get(s, "#333")}"/>')
+        out.append(f'<text x="{x + 16}" y="14">{s}</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    # Re-renders the documents from a saved run: python3 bench/report.py [bench/.work/results.json]
+    import json
+    import sys
+
+    here = Path(__file__).resolve().parent
+    saved = Path(sys.argv[1]) if len(sys.argv) > 1 else here / ".work" / "results.json"
+    data = json.loads(saved.read_text())
+    md, svg = render(data["info"], data["results"])
+    (here.parent / "docs" / "benchmarks.md").write_text(md)
+    (here.parent / "docs" / "benchmarks-sessions.svg").write_text(svg)
+    print(f"wrote docs/benchmarks.md and docs/benchmarks-sessions.svg from {saved}")
