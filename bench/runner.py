@@ -544,6 +544,8 @@ def main():
     started = time.time()
     prepare_system()
     machine_before = dict(load=os.getloadavg(), busy=busy_processes())
+    # The binary was built from the tree as it is now: record its commit before others commit more.
+    run_versions = versions(args.ferry)
 
     ferry = Ferry(args.ferry, 21210, 21220)
     ferry.prepare()
@@ -564,7 +566,7 @@ def main():
     info = dict(
         quick=quick, mode=mode, started=datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
         minutes=round((finished - started) / 60, 1), machine=machine(), load_before=machine_before,
-        load_after=dict(load=os.getloadavg(), busy=busy_processes()), versions=versions(args.ferry),
+        load_after=dict(load=os.getloadavg(), busy=busy_processes()), versions=run_versions,
         cipher_mib_s=runner.cipher_speed, sftp_cipher=runner.sftp_cipher,
         ferry_lacks_cipher=runner.ferry_lacks_cipher, ferry_command=" ".join(ferry.command()),
     )
