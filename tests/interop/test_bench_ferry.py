@@ -47,10 +47,16 @@ def test_transfer_over_ftps(ferry):
     assert report["download"]["bytes"] == 65536
 
 
-def test_transfer_over_sftp(ferry):
-    report = bench("transfer", url(ferry, "sftp"), "--size", "64KiB", "--cipher", "aes256-gcm@openssh.com")
+def test_transfer_over_sftp_with_aes128_gcm(ferry):
+    # The benchmark's default cipher, which the comparison with OpenSSH is made with.
+    report = bench("transfer", url(ferry, "sftp"), "--size", "64KiB")
     assert report["protocol"] == "sftp"
     assert report["upload"]["bytes"] == report["download"]["bytes"] == 65536
+
+
+def test_transfer_over_sftp_with_another_cipher(ferry):
+    report = bench("transfer", url(ferry, "sftp"), "--size", "64KiB", "--cipher", "aes256-gcm@openssh.com")
+    assert report["download"]["bytes"] == 65536
 
 
 def test_small_files_count_operations(ferry):

@@ -12,7 +12,7 @@ use std::time::Duration;
 use ferry_core::server::ServerCore;
 use russh::keys::PrivateKey;
 use russh::server::Config;
-use russh::{Disconnect, MethodKind, MethodSet, SshId};
+use russh::{cipher, Disconnect, MethodKind, MethodSet, Preferred, SshId};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::connection::{Connection, ConnectionState};
@@ -73,6 +73,17 @@ const SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 /// The login methods offered, in the order clients should try them.
 pub(crate) const AUTH_METHODS: &[MethodKind] = &[MethodKind::PublicKey, MethodKind::Password];
 
+/// Ciphers offered, best first: russh's defaults plus aes128-gcm@openssh.com, which russh supports but leaves out of
+/// its default list although it is OpenSSH's second choice and the fastest cipher on CPUs with AES instructions.
+const CIPHERS: &[cipher::Name] = &[
+    cipher::CHACHA20_POLY1305,
+    cipher::AES_128_GCM,
+    cipher::AES_256_GCM,
+    cipher::AES_256_CTR,
+    cipher::AES_192_CTR,
+    cipher::AES_128_CTR,
+];
+
 /// russh's settings for `config` with `keys`, and the core's idle timeout.
 fn russh_config(core: &ServerCore, config: &SshConfig, keys: Vec<PrivateKey>) -> Config {
     Config {
@@ -91,6 +102,10 @@ fn russh_config(core: &ServerCore, config: &SshConfig, keys: Vec<PrivateKey>) ->
         // Key probes (one per key in the client's agent) count too; failed logins are capped separately.
         max_auth_attempts: 20,
         nodelay: true,
+        preferred: Preferred {
+            cipher: Cow::Borrowed(CIPHERS),
+            ..Preferred::default()
+        },
         ..Config::default()
     }
 }
