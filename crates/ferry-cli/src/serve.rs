@@ -23,6 +23,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     init_logging(config.log_format);
     raise_open_file_limit();
+    return_large_blocks_to_the_os();
 
     create_private_dir(&config.data_dir)?;
     create_private_dir(&config.data_dir.join("files"))?;
@@ -159,6 +160,18 @@ fn init_logging(format: LogFormat) {
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// glibc's malloc raises its mmap threshold to the largest block freed so far (up to 32 MiB). After the first
+/// login, argon2id's 19 MiB working memory would then come from the heap of whichever blocking-pool thread ran it
+/// and stay there. A fixed threshold (which also turns the dynamic one off) keeps blocks of 4 MiB and more in
+/// their own mappings, returned to the system when freed; transfer buffers (256 KiB) stay below it.
+fn return_large_blocks_to_the_os() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes malloc's tuning parameters; it is safe to call at any time.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
     }
 }
 

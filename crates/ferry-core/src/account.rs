@@ -277,6 +277,12 @@ pub trait AccountStore: Send + Sync {
     /// Adds (or with negative numbers, subtracts) to the stored usage, never going below zero.
     async fn add_usage(&self, name: &str, bytes: i64, files: i64) -> CoreResult<()>;
     async fn set_usage(&self, name: &str, usage: QuotaUsage) -> CoreResult<()>;
+    /// A value that changes whenever an account may have changed, here or in another process, or `None` when the
+    /// store cannot tell cheaply. Called on every login: it must not wait for I/O. While it is unchanged, an
+    /// account read earlier is still current.
+    fn generation(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[cfg(test)]

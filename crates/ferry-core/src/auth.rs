@@ -12,9 +12,11 @@ use argon2::password_hash::rand_core::{OsRng, RngCore};
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use crate::account::{Account, AccountStore, Permissions};
 use crate::error::{CoreError, CoreResult};
+use crate::registry::SharedByKey;
 
 /// How long a successful verification is remembered.
 const CACHE_TTL: Duration = Duration::from_secs(600);
@@ -60,26 +62,41 @@ struct CachedLogin {
     stored_hash: String,
     /// A keyed digest of the password that was accepted.
     password_digest: [u8; 32],
+    /// The store's [`AccountStore::generation`] read before the account was: while it is unchanged, so is the account.
+    generation: Option<u64>,
+    /// The account as sessions see it (no credentials), shared by all its sessions.
+    account: Arc<Account>,
     at: Instant,
 }
 
 /// Verifies credentials against an [`AccountStore`].
 pub struct Authenticator {
     store: Arc<dyn AccountStore>,
-    anonymous: Option<Account>,
+    anonymous: Option<Arc<Account>>,
     cache: Mutex<HashMap<String, CachedLogin>>,
     cache_key: [u8; 32],
+    /// One verification per account at a time: a herd of first logins runs argon2id once, not once each.
+    verifying: SharedByKey<String, tokio::sync::Mutex<()>>,
+    /// argon2id runs at most this many at once (each holds 19 MiB): a core-sized pool, not one thread per login.
+    hashing: Semaphore,
+    #[cfg(test)]
+    hashes_run: std::sync::atomic::AtomicUsize,
 }
 
 impl Authenticator {
     pub fn new(store: Arc<dyn AccountStore>) -> Self {
         let mut cache_key = [0u8; 32];
         OsRng.fill_bytes(&mut cache_key);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Authenticator {
             store,
             anonymous: None,
             cache: Mutex::new(HashMap::new()),
             cache_key,
+            verifying: SharedByKey::default(),
+            hashing: Semaphore::new(cores),
+            #[cfg(test)]
+            hashes_run: Default::default(),
         }
     }
 
@@ -87,7 +104,7 @@ impl Authenticator {
     pub fn with_anonymous(mut self, root: PathBuf) -> Self {
         let mut account = Account::new("anonymous", root);
         account.permissions = Permissions::read_only();
-        self.anonymous = Some(account);
+        self.anonymous = Some(Arc::new(account));
         self
     }
 
@@ -107,17 +124,50 @@ impl Authenticator {
     }
 
     /// Checks a user name and password from a client at `ip`; any password is accepted for anonymous access.
+    /// The account comes without its credentials, shared with the account's other sessions.
     pub async fn verify_password(
         &self,
         username: &str,
         password: &str,
         ip: IpAddr,
-    ) -> Result<Account, AuthError> {
+    ) -> Result<Arc<Account>, AuthError> {
         if self.is_anonymous(username) {
             if let Some(anonymous) = &self.anonymous {
-                return Ok(anonymous.clone());
+                return Ok(Arc::clone(anonymous));
             }
         }
+        let digest = self.password_digest(username, password);
+        let account = match self.cached_unchanged(username, &digest) {
+            Some(account) => account,
+            None => {
+                let lock = self
+                    .verifying
+                    .get_or_insert_with(username, Default::default);
+                let _one_at_a_time = lock.lock().await;
+                // Another login may have verified the same password while this one waited.
+                match self.cached_unchanged(username, &digest) {
+                    Some(account) => account,
+                    None => self.verify_with_store(username, password, digest).await?,
+                }
+            }
+        };
+        // The address check comes after the password so that it reveals nothing to a guesser.
+        if !account.ip_allowed(ip) {
+            return Err(AuthError::AddressNotAllowed(ip));
+        }
+        Ok(account)
+    }
+
+    /// Reads the account and checks the password against its hash (argon2id, unless this password was accepted
+    /// for this hash recently).
+    async fn verify_with_store(
+        &self,
+        username: &str,
+        password: &str,
+        digest: [u8; 32],
+    ) -> Result<Arc<Account>, AuthError> {
+        // Read before the account: a change in between makes the entry look stale, never the reverse.
+        let generation = self.store.generation();
         let account = self
             .store
             .get(username)
@@ -127,8 +177,16 @@ impl Authenticator {
             .password_hash
             .clone()
             .ok_or(AuthError::InvalidCredentials)?;
-        let digest = self.password_digest(username, password);
-        if !self.cached(username, &stored_hash, &digest) {
+        if !self.cached_for_hash(username, &stored_hash, &digest) {
+            let _permit = self
+                .hashing
+                .acquire()
+                .await
+                .map_err(|e| CoreError::Store(e.to_string()))?;
+            #[cfg(test)]
+            self.hashes_run
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(user = username, "verifying a password hash");
             let password = password.to_owned();
             let hash = stored_hash.clone();
             let ok = tokio::task::spawn_blocking(move || verify_hash(&hash, &password))
@@ -137,12 +195,18 @@ impl Authenticator {
             if !ok {
                 return Err(AuthError::InvalidCredentials);
             }
-            self.remember(username, stored_hash, digest);
         }
-        // The address check comes after the password so that it reveals nothing to a guesser.
-        if !account.ip_allowed(ip) {
-            return Err(AuthError::AddressNotAllowed(ip));
-        }
+        let account = Arc::new(without_credentials(account));
+        self.remember(
+            username,
+            CachedLogin {
+                stored_hash,
+                password_digest: digest,
+                generation,
+                account: Arc::clone(&account),
+                at: Instant::now(),
+            },
+        );
         Ok(account)
     }
 
@@ -154,7 +218,7 @@ impl Authenticator {
         username: &str,
         key: &str,
         ip: IpAddr,
-    ) -> Result<Account, AuthError> {
+    ) -> Result<Arc<Account>, AuthError> {
         if self.is_anonymous(username) {
             return Err(AuthError::InvalidCredentials);
         }
@@ -174,7 +238,7 @@ impl Authenticator {
         if !account.ip_allowed(ip) {
             return Err(AuthError::AddressNotAllowed(ip));
         }
-        Ok(account)
+        Ok(Arc::new(without_credentials(account)))
     }
 
     fn password_digest(&self, username: &str, password: &str) -> [u8; 32] {
@@ -186,7 +250,23 @@ impl Authenticator {
         h.finalize().into()
     }
 
-    fn cached(&self, username: &str, stored_hash: &str, digest: &[u8; 32]) -> bool {
+    /// The account of a recent login with the same password, if the store says nothing changed since: a repeated
+    /// login then costs neither a store read nor a hash.
+    fn cached_unchanged(&self, username: &str, digest: &[u8; 32]) -> Option<Arc<Account>> {
+        let generation = self.store.generation()?;
+        let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .get(username)
+            .filter(|c| {
+                c.generation == Some(generation)
+                    && c.password_digest == *digest
+                    && c.at.elapsed() < CACHE_TTL
+            })
+            .map(|c| Arc::clone(&c.account))
+    }
+
+    /// Whether this password was accepted recently against this very hash.
+    fn cached_for_hash(&self, username: &str, stored_hash: &str, digest: &[u8; 32]) -> bool {
         let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         cache.get(username).is_some_and(|c| {
             c.stored_hash == stored_hash
@@ -195,20 +275,20 @@ impl Authenticator {
         })
     }
 
-    fn remember(&self, username: &str, stored_hash: String, password_digest: [u8; 32]) {
+    fn remember(&self, username: &str, login: CachedLogin) {
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();
         }
-        cache.insert(
-            username.to_owned(),
-            CachedLogin {
-                stored_hash,
-                password_digest,
-                at: Instant::now(),
-            },
-        );
+        cache.insert(username.to_owned(), login);
     }
+}
+
+/// A session never needs the credentials again: they are not kept in memory for its lifetime.
+fn without_credentials(mut account: Account) -> Account {
+    account.password_hash = None;
+    account.public_keys = Vec::new();
+    account
 }
 
 /// The key type and base64 blob of an OpenSSH public key line, or `None` for a comment, a line with options or
@@ -275,6 +355,51 @@ mod tests {
         auth.store().update(&a).await.unwrap();
         assert!(auth.verify_password("alice", "right", ip).await.is_err());
         assert!(auth.verify_password("alice", "new", ip).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_change_by_another_process_is_seen_at_the_next_login() {
+        let (tmp, auth) = authenticator().await;
+        let ip = "127.0.0.1".parse().unwrap();
+        auth.verify_password("alice", "right", ip).await.unwrap();
+        // A second connection to the same file, as `ferry user passwd` makes from its own process.
+        let other = SqliteAccountStore::open(&tmp.path().join("db")).unwrap();
+        let mut a = other.get("alice").await.unwrap().unwrap();
+        a.password_hash = Some(hash_password("new").unwrap());
+        other.update(&a).await.unwrap();
+        assert!(auth.verify_password("alice", "right", ip).await.is_err());
+        assert!(auth.verify_password("alice", "new", ip).await.is_ok());
+        other.remove("alice").await.unwrap();
+        assert!(auth.verify_password("alice", "new", ip).await.is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn simultaneous_first_logins_hash_once_and_share_the_account() {
+        let (_tmp, auth) = authenticator().await;
+        let auth = Arc::new(auth);
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let logins: Vec<_> = (0..16)
+            .map(|_| {
+                let auth = Arc::clone(&auth);
+                tokio::spawn(async move { auth.verify_password("alice", "right", ip).await })
+            })
+            .collect();
+        let mut accounts = Vec::new();
+        for login in logins {
+            accounts.push(login.await.unwrap().unwrap());
+        }
+        assert_eq!(
+            auth.hashes_run.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+        assert!(accounts.iter().all(|a| Arc::ptr_eq(a, &accounts[0])));
+        assert!(accounts[0].password_hash.is_none() && accounts[0].public_keys.is_empty());
+        // A wrong password is never answered from the cache.
+        assert!(auth.verify_password("alice", "wrong", ip).await.is_err());
+        assert_eq!(
+            auth.hashes_run.load(std::sync::atomic::Ordering::Relaxed),
+            2
+        );
     }
 
     #[tokio::test]

@@ -44,18 +44,39 @@ impl<K: Eq + Hash, V> SharedByKey<K, V> {
         self.entries().map.get(key).and_then(Weak::upgrade)
     }
 
+    /// The live value for `key`, or a new one from `make`, shared under `key` from now on.
+    pub fn get_or_insert_with<Q>(&self, key: &Q, make: impl FnOnce() -> V) -> Arc<V>
+    where
+        K: Borrow<Q>,
+        Q: Eq + Hash + ToOwned<Owned = K> + ?Sized,
+    {
+        let mut entries = self.entries();
+        if let Some(existing) = entries.map.get(key).and_then(Weak::upgrade) {
+            return existing;
+        }
+        let value = Arc::new(make());
+        entries.insert(key.to_owned(), &value);
+        value
+    }
+
     /// Shares `value` under `key`, unless another live value got there first: then that one is returned.
     pub fn insert(&self, key: K, value: Arc<V>) -> Arc<V> {
         let mut entries = self.entries();
         if let Some(existing) = entries.map.get(&key).and_then(Weak::upgrade) {
             return existing;
         }
-        if entries.map.len() >= entries.sweep_at {
-            entries.map.retain(|_, v| v.strong_count() > 0);
-            entries.sweep_at = (entries.map.len() * 2).max(FIRST_SWEEP);
-        }
-        entries.map.insert(key, Arc::downgrade(&value));
+        entries.insert(key, &value);
         value
+    }
+}
+
+impl<K: Eq + Hash, V> Entries<K, V> {
+    fn insert(&mut self, key: K, value: &Arc<V>) {
+        if self.map.len() >= self.sweep_at {
+            self.map.retain(|_, v| v.strong_count() > 0);
+            self.sweep_at = (self.map.len() * 2).max(FIRST_SWEEP);
+        }
+        self.map.insert(key, Arc::downgrade(value));
     }
 }
 

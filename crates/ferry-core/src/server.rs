@@ -152,13 +152,10 @@ impl ServerCore {
     /// Takes the account's session slot and opens its home.
     async fn open_session(
         &self,
-        mut account: Account,
+        account: Arc<Account>,
         anonymous: bool,
         client: &ClientInfo,
     ) -> Result<Session, LoginError> {
-        // A session never needs the credentials again; do not keep them in memory for its lifetime.
-        account.password_hash = None;
-        account.public_keys = Vec::new();
         let slot = self
             .inner
             .limiter

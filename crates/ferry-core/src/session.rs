@@ -49,7 +49,8 @@ pub struct Session {
 }
 
 struct SessionInner {
-    account: Account,
+    /// Shared with the account's other sessions; holds no credentials.
+    account: Arc<Account>,
     client: ClientInfo,
     storage: Arc<dyn Storage>,
     quota: Arc<QuotaTracker>,
@@ -62,7 +63,7 @@ struct SessionInner {
 
 /// Everything [`Session::new`] needs; built by [`crate::server::ServerCore::login`].
 pub struct SessionParts {
-    pub account: Account,
+    pub account: Arc<Account>,
     pub client: ClientInfo,
     pub storage: Arc<dyn Storage>,
     pub quota: Arc<QuotaTracker>,

@@ -1,13 +1,14 @@
 //! The embedded SQLite [`AccountStore`]: the default, so that `ferry serve` works with no setup. The database is
-//! in WAL mode, so `ferry user ...` can change accounts while a server is running; the server reads an account at
-//! each login and so sees the change without a restart.
+//! in WAL mode, so `ferry user ...` can change accounts while a server is running. A server sees such a change at the
+//! next login: logins ask [`AccountStore::generation`], SQLite's `data_version`, whether anything changed since
+//! the account was last read.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use crate::account::{Account, AccountStore, DirPermissions, Quota, QuotaUsage};
 use crate::error::{CoreError, CoreResult};
@@ -35,6 +36,9 @@ const COLUMNS: &str =
 #[derive(Clone)]
 pub struct SqliteAccountStore {
     conn: Arc<Mutex<Connection>>,
+    /// A second connection that only reads `PRAGMA data_version`, so that the check never waits behind a write
+    /// on `conn`. Its value changes with every commit of any other connection, in this process or another.
+    watch: Arc<Mutex<Connection>>,
 }
 
 impl SqliteAccountStore {
@@ -49,8 +53,11 @@ impl SqliteAccountStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(store_error)?;
         conn.execute_batch(SCHEMA).map_err(store_error)?;
+        let watch = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(store_error)?;
         Ok(SqliteAccountStore {
             conn: Arc::new(Mutex::new(conn)),
+            watch: Arc::new(Mutex::new(watch)),
         })
     }
 
@@ -149,12 +156,9 @@ impl AccountStore for SqliteAccountStore {
     async fn get(&self, name: &str) -> CoreResult<Option<Account>> {
         let name = name.to_owned();
         self.with(move |c| {
-            c.query_row(
-                &format!("SELECT {COLUMNS} FROM accounts WHERE name = ?1"),
-                [name],
-                account_from_row,
-            )
-            .optional()
+            c.prepare_cached(&format!("SELECT {COLUMNS} FROM accounts WHERE name = ?1"))?
+                .query_row([name], account_from_row)
+                .optional()
         })
         .await
     }
@@ -256,6 +260,18 @@ impl AccountStore for SqliteAccountStore {
         })
         .await
         .map(drop)
+    }
+
+    fn generation(&self) -> Option<u64> {
+        // Runs on the caller's (async) thread. It does not wait for I/O: the connection is held only for this
+        // pragma, which in WAL mode reads SQLite's shared-memory index under non-blocking locks; only after a
+        // change does it re-read the first page, from the page cache.
+        let watch = self.watch.lock().unwrap_or_else(|e| e.into_inner());
+        let version = watch
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut stmt| stmt.query_row([], |row| row.get::<_, i64>(0)))
+            .ok()?;
+        u64::try_from(version).ok()
     }
 }
 
