@@ -86,3 +86,46 @@ def wait_for_size(path, at_least, timeout=60, proc=None):
             raise AssertionError(f"client ended early ({proc.returncode}): {proc.stderr.read()}")
         time.sleep(0.05)
     raise AssertionError(f"{path} did not reach {at_least} bytes")
+
+
+def run_in_terminal(tmp_path, *args, answers=(), env=None, timeout=60):
+    """Runs `ferry ARGS` on a fresh pseudo-terminal (its controlling terminal, as for a person at a shell) and
+    answers its questions: `answers` are (regex, reply) pairs, each reply typed once its regex has appeared in the
+    output. Returns (exit code, everything the terminal showed)."""
+    import pty
+    import re
+    import select
+
+    pid, fd = pty.fork()
+    if pid == 0:
+        try:
+            os.chdir(tmp_path)
+            os.execve(FERRY_BIN, [FERRY_BIN, *map(str, args)], client_env(tmp_path, env))
+        finally:
+            os._exit(127)
+    shown = b""
+    answered_at = 0  # a question is looked for only in what came after the last answer
+    pending = list(answers)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                try:
+                    chunk = os.read(fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if pending and re.search(pending[0][0], shown[answered_at:].decode("utf-8", "replace")):
+                os.write(fd, (pending.pop(0)[1] + "\n").encode())
+                answered_at = len(shown)
+        else:
+            os.kill(pid, 9)
+            raise AssertionError(f"ferry {' '.join(map(str, args))} did not finish:\n{shown.decode(errors='replace')}")
+        _, status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert not pending, f"never asked {pending[0][0]!r}:\n{shown.decode(errors='replace')}"
+    return os.waitstatus_to_exitcode(status), shown.decode("utf-8", "replace")

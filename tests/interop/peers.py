@@ -1,9 +1,17 @@
-"""Other servers started on loopback for the client tests: vsftpd (FTP) and OpenSSH's sshd with sftp-server (SFTP).
+"""Other servers started on loopback for the client tests: vsftpd, pure-ftpd and ProFTPD (FTP), and OpenSSH's sshd
+with sftp-server (SFTP).
 
 vsftpd logs in a real system user (created here with useradd when missing, which needs root) whose FTP root is a
 fresh directory under /tmp; sshd runs with its own host key and config as the current user, who logs in with a
 fresh key listed in an authorized_keys file in the test's tmp directory.
+
+pure-ftpd and ProFTPD conflict as Debian packages, so they are not installed: scripts/test fetches their packages
+with `apt-get download` and unpacks them with `dpkg -x` under $FERRY_PEERS_ROOT (default
+~/.cache/ferry-peers/root), as bench/run does. Both log in a virtual user (pure-ftpd's puredb made with pure-pw,
+ProFTPD's AuthUserFile) that maps to the system user `nobody`, so no system user is created; they start as root
+(to switch to that user and chroot), and their tests are skipped otherwise.
 """
+import grp
 import os
 import pwd
 import shutil
@@ -17,6 +25,10 @@ import pytest
 
 VSFTPD_USER = "ferryftp"
 VSFTPD_PASSWORD = "ferry-test-pw"
+# The virtual user of pure-ftpd and ProFTPD, and the system user its files belong to.
+VIRTUAL_USER = "ferryvirt"
+VIRTUAL_PASSWORD = "ferry-virt-pw"
+PEERS_ROOT = Path(os.environ.get("FERRY_PEERS_ROOT") or Path.home() / ".cache/ferry-peers/root")
 
 
 def free_port() -> int:
@@ -136,6 +148,115 @@ class Vsftpd:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+class UnpackedFtpd:
+    """What pure-ftpd and ProFTPD share: a binary from PEERS_ROOT, run as root for a virtual user whose files
+    belong to `nobody`, in a fresh FTP root under /tmp."""
+
+    binary = ""
+
+    def __init__(self, tmp_path):
+        exe = PEERS_ROOT / self.binary
+        if not exe.exists():
+            pytest.skip(f"{exe} is missing: scripts/test unpacks it (apt-get download, dpkg -x)")
+        if os.geteuid() != 0:
+            pytest.skip(f"{exe.name} switches to a virtual user's uid and chroots, which needs root")
+        self.exe = exe
+        self.env = dict(os.environ, LD_LIBRARY_PATH=f"{PEERS_ROOT}/usr/lib/x86_64-linux-gnu")
+        self.owner = pwd.getpwnam("nobody")
+        self.group = grp.getgrgid(self.owner.pw_gid)
+        self.root = Path(tempfile.mkdtemp(prefix=f"ferry-{exe.name}-"))
+        os.chown(self.root, self.owner.pw_uid, self.owner.pw_gid)
+        self.root.chmod(0o755)
+        self.port = free_port()
+        self.user = VIRTUAL_USER
+        self.password = VIRTUAL_PASSWORD
+        self.log = tmp_path / f"{exe.name}.log"
+        self.proc = subprocess.Popen(self.command(tmp_path), stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     env=self.env)
+        wait_for_port(self.port, self.proc, self.log)
+
+    def command(self, tmp_path):
+        raise NotImplementedError
+
+    def flags(self):
+        return []
+
+    def own(self, path):
+        """Gives files made by the test under `root` to the virtual user's system user."""
+        for p in [Path(path), *Path(path).rglob("*")] if Path(path).is_dir() else [Path(path)]:
+            os.chown(p, self.owner.pw_uid, self.owner.pw_gid)
+
+    def url(self, path=""):
+        return f"ftp://{self.user}:{self.password}@127.0.0.1:{self.port}/{path}"
+
+    def close(self):
+        stop(self.proc)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class PureFtpd(UnpackedFtpd):
+    """pure-ftpd with a puredb of one virtual user, chrooted to `root`."""
+
+    binary = "usr/sbin/pure-ftpd"
+
+    def command(self, tmp_path):
+        passwd, pdb = tmp_path / "pureftpd.passwd", tmp_path / "pureftpd.pdb"
+        subprocess.run(
+            [str(PEERS_ROOT / "usr/bin/pure-pw"), "useradd", self.user, "-f", str(passwd), "-F", str(pdb), "-m",
+             "-u", str(self.owner.pw_uid), "-g", str(self.owner.pw_gid), "-d", str(self.root)],
+            input=f"{self.password}\n{self.password}\n", text=True, capture_output=True, check=True, env=self.env,
+        )
+        return [str(self.exe), f"--bind=127.0.0.1,{self.port}", f"--login=puredb:{pdb}", "--noanonymous",
+                "--dontresolve", "--minuid=1", "--maxclientsperip=50", "--maxclientsnumber=50"]
+
+
+class Proftpd(UnpackedFtpd):
+    """ProFTPD standalone with an AuthUserFile of one virtual user (SHA-512 crypt), chrooted to `root`."""
+
+    binary = "usr/sbin/proftpd"
+
+    def command(self, tmp_path):
+        hashed = subprocess.run(["openssl", "passwd", "-6", self.password], capture_output=True, text=True,
+                                check=True).stdout.strip()
+        users = tmp_path / "proftpd.passwd"
+        users.write_text(f"{self.user}:{hashed}:{self.owner.pw_uid}:{self.owner.pw_gid}::{self.root}:/bin/sh\n")
+        users.chmod(0o600)
+        conf = tmp_path / "proftpd.conf"
+        conf.write_text("\n".join([
+            'ServerName "ferry-test ProFTPD"',
+            "ServerType standalone",
+            "DefaultServer on",
+            "DefaultAddress 127.0.0.1",
+            "SocketBindTight on",
+            f"Port {self.port}",
+            "UseIPv6 off",
+            f"User {self.owner.pw_name}",
+            f"Group {self.group.gr_name}",
+            "Umask 022",
+            "UseReverseDNS off",
+            "AuthPAM off",
+            "AuthOrder mod_auth_file.c",
+            f"AuthUserFile {users}",
+            "RequireValidShell off",
+            "DefaultRoot ~",
+            "AllowOverwrite on",
+            "AllowStoreRestart on",
+            "WtmpLog off",
+            "TransferLog none",
+            f"SystemLog {tmp_path / 'proftpd.system.log'}",
+            f"ScoreboardFile {tmp_path / 'proftpd.scoreboard'}",
+            f"PidFile {tmp_path / 'proftpd.pid'}",
+            "<IfModule mod_delay.c>",
+            "  DelayEngine off",
+            "</IfModule>",
+            "<IfModule mod_ident.c>",
+            "  IdentLookups off",
+            "</IfModule>",
+            "",
+        ]))
+        return [str(self.exe), "--nodaemon", "--config", str(conf)]
+
+
 class Sshd:
     """OpenSSH's sshd on 127.0.0.1 with sftp-server, for the current user and a fresh key."""
 
@@ -200,6 +321,20 @@ class Sshd:
 @pytest.fixture
 def vsftpd(tmp_path):
     server = Vsftpd(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pure_ftpd(tmp_path):
+    server = PureFtpd(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def proftpd(tmp_path):
+    server = Proftpd(tmp_path)
     yield server
     server.close()
 

@@ -185,7 +185,7 @@ def test_exit_codes(server, tmp_path):
     p = fc(tmp_path, "get", "--no-such-flag", url(server, "ftp", "x"), check=False)
     assert p.returncode == 2
     # Nothing listens on port 1: connection refused.
-    p = fc(tmp_path, "ls", "ftp://alice:secret@127.0.0.1:1/", check=False)
+    p = fc(tmp_path, "ls", "--retries", "0", "ftp://alice:secret@127.0.0.1:1/", check=False)
     assert p.returncode == 3, p.stderr
     # A missing local file in an upload fails that file only.
     (tmp_path / "ok.txt").write_text("ok")

@@ -1,18 +1,18 @@
-"""The `ferry` client against other servers: vsftpd (FTP: no MLSD, no HASH, LIST only) and OpenSSH's sshd with
-sftp-server (checksums through `sha256sum` run by the user's shell). get, put, resume after the client is killed
-mid-transfer, and mirror with --delete."""
+"""The `ferry` client against other servers: vsftpd (FTP: no MLSD, no HASH, LIST only), pure-ftpd and ProFTPD (FTP
+with MLSD, no checksums) and OpenSSH's sshd with sftp-server (checksums through `sha256sum` run by the user's
+shell). get, put, resume after the client is killed mid-transfer, and mirror with --delete."""
 import time
 
 import pytest
 
 from helpers_ferry_client import fc, json_lines, spawn, wait_for_size
 from helpers_files import sha256_file, write_random
-from peers import sshd, vsftpd  # noqa: F401  (fixtures)
+from peers import proftpd, pure_ftpd, sshd, vsftpd  # noqa: F401  (fixtures)
 
 SIZE = 6_000_000
 
 
-@pytest.fixture(params=["vsftpd", "sshd"])
+@pytest.fixture(params=["vsftpd", "pure_ftpd", "proftpd", "sshd"])
 def peer(request):
     """Either server, with `url(path)`, `flags()` and `root` (the local directory its URLs point into)."""
     return request.getfixturevalue(request.param)
@@ -24,8 +24,8 @@ def test_get_and_put(peer, tmp_path):
     [r] = json_lines(p.stdout)
     assert r["bytes"] == 2_000_000
     assert sha256_file(peer.root / "up.bin") == digest
-    # vsftpd offers no checksum (verified by size); sshd runs sha256sum.
-    assert r["verified"] == ("size" if peer.__class__.__name__ == "Vsftpd" else "checksum"), r
+    # The FTP servers offer no checksum (verified by size); sshd runs sha256sum.
+    assert r["verified"] == ("checksum" if peer.__class__.__name__ == "Sshd" else "size"), r
     p = fc(tmp_path, "get", "--json", *peer.flags(), peer.url("up.bin"), "down.bin")
     assert sha256_file(tmp_path / "down.bin") == digest
     p = fc(tmp_path, "ls", "-l", *peer.flags(), peer.url(""))

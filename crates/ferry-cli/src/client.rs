@@ -12,6 +12,7 @@ use ferry_client::checksum::{HashAlgorithm, Hasher};
 use ferry_client::error::{exit_code_for, ClientError, EXIT_OK};
 use ferry_client::mirror::{self, Action, Filter, MirrorOptions};
 use ferry_client::progress::Progress;
+use ferry_client::retry::{RetryNotice, RetryPolicy};
 use ferry_client::transfer::{Engine, Job, TransferOptions, TransferReport};
 use ferry_client::transport::{ConnectOptions, Endpoint, Entry, Pool, Prompter, Transport};
 use ferry_client::url::{self, Location, RemoteUrl};
@@ -81,6 +82,10 @@ pub struct ConnectArgs {
     /// Active FTP (the server connects back) instead of passive.
     #[arg(long, global = true)]
     active: bool,
+    /// Retries after a transient failure (connection refused or lost, timeout, FTP 4xx), waiting 1 s, 2 s,
+    /// 4 s, ... up to 30 s. Logins refused, missing files and untrusted keys are never retried.
+    #[arg(long, global = true, default_value_t = 3, value_name = "N")]
+    retries: u32,
 }
 
 /// How files move.
@@ -92,9 +97,6 @@ pub struct TransferArgs {
     /// Compare sizes only, not checksums, after each file.
     #[arg(long)]
     no_verify: bool,
-    /// Retries of a file after a transient failure (with backoff: 1 s, 2 s, 4 s, ...).
-    #[arg(long, default_value_t = 3, value_name = "N")]
-    retries: u32,
     /// Files transferred at once.
     #[arg(short = 'j', long = "parallel", default_value_t = 1, value_name = "N")]
     parallel: usize,
@@ -278,20 +280,22 @@ type CmdResult = Result<u8, ClientError>;
 
 async fn ls(args: LsArgs) -> CmdResult {
     let url = remote(&args.url)?;
-    let pool = connect_pool(&url, &args.connect).await?;
-    let mut conn = pool.get().await?;
-    let entry = conn
-        .stat(&url.path)
-        .await?
-        .ok_or_else(|| ClientError::NotFound {
-            path: url.to_string(),
-        })?;
-    let mut entries = if entry.is_dir() {
-        conn.list(&url.path).await?
-    } else {
-        vec![entry]
-    };
-    conn.close().await;
+    let pool = connect_pool(&url, &args.connect, &args.output).await?;
+    let mut entries = repeatable(&pool, async |conn| {
+        let entry = conn
+            .stat(&url.path)
+            .await?
+            .ok_or_else(|| ClientError::NotFound {
+                path: url.to_string(),
+            })?;
+        if entry.is_dir() {
+            conn.list(&url.path).await
+        } else {
+            Ok(vec![entry])
+        }
+    })
+    .await?;
+    pool.close().await;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = std::io::stdout().lock();
     for e in &entries {
@@ -327,8 +331,7 @@ async fn get(args: GetArgs) -> CmdResult {
         .map(|s| remote(s))
         .collect::<Result<Vec<_>, _>>()?;
     let server = same_server(&urls)?;
-    let pool = connect_pool(server, &args.connect).await?;
-    let mut conn = pool.get().await?;
+    let pool = connect_pool(server, &args.connect, &args.output).await?;
 
     // Expand sources into (remote path, path relative to the destination).
     let mut files: Vec<(String, String)> = Vec::new();
@@ -336,7 +339,11 @@ async fn get(args: GetArgs) -> CmdResult {
     let mut failures: Vec<ClientError> = Vec::new();
     let mut many = urls.len() > 1;
     for u in &urls {
-        match expand_remote(conn.as_mut(), &u.path, args.recursive).await {
+        match repeatable(&pool, async |conn| {
+            expand_remote(conn, &u.path, args.recursive).await
+        })
+        .await
+        {
             Ok(Expanded {
                 files: f,
                 dirs: d,
@@ -353,7 +360,6 @@ async fn get(args: GetArgs) -> CmdResult {
             }
         }
     }
-    pool.put(conn);
     let into_dir = match &local_dest {
         None => true,
         Some(p) => many || p.is_dir() || p.to_string_lossy().ends_with('/'),
@@ -381,7 +387,15 @@ async fn get(args: GetArgs) -> CmdResult {
             }
         })
         .collect();
-    let code = run_jobs(pool, Pool::local(), jobs, &args.transfer, &args.output).await;
+    let code = run_jobs(
+        pool,
+        Pool::local(),
+        jobs,
+        &args.transfer,
+        &args.connect,
+        &args.output,
+    )
+    .await;
     Ok(combine(code, &failures))
 }
 
@@ -389,9 +403,8 @@ async fn put(args: PutArgs) -> CmdResult {
     let mut raw = args.args.clone();
     let target = raw.pop().unwrap_or_default();
     let url = remote(&target)?;
-    let pool = connect_pool(&url, &args.connect).await?;
-    let mut conn = pool.get().await?;
-    let existing = conn.stat(&url.path).await?;
+    let pool = connect_pool(&url, &args.connect, &args.output).await?;
+    let existing = repeatable(&pool, async |conn| conn.stat(&url.path).await).await?;
     let into_dir =
         raw.len() > 1 || url.names_directory() || existing.as_ref().is_some_and(Entry::is_dir);
     let mut jobs = Vec::new();
@@ -455,10 +468,17 @@ async fn put(args: PutArgs) -> CmdResult {
         remote_dirs.insert(0, url.path.trim_end_matches('/').to_owned());
     }
     for d in &remote_dirs {
-        make_parents(conn.as_mut(), d).await?;
+        repeatable(&pool, async |conn| make_parents(conn, d).await).await?;
     }
-    pool.put(conn);
-    let code = run_jobs(Pool::local(), pool, jobs, &args.transfer, &args.output).await;
+    let code = run_jobs(
+        Pool::local(),
+        pool,
+        jobs,
+        &args.transfer,
+        &args.connect,
+        &args.output,
+    )
+    .await;
     Ok(combine(code, &failures))
 }
 
@@ -469,11 +489,14 @@ async fn rm(args: RmArgs) -> CmdResult {
         .map(|s| remote(s))
         .collect::<Result<Vec<_>, _>>()?;
     let server = same_server(&urls)?;
-    let pool = connect_pool(server, &args.connect).await?;
-    let mut conn = pool.get().await?;
+    let pool = connect_pool(server, &args.connect, &args.output).await?;
     let mut failures = Vec::new();
     for u in &urls {
-        let result = remove(conn.as_mut(), &u.path, args.recursive).await;
+        // Not repeated: a removal whose reply was lost would report the file missing.
+        let result = once(&pool, async |conn| {
+            remove(conn, &u.path, args.recursive).await
+        })
+        .await;
         match result {
             Ok(()) => say(&args.output, &format!("removed {u}")),
             Err(e) => {
@@ -483,7 +506,7 @@ async fn rm(args: RmArgs) -> CmdResult {
             }
         }
     }
-    conn.close().await;
+    pool.close().await;
     Ok(exit_code_for(&failures))
 }
 
@@ -519,15 +542,15 @@ async fn mkdir(args: MkdirArgs) -> CmdResult {
         .map(|s| remote(s))
         .collect::<Result<Vec<_>, _>>()?;
     let server = same_server(&urls)?;
-    let pool = connect_pool(server, &args.connect).await?;
-    let mut conn = pool.get().await?;
+    let pool = connect_pool(server, &args.connect, &args.output).await?;
     let mut failures = Vec::new();
     for u in &urls {
         let path = u.path.trim_end_matches('/');
+        // `-p` accepts what exists, so it can be repeated; a plain mkdir whose reply was lost would fail again.
         let result = if args.parents {
-            make_parents(conn.as_mut(), path).await
+            repeatable(&pool, async |conn| make_parents(conn, path).await).await
         } else {
-            conn.mkdir(path).await
+            once(&pool, async |conn| conn.mkdir(path).await).await
         };
         match result {
             Ok(()) => say(&args.output, &format!("created {u}")),
@@ -538,7 +561,7 @@ async fn mkdir(args: MkdirArgs) -> CmdResult {
             }
         }
     }
-    conn.close().await;
+    pool.close().await;
     Ok(exit_code_for(&failures))
 }
 
@@ -578,9 +601,9 @@ async fn mv(args: MvArgs) -> CmdResult {
     } else {
         url::join(url::parent(&from.path), &args.new)
     };
-    let pool = connect_pool(&from, &args.connect).await?;
-    let mut conn = pool.get().await?;
-    let result = async {
+    let pool = connect_pool(&from, &args.connect, &args.output).await?;
+    // Not repeated: a rename whose reply was lost would report the source missing.
+    let result = once(&pool, async |conn| {
         if conn.stat(&from.path).await?.is_none() {
             return Err(ClientError::NotFound {
                 path: from.to_string(),
@@ -594,9 +617,9 @@ async fn mv(args: MvArgs) -> CmdResult {
             _ => to_path.clone(),
         };
         conn.rename(&from.path, &target).await.map(|()| target)
-    }
+    })
     .await;
-    conn.close().await;
+    pool.close().await;
     let target = result?;
     say(
         &args.output,
@@ -612,19 +635,29 @@ async fn cat(args: CatArgs) -> CmdResult {
         .map(|s| remote(s))
         .collect::<Result<Vec<_>, _>>()?;
     let server = same_server(&urls)?;
-    let pool = connect_pool(server, &args.connect).await?;
-    let mut conn = pool.get().await?;
+    let pool = connect_pool(server, &args.connect, &args.output).await?;
     let mut stdout = tokio::io::stdout();
     let mut failures = Vec::new();
     for u in &urls {
-        let result = match conn.stat(&u.path).await {
-            Ok(Some(e)) if e.is_dir() => Err(ClientError::remote(u, "is a directory")),
-            Ok(Some(_)) => conn.read(&u.path, 0, None, &mut stdout).await.map(|_| ()),
-            Ok(None) => Err(ClientError::NotFound {
+        // A retry continues after the bytes already written.
+        let mut written = 0u64;
+        let result = repeatable(&pool, async |conn| match conn.stat(&u.path).await? {
+            Some(e) if e.is_dir() => Err(ClientError::remote(u, "is a directory")),
+            Some(_) => {
+                let offset = written;
+                let mut sink = CountingSink {
+                    inner: &mut stdout,
+                    count: &mut written,
+                };
+                conn.read(&u.path, offset, None, &mut sink)
+                    .await
+                    .map(|_| ())
+            }
+            None => Err(ClientError::NotFound {
                 path: u.to_string(),
             }),
-            Err(e) => Err(e),
-        };
+        })
+        .await;
         if let Err(e) = result {
             let e = e.with_path(&u.to_string());
             eprintln!("ferry: {e}");
@@ -632,7 +665,7 @@ async fn cat(args: CatArgs) -> CmdResult {
         }
     }
     let _ = stdout.flush().await;
-    conn.close().await;
+    pool.close().await;
     Ok(exit_code_for(&failures))
 }
 
@@ -643,11 +676,14 @@ async fn hash(args: HashArgs) -> CmdResult {
         .map(|s| remote(s))
         .collect::<Result<Vec<_>, _>>()?;
     let server = same_server(&urls)?;
-    let pool = connect_pool(server, &args.connect).await?;
-    let mut conn = pool.get().await?;
+    let pool = connect_pool(server, &args.connect, &args.output).await?;
     let mut failures = Vec::new();
     for u in &urls {
-        match remote_hash(conn.as_mut(), &u.path, args.algorithm).await {
+        match repeatable(&pool, async |conn| {
+            remote_hash(conn, &u.path, args.algorithm).await
+        })
+        .await
+        {
             Ok((sum, by_server)) => {
                 if args.output.json {
                     println!(
@@ -670,7 +706,7 @@ async fn hash(args: HashArgs) -> CmdResult {
             }
         }
     }
-    conn.close().await;
+    pool.close().await;
     Ok(exit_code_for(&failures))
 }
 
@@ -730,20 +766,59 @@ impl tokio::io::AsyncWrite for HashingSink {
     }
 }
 
+/// An `AsyncWrite` that passes bytes on to `inner` and counts them.
+struct CountingSink<'a, W> {
+    inner: &'a mut W,
+    count: &'a mut u64,
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingSink<'_, W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let polled = std::pin::Pin::new(&mut *this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = polled {
+            *this.count += n as u64;
+        }
+        polled
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+    }
+}
+
 async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
     let src = Location::parse(&args.src)?;
     let dst = Location::parse(&args.dst)?;
     let filter = Filter::new(&args.include, &args.exclude)?;
-    let (src_pool, src_root) = side_pool(&src, &args.connect).await?;
-    let (dst_pool, dst_root) = side_pool(&dst, &args.connect).await?;
+    let (src_pool, src_root) = side_pool(&src, &args.connect, &args.output).await?;
+    let (dst_pool, dst_root) = side_pool(&dst, &args.connect, &args.output).await?;
 
-    let mut s = src_pool.get().await?;
-    if s.stat(&src_root).await?.is_none_or(|e| !e.is_dir()) {
-        return Err(ClientError::remote(&args.src, "not a directory"));
-    }
-    let src_tree = mirror::walk(s.as_mut(), &src_root, &filter).await?;
-    let mut d = dst_pool.get().await?;
-    let dst_tree = mirror::walk(d.as_mut(), &dst_root, &Filter::default()).await?;
+    let src_tree = repeatable(&src_pool, async |s| {
+        if s.stat(&src_root).await?.is_none_or(|e| !e.is_dir()) {
+            return Err(ClientError::remote(&args.src, "not a directory"));
+        }
+        mirror::walk(s, &src_root, &filter).await
+    })
+    .await?;
+    let dst_tree = repeatable(&dst_pool, async |d| {
+        mirror::walk(d, &dst_root, &Filter::default()).await
+    })
+    .await?;
     let options = MirrorOptions {
         delete: args.delete,
         checksum: args.checksum,
@@ -760,9 +835,15 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
         }
         return Ok(EXIT_OK);
     }
-    if d.stat(&dst_root).await?.is_none() {
-        make_parents(d.as_mut(), dst_root.trim_end_matches('/')).await?;
-    }
+    repeatable(&dst_pool, async |d| {
+        if d.stat(&dst_root).await?.is_none() {
+            make_parents(d, dst_root.trim_end_matches('/')).await?;
+        }
+        Ok(())
+    })
+    .await?;
+    let mut s = src_pool.get().await?;
+    let mut d = dst_pool.get().await?;
     let mut failures = Vec::new();
     let mut jobs = Vec::new();
     let mut trailing_deletes = Vec::new();
@@ -831,6 +912,7 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
         dst_pool.clone(),
         jobs,
         &args.transfer,
+        &args.connect,
         &args.output,
     )
     .await;
@@ -930,13 +1012,14 @@ async fn run_jobs(
     destination: Arc<Pool>,
     jobs: Vec<Job>,
     transfer: &TransferArgs,
+    connect: &ConnectArgs,
     output: &OutputArgs,
 ) -> u8 {
     let progress = Arc::new(Renderer::new(output));
     let options = TransferOptions {
         resume: !transfer.no_resume,
         verify: !transfer.no_verify,
-        retries: transfer.retries,
+        retry: retry_policy(connect),
         parallel: transfer.parallel.max(1),
         segments: transfer.segments.max(1),
         limit_rate: transfer.limit_rate,
@@ -1061,6 +1144,7 @@ async fn expand_remote(
 async fn side_pool(
     loc: &Location,
     connect: &ConnectArgs,
+    output: &OutputArgs,
 ) -> Result<(Arc<Pool>, String), ClientError> {
     match loc {
         Location::Local(p) => Ok((
@@ -1068,7 +1152,7 @@ async fn side_pool(
             p.to_string_lossy().trim_end_matches('/').to_owned(),
         )),
         Location::Remote(u) => {
-            let pool = connect_pool(u, connect).await?;
+            let pool = connect_pool(u, connect, output).await?;
             let root = u.path.trim_end_matches('/');
             let root = if root.is_empty() && u.path.starts_with('/') {
                 "/"
@@ -1081,16 +1165,69 @@ async fn side_pool(
 }
 
 /// A pool for the URL's server, with one connection made (and kept) so that login problems show at once.
-async fn connect_pool(url: &RemoteUrl, args: &ConnectArgs) -> Result<Arc<Pool>, ClientError> {
-    let endpoint = Endpoint::new(url.clone(), connect_options(args));
+async fn connect_pool(
+    url: &RemoteUrl,
+    args: &ConnectArgs,
+    output: &OutputArgs,
+) -> Result<Arc<Pool>, ClientError> {
+    let endpoint = Endpoint::new(url.clone(), connect_options(args, output));
     let pool = Pool::remote(endpoint);
     let conn = pool.get().await?;
     pool.put(conn);
     Ok(pool)
 }
 
-fn connect_options(args: &ConnectArgs) -> ConnectOptions {
+/// Runs `op` on a connection from `pool`, and after a transient failure again on a new connection, as the
+/// pool's retry policy says. For operations that are safe to repeat. Connecting is retried by the pool itself, so
+/// a connection that cannot be made ends this at once.
+async fn repeatable<T>(
+    pool: &Pool,
+    mut op: impl AsyncFnMut(&mut dyn Transport) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let (policy, notice) = match pool.endpoint() {
+        Some(endpoint) => (endpoint.options.retry, endpoint.options.on_retry.as_ref()),
+        None => (RetryPolicy::default(), None),
+    };
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let mut conn = pool.get().await?;
+        match op(conn.as_mut()).await {
+            // A connection that broke is dropped, never reused.
+            Err(e) if e.is_transient() => {
+                if !policy.again(&e, tries, notice).await {
+                    return Err(e);
+                }
+            }
+            result => {
+                pool.put(conn);
+                return result;
+            }
+        }
+    }
+}
+
+/// Runs `op` once on a connection from `pool`, which gets the connection back unless it broke.
+async fn once<T>(
+    pool: &Pool,
+    mut op: impl AsyncFnMut(&mut dyn Transport) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let mut conn = pool.get().await?;
+    let result = op(conn.as_mut()).await;
+    if !result.as_ref().is_err_and(ClientError::is_transient) {
+        pool.put(conn);
+    }
+    result
+}
+
+fn connect_options(args: &ConnectArgs, output: &OutputArgs) -> ConnectOptions {
     let interactive = std::io::stdin().is_terminal() && std::io::stderr().is_terminal();
+    let quiet = output.quiet;
+    let on_retry: RetryNotice = Arc::new(move |error, retry, wait| {
+        if !quiet {
+            eprintln!("{}", retry_line(error, retry, wait));
+        }
+    });
     ConnectOptions {
         insecure: args.insecure,
         tls_fingerprint: args.tls_fingerprint.clone(),
@@ -1101,7 +1238,24 @@ fn connect_options(args: &ConnectArgs) -> ConnectOptions {
         timeout: Duration::from_secs(args.timeout.max(1)),
         ftp_active: args.active,
         prompter: interactive.then(|| Arc::new(TerminalPrompter) as Arc<dyn Prompter>),
+        retry: retry_policy(args),
+        on_retry: Some(on_retry),
     }
+}
+
+fn retry_policy(args: &ConnectArgs) -> RetryPolicy {
+    RetryPolicy {
+        retries: args.retries,
+        ..RetryPolicy::default()
+    }
+}
+
+/// `ferry: CAUSE; retry N in S s`, for retries of connections and of files.
+fn retry_line(error: &ClientError, retry: u32, wait: Duration) -> String {
+    format!(
+        "ferry: {error}; retry {retry} in {:.1} s",
+        wait.as_secs_f32()
+    )
 }
 
 fn remote(s: &str) -> Result<RemoteUrl, ClientError> {
@@ -1348,10 +1502,7 @@ impl Progress for Renderer {
     }
 
     fn retry(&self, _id: usize, error: &ClientError, attempt: u32, delay: Duration) {
-        let line = format!(
-            "ferry: {error}; retry {attempt} in {} s",
-            delay.as_secs_f32()
-        );
+        let line = retry_line(error, attempt, delay);
         match &self.mode {
             Mode::Bars { multi, .. } => {
                 let _ = multi.println(line);

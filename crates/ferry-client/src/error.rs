@@ -22,6 +22,10 @@ pub enum ClientError {
     Connect { target: String, reason: String },
     #[error("login to {target} failed: {reason}")]
     Auth { target: String, reason: String },
+    /// The server was reached but cannot be used, and asking again gets the same answer: an untrusted host key
+    /// or certificate, TLS not offered.
+    #[error("cannot connect to {target}: {reason}")]
+    Refused { target: String, reason: String },
     #[error("{path}: no such file or directory")]
     NotFound { path: String },
     #[error("{path}: {reason}")]
@@ -42,13 +46,17 @@ impl ClientError {
     pub fn exit_code(&self) -> u8 {
         match self {
             ClientError::Usage(_) => EXIT_USAGE,
-            ClientError::Connect { .. } | ClientError::Auth { .. } => EXIT_CONNECT,
+            ClientError::Connect { .. }
+            | ClientError::Auth { .. }
+            | ClientError::Refused { .. } => EXIT_CONNECT,
             ClientError::Verify { .. } => EXIT_VERIFY,
             _ => EXIT_FAILED,
         }
     }
 
-    /// Whether trying again (on a new connection, resuming) may succeed.
+    /// Whether trying again (on a new connection, resuming) may succeed: the server could not be reached, or the
+    /// connection broke or timed out, or the server answered "try later" (FTP 4xx). Refused logins, untrusted
+    /// keys and certificates, missing files and usage errors are permanent.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

@@ -25,6 +25,7 @@ pub mod error;
 pub mod mirror;
 pub mod netrc;
 pub mod progress;
+pub mod retry;
 pub mod ssh_config;
 pub mod transfer;
 pub mod transport;

@@ -26,14 +26,13 @@ use tokio::time::Sleep;
 use crate::checksum::{common_algorithm, HashAlgorithm};
 use crate::error::{ClientError, Result};
 use crate::progress::Progress;
+use crate::retry::RetryPolicy;
 use crate::transport::{local, Pool, Transport};
 
 /// Suffix of downloads that are not complete and verified yet.
 pub const PART_SUFFIX: &str = ".part";
 /// Smallest piece a segmented download is split into.
 pub const MIN_SEGMENT: u64 = 1024 * 1024;
-/// Longest wait between retries.
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(30);
 
 /// How files are transferred.
 #[derive(Clone, Debug)]
@@ -42,10 +41,8 @@ pub struct TransferOptions {
     pub resume: bool,
     /// Compare checksums after the transfer where both sides offer one (sizes are always compared).
     pub verify: bool,
-    /// How often a transient failure is retried.
-    pub retries: u32,
-    /// The first retry's delay; each further one doubles it.
-    pub retry_delay: Duration,
+    /// How a file that failed with a transient error is tried again (on new connections, resuming).
+    pub retry: RetryPolicy,
     /// Files transferred at once.
     pub parallel: usize,
     /// Connections one large download is split over.
@@ -63,8 +60,7 @@ impl Default for TransferOptions {
         TransferOptions {
             resume: true,
             verify: true,
-            retries: 3,
-            retry_delay: Duration::from_secs(1),
+            retry: RetryPolicy::default(),
             parallel: 1,
             segments: 1,
             limit_rate: None,
@@ -220,19 +216,19 @@ impl Engine {
             let attempt = self.attempt(id, job, fresh).await;
             match attempt {
                 Ok(report) => break Ok(report),
-                Err(Failure { error, resumed }) => {
+                Err(Failure {
+                    error,
+                    resumed,
+                    retry,
+                }) => {
                     if matches!(error, ClientError::Verify { .. }) && resumed && !fresh {
                         tracing::info!("{}: {error}; starting over", job.name);
                         fresh = true;
                         continue;
                     }
-                    if error.is_transient() && failures < self.options.retries {
-                        let delay = self
-                            .options
-                            .retry_delay
-                            .saturating_mul(1 << failures.min(16))
-                            .min(MAX_RETRY_DELAY);
+                    if retry && error.is_transient() && failures < self.options.retry.retries {
                         failures += 1;
+                        let delay = self.options.retry.delay(failures);
                         self.progress.retry(id, &error, failures, delay);
                         tokio::time::sleep(delay).await;
                         continue;
@@ -246,12 +242,13 @@ impl Engine {
     }
 
     async fn attempt(&self, id: usize, job: &Job, fresh: bool) -> Result<TransferReport, Failure> {
-        let mut src = self.source.get().await.map_err(Failure::new)?;
+        // A pool retries its own connection attempts: a connection it could not make is not retried again here.
+        let mut src = self.source.get().await.map_err(Failure::last)?;
         let mut dst = match self.destination.get().await {
             Ok(d) => d,
             Err(e) => {
                 self.source.put(src);
-                return Err(Failure::new(e));
+                return Err(Failure::last(e));
             }
         };
         let result = self.transfer(id, job, fresh, &mut src, &mut dst).await;
@@ -371,22 +368,22 @@ impl Engine {
             segments_used = ranges.len();
             self.segmented(id, job, src, &part, offset, ranges)
                 .await
-                .map_err(|error| Failure { error, resumed })?
+                .map_err(|error| Failure::resumed(error, resumed))?
         } else {
             self.stream(id, job, src, dst, &part, offset)
                 .await
-                .map_err(|error| Failure { error, resumed })?
+                .map_err(|error| Failure::resumed(error, resumed))?
         };
 
         // Verify: size always, checksum where both sides have one.
         let written = dst
             .stat(&part)
             .await
-            .map_err(|error| Failure { error, resumed })?
+            .map_err(|error| Failure::resumed(error, resumed))?
             .map(|e| e.size);
         if written != Some(size) {
-            return Err(Failure {
-                error: ClientError::Verify {
+            return Err(Failure::resumed(
+                ClientError::Verify {
                     path: job.name.clone(),
                     reason: format!(
                         "destination has {} bytes, source has {size}{}",
@@ -395,7 +392,7 @@ impl Engine {
                     ),
                 },
                 resumed,
-            });
+            ));
         }
         let mut verified = Verification::Size;
         let mut sum = known_sum;
@@ -405,15 +402,15 @@ impl Engine {
             match self
                 .compare_prefix(src, &job.source, dst, &part, size, size)
                 .await
-                .map_err(|error| Failure { error, resumed })?
+                .map_err(|error| Failure::resumed(error, resumed))?
             {
                 Some((true, s)) => {
                     verified = Verification::Checksum;
                     sum = s;
                 }
                 Some((false, _)) => {
-                    return Err(Failure {
-                        error: ClientError::Verify {
+                    return Err(Failure::resumed(
+                        ClientError::Verify {
                             path: job.name.clone(),
                             reason: format!(
                                 "checksums differ{}",
@@ -421,7 +418,7 @@ impl Engine {
                             ),
                         },
                         resumed,
-                    });
+                    ));
                 }
                 None => {}
             }
@@ -429,7 +426,7 @@ impl Engine {
         if part != job.destination {
             dst.rename(&part, &job.destination)
                 .await
-                .map_err(|error| Failure { error, resumed })?;
+                .map_err(|error| Failure::resumed(error, resumed))?;
         }
         if self.options.preserve_mtime {
             if let Some(mtime) = entry.mtime {
@@ -719,6 +716,8 @@ async fn read_range(
 struct Failure {
     error: ClientError,
     resumed: bool,
+    /// Whether a transient error may be retried (not when retries were used up below).
+    retry: bool,
 }
 
 impl Failure {
@@ -726,6 +725,21 @@ impl Failure {
         Failure {
             error,
             resumed: false,
+            retry: true,
+        }
+    }
+
+    fn resumed(error: ClientError, resumed: bool) -> Failure {
+        Failure {
+            resumed,
+            ..Failure::new(error)
+        }
+    }
+
+    fn last(error: ClientError) -> Failure {
+        Failure {
+            retry: false,
+            ..Failure::new(error)
         }
     }
 }

@@ -60,9 +60,12 @@ impl FtpTransport {
         };
         let addr = (url.host.as_str(), url.port_or_default());
         let tls_config = match url.scheme {
-            Scheme::Ftps | Scheme::FtpsImplicit => {
-                Some(tls::client_config(options).map_err(connect_err)?)
-            }
+            Scheme::Ftps | Scheme::FtpsImplicit => Some(tls::client_config(options).map_err(
+                |reason| ClientError::Refused {
+                    target: target.clone(),
+                    reason,
+                },
+            )?),
             _ => None,
         };
         let connector = |config: &Arc<rustls::ClientConfig>| {
@@ -91,7 +94,7 @@ impl FtpTransport {
         let mut ftp = tokio::time::timeout(timeout, connecting)
             .await
             .map_err(|_| connect_err("timed out".to_owned()))?
-            .map_err(|e| connect_err(describe_ftp_error(&e)))?;
+            .map_err(|e| connect_error(&target, e))?;
 
         let (user, password) = credentials(endpoint).await;
         let login = tokio::time::timeout(timeout, ftp.login(user.as_str(), password.as_str()))
@@ -99,13 +102,16 @@ impl FtpTransport {
             .map_err(|_| connect_err("login timed out".to_owned()))?;
         match login {
             Ok(()) => endpoint.set_password(password).await,
-            Err(FtpError::UnexpectedResponse(r)) if reply_code(&r.body) == Some(530) => {
+            // 530 and the other permanent replies to USER/PASS: another try would be refused the same way.
+            Err(FtpError::UnexpectedResponse(r))
+                if reply_code(&r.body).is_some_and(|c| (500..600).contains(&c)) =>
+            {
                 return Err(ClientError::Auth {
                     target,
                     reason: reply_text(&r.body),
                 });
             }
-            Err(e) => return Err(connect_err(describe_ftp_error(&e))),
+            Err(e) => return Err(connect_error(&target, e)),
         }
         let is_v6 = url.host.contains(':');
         ftp.set_mode(if options.ftp_active {
@@ -609,12 +615,33 @@ fn map_error(path: &str, e: FtpError) -> ClientError {
                     target: path.to_owned(),
                     reason: text,
                 },
-                // 421 closing, 425/426 data connection trouble, 451 local error: worth another try.
-                Some(421 | 425 | 426 | 451) => ClientError::lost(path, text),
+                // Transient negative replies (421 closing, 425/426 data connection trouble, 450 busy, 451 local
+                // error) are worth another try; 452 (no storage left) is not, within a retry's seconds.
+                Some(452) => ClientError::remote(path, text),
+                Some(400..500) => ClientError::lost(path, text),
                 _ => ClientError::remote(path, text),
             }
         }
         other => ClientError::lost(path, describe_ftp_error(&other)),
+    }
+}
+
+/// A failure to connect or secure the connection: permanent when the certificate was refused or the server
+/// answered with a permanent (5xx) reply, such as a refused `AUTH TLS`; else worth another try.
+fn connect_error(target: &str, e: FtpError) -> ClientError {
+    let permanent = match &e {
+        FtpError::UnexpectedResponse(r) => reply_code(&r.body).is_some_and(|c| c >= 500),
+        // suppaftp keeps only the text of rustls's error; rustls names certificate failures as such
+        // ("invalid peer certificate: ...", and ours: "certificate fingerprint ... does not match").
+        FtpError::SecureError(text) => text.contains("certificate"),
+        _ => false,
+    };
+    let reason = describe_ftp_error(&e);
+    let target = target.to_owned();
+    if permanent {
+        ClientError::Refused { target, reason }
+    } else {
+        ClientError::Connect { target, reason }
     }
 }
 

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::checksum::HashAlgorithm;
 use crate::error::Result;
+use crate::retry::{RetryNotice, RetryPolicy};
 use crate::url::{RemoteUrl, Scheme};
 
 /// What a directory entry is.
@@ -134,6 +135,10 @@ pub struct ConnectOptions {
     pub ftp_active: bool,
     /// Asks the user for passwords and unknown host keys; `None` in scripts.
     pub prompter: Option<Arc<dyn Prompter>>,
+    /// How connection attempts that fail for a transient reason are retried.
+    pub retry: RetryPolicy,
+    /// Hears of each connection retry (the CLI prints a line).
+    pub on_retry: Option<RetryNotice>,
 }
 
 /// Questions the client may ask a person at a terminal.
@@ -178,8 +183,16 @@ impl Endpoint {
         })
     }
 
-    /// Opens a new connection to this endpoint.
+    /// Opens a new connection to this endpoint, retrying transient failures as [`ConnectOptions::retry`] says.
     pub async fn connect(self: &Arc<Self>) -> Result<Box<dyn Transport>> {
+        let options = &self.options;
+        options
+            .retry
+            .run(options.on_retry.as_ref(), || self.connect_once())
+            .await
+    }
+
+    async fn connect_once(self: &Arc<Self>) -> Result<Box<dyn Transport>> {
         match self.url.scheme {
             Scheme::Sftp => Ok(Box::new(sftp::SftpTransport::connect(self).await?)),
             _ => Ok(Box::new(ftp::FtpTransport::connect(self).await?)),

@@ -103,12 +103,15 @@ impl SftpTransport {
         let mut handle = match tokio::time::timeout(timeout, connecting).await {
             Err(_) => return Err(connect_err("timed out".to_owned())),
             Ok(Err(e)) => {
-                let reason = verdict
-                    .lock()
-                    .ok()
-                    .and_then(|v| v.clone())
-                    .unwrap_or_else(|| describe_ssh_error(&e));
-                return Err(connect_err(reason));
+                // A refused host key is final; anything else (refused, reset, closed) may pass.
+                let refusal = verdict.lock().ok().and_then(|v| v.clone());
+                return Err(match refusal {
+                    Some(reason) => ClientError::Refused {
+                        target: target.clone(),
+                        reason,
+                    },
+                    None => connect_err(describe_ssh_error(&e)),
+                });
             }
             Ok(Ok(h)) => h,
         };
