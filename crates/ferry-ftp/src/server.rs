@@ -12,6 +12,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use crate::datachan::PassivePorts;
+use crate::reaper::Reaper;
 use crate::reply::{Code, Reply};
 use crate::session::FtpSession;
 use crate::tls::{MaybeTls, TlsConfigs};
@@ -36,6 +37,7 @@ pub(crate) struct Shared {
     pub config: FtpConfig,
     pub acceptor: Option<TlsAcceptor>,
     pub data_acceptor: Option<TlsAcceptor>,
+    pub reaper: Reaper,
 }
 
 /// An FTP server over one [`ServerCore`]; it can run several listeners.
@@ -59,6 +61,7 @@ impl FtpServer {
             config,
             acceptor,
             data_acceptor,
+            reaper: Reaper::new(),
         };
         FtpServer {
             shared: Arc::new(shared),
@@ -74,6 +77,7 @@ impl FtpServer {
                 "implicit FTPS needs a TLS certificate",
             ));
         }
+        self.shared.reaper.start(&self.shared.core);
         let mut shutdown = self.shared.core.shutdown_signal();
         loop {
             let (tcp, peer) = tokio::select! {
@@ -88,41 +92,37 @@ impl FtpServer {
                     }
                 },
             };
+            let Ok(local) = tcp.local_addr() else {
+                continue;
+            };
+            // ftplib and others send ABOR's Telnet Synch as urgent data; keep it in the normal stream.
+            let _ = socket2::SockRef::from(&tcp).set_out_of_band_inline(true);
+            let _ = tcp.set_nodelay(true);
             let shared = Arc::clone(&self.shared);
-            tokio::spawn(async move { accept(shared, tcp, peer, implicit_tls).await });
+            if implicit_tls {
+                tokio::spawn(async move {
+                    if let Some(stream) = implicit_handshake(&shared, tcp, peer).await {
+                        start_session(shared, stream, peer, local);
+                    }
+                });
+            } else {
+                start_session(shared, MaybeTls::Plain(tcp), peer, local);
+            }
         }
     }
 }
 
-async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr, implicit_tls: bool) {
-    let Ok(local) = tcp.local_addr() else { return };
-    // ftplib and others send ABOR's Telnet Synch as urgent data; keep it in the normal stream.
-    let _ = socket2::SockRef::from(&tcp).set_out_of_band_inline(true);
-    let _ = tcp.set_nodelay(true);
-    let stream = if implicit_tls {
-        // Boxed: the handshake state is large and must not stay in every session's future.
-        match Box::pin(implicit_handshake(&shared, tcp, peer)).await {
-            Some(stream) => stream,
-            None => return,
-        }
-    } else {
-        MaybeTls::Plain(tcp)
-    };
+/// Spawns the session of a new connection (or turns it away over a connection cap). The task runs the session
+/// and nothing else, so that an idle session's future holds only the session's own waits.
+fn start_session(shared: Arc<Shared>, stream: MaybeTls, peer: SocketAddr, local: SocketAddr) {
     match shared.core.connect(peer.ip()) {
         Ok(slot) => {
-            tracing::debug!(%peer, "connected");
-            Box::new(FtpSession::new(
-                Arc::clone(&shared),
-                stream,
-                peer,
-                local,
-                slot,
-            ))
-            .run()
-            .await;
-            tracing::debug!(%peer, "disconnected");
+            let session = FtpSession::new(Arc::clone(&shared), stream, peer, local, slot);
+            tokio::spawn(Box::new(session).run());
         }
-        Err(e) => Box::pin(refuse(stream, peer, e)).await,
+        Err(e) => {
+            tokio::spawn(refuse(stream, peer, e));
+        }
     }
 }
 

@@ -18,12 +18,12 @@ use ferry_core::storage::{DirEntry, WriteMode};
 use ferry_core::vpath::VirtualPath;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use tokio::time::sleep_until;
 
 use crate::command::{self, Command, Opts, ParseError, ProtLevel, Site, TransferType};
 use crate::control::{Control, Line};
 use crate::datachan::{self, DataSetup};
 use crate::listing::{self, EntryRole, MLST_FACTS};
+use crate::reaper::Alarm;
 use crate::reply::{quote_path, Code, Reply};
 use crate::server::Shared;
 use crate::tls::MaybeTls;
@@ -123,21 +123,32 @@ impl FtpSession {
         {
             return;
         }
-        let mut shutdown = self.shared.core.shutdown_signal();
+        // Idle and login timeouts and shutdown come from the server's reaper, not from a timer per session.
+        let watch = self.shared.reaper.register();
         loop {
-            let limits = self.shared.core.limits();
-            let mut deadline = tokio::time::Instant::now() + limits.idle_timeout;
-            if self.session.is_none() {
-                deadline = deadline.min((connected + limits.login_timeout).into());
+            if self.transfer.is_some() {
+                watch.never_expire();
+            } else {
+                let limits = self.shared.core.limits();
+                let mut idle_for = limits.idle_timeout;
+                if self.session.is_none() {
+                    idle_for =
+                        idle_for.min(limits.login_timeout.saturating_sub(connected.elapsed()));
+                }
+                watch.expire_after(idle_for);
             }
             // Only waiting happens here; everything that runs is in the boxed handler, so that an idle session's
             // future holds nothing but these waits.
             let wake = tokio::select! {
                 biased;
                 outcome = wait_transfer(&mut self.transfer) => Wake::TransferDone(outcome),
-                _ = shutdown.wait(), if !self.shutting_down => Wake::Shutdown,
+                alarm = watch.alarm() => match alarm {
+                    Alarm::Shutdown => Wake::Shutdown,
+                    Alarm::Idle if watch.expired() => Wake::Idle,
+                    // Raised just before activity moved the deadline.
+                    Alarm::Idle => continue,
+                },
                 line = self.control.read_line() => Wake::Line(line),
-                _ = sleep_until(deadline), if self.transfer.is_none() => Wake::Idle,
             };
             match Box::pin(self.handle_wake(wake)).await {
                 Ok(Flow::Continue) => {}
