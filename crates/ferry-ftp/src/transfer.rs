@@ -281,22 +281,23 @@ impl Io {
         }
     }
 
-    /// Reads into `buf` until it is full, the data connection ends, or no more data has arrived yet: only the
-    /// first read waits (until the stall timeout, or a cancellation). Returns the bytes read, whether the data
-    /// connection ended, and what broke the transfer off, if anything did after those bytes.
+    /// Replaces the contents of `buf` with data from the data connection until its capacity is reached, the data
+    /// connection ends, or no more data has arrived yet: only the first read waits (until the stall timeout, or a
+    /// cancellation). Returns whether the data connection ended, and what broke the transfer off, if anything did
+    /// after the bytes in `buf`. Reading into the spare capacity spares zeroing the buffer for every upload.
     async fn fill<S: AsyncRead + Unpin>(
         &self,
         stream: &mut S,
-        buf: &mut [u8],
+        buf: &mut Vec<u8>,
         cancel: &mut oneshot::Receiver<()>,
-    ) -> (usize, bool, Option<TransferError>) {
-        let mut filled = 0;
-        while filled < buf.len() {
-            let read = if filled == 0 {
+    ) -> (bool, Option<TransferError>) {
+        buf.clear();
+        while buf.len() < buf.capacity() {
+            let read = if buf.is_empty() {
                 tokio::select! {
                     biased;
                     _ = &mut *cancel => Err(TransferError::Aborted),
-                    r = timeout(self.timeout, stream.read(&mut buf[filled..])) => match r {
+                    r = timeout(self.timeout, stream.read_buf(buf)) => match r {
                         Err(_) => Err(TransferError::Stalled),
                         Ok(Err(e)) => Err(TransferError::ConnectionLost(e)),
                         Ok(Ok(n)) => Ok(n),
@@ -305,20 +306,19 @@ impl Io {
             } else {
                 tokio::select! {
                     biased;
-                    r = stream.read(&mut buf[filled..]) => r.map_err(TransferError::ConnectionLost),
+                    r = stream.read_buf(buf) => r.map_err(TransferError::ConnectionLost),
                     () = std::future::ready(()) => break,
                 }
             };
             match read {
-                Ok(0) => return (filled, true, None),
+                Ok(0) => return (true, None),
                 Ok(n) => {
-                    filled += n;
                     self.progress.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) => return (filled, false, Some(e)),
+                Err(e) => return (false, Some(e)),
             }
         }
-        (filled, false, None)
+        (false, None)
     }
 
     async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
@@ -328,20 +328,20 @@ impl Io {
         stream: &mut S,
         cancel: &mut oneshot::Receiver<()>,
     ) -> Result<u64, TransferError> {
-        let mut buf = vec![0u8; UPLOAD_BUFFER];
+        let mut buf = Vec::with_capacity(UPLOAD_BUFFER);
         let mut decoder = AsciiDecoder::default();
         let mut converted = Vec::new();
         let result = async {
             let mut end = false;
             while !end {
-                let (filled, ended, broken) = self.fill(stream, &mut buf, cancel).await;
+                let (ended, broken) = self.fill(stream, &mut buf, cancel).await;
                 end = ended;
                 // What arrived before an abort or a broken connection is kept, for a resumed upload to build on.
                 if ascii {
-                    decoder.decode(&buf[..filled], &mut converted);
+                    decoder.decode(&buf, &mut converted);
                     upload.write(&converted).await?;
                 } else {
-                    upload.write(&buf[..filled]).await?;
+                    upload.write(&buf).await?;
                 }
                 if let Some(e) = broken {
                     return Err(e);
