@@ -51,7 +51,7 @@ pub struct ServeArgs {
     /// SSH listener for SFTP, SCP and checksum commands [default: 0.0.0.0:2222].
     #[arg(long, env = "FERRY_SFTP")]
     pub sftp: Option<String>,
-    /// Passive data ports, e.g. 50000-51000 [default: any free port].
+    /// Passive data ports, e.g. 50000-51000 [default: the system's ephemeral ports].
     #[arg(long, env = "FERRY_PASSIVE_PORTS")]
     pub passive_ports: Option<String>,
     /// Address advertised in PASV replies, for servers behind NAT.

@@ -2,6 +2,8 @@
 //! is cut off at the quota instead of overrunning it; both publish their event when they end, however they end.
 
 use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -10,7 +12,7 @@ use crate::account::Permission;
 use crate::error::{CoreError, CoreResult};
 use crate::events::EventKind;
 use crate::session::Session;
-use crate::storage::{FileReader, FileWriter, WriteMode};
+use crate::storage::{sendfile, FileReader, FileWriter, WriteMode};
 use crate::vpath::VirtualPath;
 
 /// How uploads that start from zero reach their final name.
@@ -240,6 +242,10 @@ pub struct Download {
     transferred: u64,
     started: Instant,
     done: bool,
+    /// Whether [`Download::read`] has been used (reads may run ahead of the file position sends start from).
+    read_from: bool,
+    /// The file position up to which the page cache has been checked for direct sends.
+    cached_to: u64,
 }
 
 impl Download {
@@ -257,6 +263,8 @@ impl Download {
             transferred: 0,
             started: Instant::now(),
             done: false,
+            read_from: false,
+            cached_to: 0,
         }
     }
 
@@ -275,7 +283,50 @@ impl Download {
 
     /// Reads the next chunk into `buf`; `0` at the end of the file.
     pub async fn read(&mut self, buf: &mut [u8]) -> CoreResult<usize> {
+        self.read_from = true;
         let n = self.reader.read(buf).await?;
+        self.transferred += n as u64;
+        Ok(n)
+    }
+
+    /// Whether [`Download::send_to`] can be used: the file is local and has not been read from.
+    pub fn can_send_directly(&self) -> bool {
+        !self.read_from && self.reader.local_fd().is_some()
+    }
+
+    /// Makes sure the next bytes to send are in the page cache, reading them on the blocking pool if they are not,
+    /// so that [`Download::send_to`] does not wait for the disk; cheap when they are (one probe per
+    /// [`sendfile::WINDOW`]). Returns how many bytes from the current position may be sent.
+    pub async fn prepare_send(&mut self) -> CoreResult<u64> {
+        let Some(fd) = self.reader.local_fd() else {
+            return Err(unsupported().into());
+        };
+        let position = sendfile::position(fd)?;
+        if position < self.cached_to {
+            return Ok(self.cached_to - position);
+        }
+        let end = position
+            .saturating_add(sendfile::WINDOW)
+            .min(self.size.max(position));
+        if end > position && !sendfile::is_cached(fd, end - 1) {
+            let file = fd.try_clone_to_owned()?;
+            tokio::task::spawn_blocking(move || sendfile::load(file, position, end - position))
+                .await
+                .map_err(io::Error::other)??;
+        }
+        self.cached_to = position.saturating_add(sendfile::WINDOW);
+        Ok(sendfile::WINDOW)
+    }
+
+    /// Sends up to `max` bytes from the file straight to `socket` (sendfile(2)), without copying them through this
+    /// process; 0 at the end of the file. On a non-blocking socket it returns `WouldBlock` when the socket buffer
+    /// is full. Call [`Download::prepare_send`] before each call.
+    pub fn send_to(&mut self, socket: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+        if self.read_from {
+            return Err(unsupported());
+        }
+        let fd = self.reader.local_fd().ok_or_else(unsupported)?;
+        let n = sendfile::send(fd, socket, max)?;
         self.transferred += n as u64;
         Ok(n)
     }
@@ -300,6 +351,13 @@ impl Download {
             );
         }
     }
+}
+
+fn unsupported() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "direct sends need an unread local file",
+    )
 }
 
 impl Drop for Download {

@@ -38,28 +38,60 @@ pub enum DataError {
     NoResumption,
 }
 
-/// Passive ports: a configured range, or any port the OS picks.
-#[derive(Clone, Debug, Default)]
+/// Where passive listeners bind when no range is configured and `/proc` cannot tell: Linux's default ephemeral range.
+const FALLBACK_EPHEMERAL: RangeInclusive<u16> = 32768..=60999;
+/// Backlog of a passive listener: it waits for one connection, from one client.
+const PASSIVE_BACKLOG: u32 = 8;
+
+/// Passive ports: a configured range or, by default, the system's ephemeral range (less its reserved ports).
+///
+/// Each listener binds an explicit port, picked at random in the range, with `SO_REUSEADDR`, rather than port 0.
+/// The kernel's search for a free port 0 slows down as data connections of earlier transfers pile up in
+/// TIME_WAIT (thousands per second with small files); an explicit port with `SO_REUSEADDR` is not blocked by
+/// connections in TIME_WAIT on it, so a bind costs one lookup however many there are.
+#[derive(Clone, Debug)]
 pub struct PassivePorts {
-    range: Option<RangeInclusive<u16>>,
+    range: RangeInclusive<u16>,
+    /// Ports the range leaves out (`net.ipv4.ip_local_reserved_ports` for the default range).
+    reserved: Vec<RangeInclusive<u16>>,
+}
+
+impl Default for PassivePorts {
+    fn default() -> Self {
+        PassivePorts::new(None)
+    }
 }
 
 impl PassivePorts {
+    /// `range`, or the system's ephemeral range when `None`.
     pub fn new(range: Option<RangeInclusive<u16>>) -> Self {
-        PassivePorts { range }
+        match range {
+            Some(range) => PassivePorts {
+                range,
+                reserved: Vec::new(),
+            },
+            None => PassivePorts {
+                range: read_proc("/proc/sys/net/ipv4/ip_local_port_range")
+                    .and_then(|s| parse_port_range(&s))
+                    .unwrap_or(FALLBACK_EPHEMERAL),
+                reserved: read_proc("/proc/sys/net/ipv4/ip_local_reserved_ports")
+                    .map(|s| parse_port_list(&s))
+                    .unwrap_or_default(),
+            },
+        }
     }
 
     /// Binds a listener on `ip`, trying the ports of the range from a random start until one is free.
     pub async fn bind(&self, ip: IpAddr) -> io::Result<TcpListener> {
-        let Some(range) = &self.range else {
-            return TcpListener::bind(SocketAddr::new(ip, 0)).await;
-        };
-        let (first, last) = (*range.start(), *range.end());
+        let (first, last) = (*self.range.start(), *self.range.end());
         let count = u32::from(last - first) + 1;
         let start = rand::thread_rng().gen_range(0..count);
         for i in 0..count {
             let port = first + ((start + i) % count) as u16;
-            match TcpListener::bind(SocketAddr::new(ip, port)).await {
+            if port == 0 || self.reserved.iter().any(|r| r.contains(&port)) {
+                continue;
+            }
+            match listen_reusing(SocketAddr::new(ip, port)) {
                 Ok(listener) => return Ok(listener),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(e),
@@ -70,6 +102,45 @@ impl PassivePorts {
             "no free port in the passive range",
         ))
     }
+}
+
+/// A listener on `addr` with `SO_REUSEADDR`, which Linux lets share the port only with connections in TIME_WAIT
+/// (never with another listener).
+fn listen_reusing(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(PASSIVE_BACKLOG)
+}
+
+fn read_proc(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok()
+}
+
+/// `ip_local_port_range`: two numbers separated by white space.
+fn parse_port_range(s: &str) -> Option<RangeInclusive<u16>> {
+    let mut it = s.split_whitespace().map(str::parse::<u16>);
+    let (Some(Ok(low)), Some(Ok(high))) = (it.next(), it.next()) else {
+        return None;
+    };
+    (1 <= low && low <= high).then_some(low..=high)
+}
+
+/// `ip_local_reserved_ports`: comma-separated ports and ranges (`8080,9000-9100`), possibly empty.
+fn parse_port_list(s: &str) -> Vec<RangeInclusive<u16>> {
+    s.trim()
+        .split(',')
+        .filter_map(|item| {
+            let item = item.trim();
+            let (low, high) = item.split_once('-').unwrap_or((item, item));
+            let (low, high) = (low.parse::<u16>().ok()?, high.parse::<u16>().ok()?);
+            (low <= high).then_some(low..=high)
+        })
+        .collect()
 }
 
 /// Whether an active-mode target is acceptable: only the client's own address (no FTP bounce), never a
@@ -156,6 +227,62 @@ mod tests {
         let l = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
         let port = l.local_addr().unwrap().port();
         assert!((40000..=40100).contains(&port));
+    }
+
+    #[test]
+    fn system_port_settings_are_parsed() {
+        assert_eq!(parse_port_range("32768\t60999\n"), Some(32768..=60999));
+        assert_eq!(parse_port_range("0 10"), None);
+        assert_eq!(parse_port_range("junk"), None);
+        assert_eq!(parse_port_list("\n"), Vec::<RangeInclusive<u16>>::new());
+        assert_eq!(
+            parse_port_list("8080,9000-9100\n"),
+            vec![8080..=8080, 9000..=9100]
+        );
+    }
+
+    #[tokio::test]
+    async fn reserved_ports_are_skipped() {
+        let probe = listen_reusing("127.0.0.1:0".parse().unwrap()).unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let ports = PassivePorts {
+            range: port - 1..=port,
+            reserved: vec![port - 1..=port - 1],
+        };
+        let l = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+        assert_eq!(l.local_addr().unwrap().port(), port);
+    }
+
+    #[tokio::test]
+    async fn a_port_whose_connections_closed_is_bound_again() {
+        // The server closes first, as after a download, so its side of the connection lingers on the port (in
+        // TIME_WAIT once the client's close arrives).
+        let ports = PassivePorts::new(None);
+        let first = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+        let addr = first.local_addr().unwrap();
+        let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
+        let (server_side, _) = first.accept().await.unwrap();
+        drop(server_side);
+        drop(first);
+        drop(client.await.unwrap().unwrap());
+        let again = PassivePorts {
+            range: addr.port()..=addr.port(),
+            reserved: Vec::new(),
+        };
+        again.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_port_with_a_listener_is_not_shared() {
+        let taken = PassivePorts::new(None)
+            .bind("127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let ports = PassivePorts::new(Some(port..=port));
+        let err = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[tokio::test]

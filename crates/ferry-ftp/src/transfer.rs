@@ -1,6 +1,7 @@
 //! Data transfers (RETR, STOR/APPE/STOU, listings) running in their own task, so that the control connection
 //! stays responsive: ABOR cancels a transfer, STAT reports its progress.
 
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -10,16 +11,21 @@ use ferry_core::session::Session;
 use ferry_core::storage::{DirEntry, DirStream};
 use ferry_core::transfer::{Download, Upload};
 use ferry_core::vpath::VirtualPath;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::timeout;
 use tokio_rustls::TlsAcceptor;
 
 use crate::datachan::{self, DataError, DataSetup};
 use crate::listing::{self, EntryRole};
+use crate::tls::MaybeTls;
 
-/// Size of the buffer of one running file transfer (allocated only while it runs).
+/// Size of the buffer of one running download that is read and written (allocated only while it runs).
 const TRANSFER_BUFFER: usize = 256 * 1024;
+/// Size of the buffer of one running upload: it takes all the data that has arrived before each write, so that a
+/// fast upload hands the blocking pool up to this much per write rather than one socket read's worth.
+const UPLOAD_BUFFER: usize = 1024 * 1024;
 /// Listing output is sent in batches of about this size.
 const LISTING_BATCH: usize = 64 * 1024;
 
@@ -117,10 +123,15 @@ pub async fn run(
             download,
             ascii,
             limit,
-        } => {
-            io.send_file(download, ascii, limit, &mut stream, &mut cancel)
-                .await
-        }
+        } => match &mut stream {
+            MaybeTls::Plain(tcp) if !ascii && download.can_send_directly() => {
+                io.send_file_direct(download, limit, tcp, &mut cancel).await
+            }
+            _ => {
+                io.send_file(download, ascii, limit, &mut stream, &mut cancel)
+                    .await
+            }
+        },
         Job::Upload { upload, ascii } => {
             io.receive_file(upload, ascii, &mut stream, &mut cancel)
                 .await
@@ -223,22 +234,26 @@ impl Io {
         }
     }
 
-    async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
+    /// Sends a binary download of a local file over plain TCP with sendfile(2): the data goes from the page cache
+    /// to the socket without passing through ferry. The socket is non-blocking, so each send returns once the
+    /// socket buffer is full, and cancellation and the stall timeout act between sends as in [`Io::send_file`].
+    async fn send_file_direct(
         &self,
-        mut upload: Upload,
-        ascii: bool,
-        stream: &mut S,
+        mut download: Download,
+        limit: Option<u64>,
+        tcp: &mut TcpStream,
         cancel: &mut oneshot::Receiver<()>,
     ) -> Result<u64, TransferError> {
-        let mut buf = vec![0u8; TRANSFER_BUFFER];
-        let mut decoder = AsciiDecoder::default();
-        let mut converted = Vec::new();
+        let mut remaining = limit.unwrap_or(u64::MAX);
         let result = async {
-            loop {
+            while remaining > 0 {
+                let ready = download.prepare_send().await?;
+                let want = usize::try_from(remaining.min(ready)).unwrap_or(usize::MAX);
+                let send = tcp.async_io(Interest::WRITABLE, || download.send_to(tcp.as_fd(), want));
                 let n = tokio::select! {
                     biased;
                     _ = &mut *cancel => return Err(TransferError::Aborted),
-                    r = timeout(self.timeout, stream.read(&mut buf)) => match r {
+                    r = timeout(self.timeout, send) => match r {
                         Err(_) => return Err(TransferError::Stalled),
                         Ok(Err(e)) => return Err(TransferError::ConnectionLost(e)),
                         Ok(Ok(n)) => n,
@@ -247,13 +262,90 @@ impl Io {
                 if n == 0 {
                     break;
                 }
+                remaining -= n as u64;
+                self.progress.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            self.finish_stream(tcp).await
+        }
+        .await;
+        let sent = download.transferred();
+        match result {
+            Ok(()) => {
+                download.finish();
+                Ok(sent)
+            }
+            Err(e) => {
+                download.fail(&e);
+                Err(e)
+            }
+        }
+    }
+
+    /// Replaces the contents of `buf` with data from the data connection until its capacity is reached, the data
+    /// connection ends, or no more data has arrived yet: only the first read waits (until the stall timeout, or a
+    /// cancellation). Returns whether the data connection ended, and what broke the transfer off, if anything did
+    /// after the bytes in `buf`. Reading into the spare capacity spares zeroing the buffer for every upload.
+    async fn fill<S: AsyncRead + Unpin>(
+        &self,
+        stream: &mut S,
+        buf: &mut Vec<u8>,
+        cancel: &mut oneshot::Receiver<()>,
+    ) -> (bool, Option<TransferError>) {
+        buf.clear();
+        while buf.len() < buf.capacity() {
+            let read = if buf.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = &mut *cancel => Err(TransferError::Aborted),
+                    r = timeout(self.timeout, stream.read_buf(buf)) => match r {
+                        Err(_) => Err(TransferError::Stalled),
+                        Ok(Err(e)) => Err(TransferError::ConnectionLost(e)),
+                        Ok(Ok(n)) => Ok(n),
+                    },
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    r = stream.read_buf(buf) => r.map_err(TransferError::ConnectionLost),
+                    () = std::future::ready(()) => break,
+                }
+            };
+            match read {
+                Ok(0) => return (true, None),
+                Ok(n) => {
+                    self.progress.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) => return (false, Some(e)),
+            }
+        }
+        (false, None)
+    }
+
+    async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut upload: Upload,
+        ascii: bool,
+        stream: &mut S,
+        cancel: &mut oneshot::Receiver<()>,
+    ) -> Result<u64, TransferError> {
+        let mut buf = Vec::with_capacity(UPLOAD_BUFFER);
+        let mut decoder = AsciiDecoder::default();
+        let mut converted = Vec::new();
+        let result = async {
+            let mut end = false;
+            while !end {
+                let (ended, broken) = self.fill(stream, &mut buf, cancel).await;
+                end = ended;
+                // What arrived before an abort or a broken connection is kept, for a resumed upload to build on.
                 if ascii {
-                    decoder.decode(&buf[..n], &mut converted);
+                    decoder.decode(&buf, &mut converted);
                     upload.write(&converted).await?;
                 } else {
-                    upload.write(&buf[..n]).await?;
+                    upload.write(&buf).await?;
                 }
-                self.progress.fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(e) = broken {
+                    return Err(e);
+                }
             }
             if ascii && decoder.pending_cr {
                 upload.write(b"\r").await?;

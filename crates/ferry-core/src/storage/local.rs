@@ -160,7 +160,12 @@ impl tokio::io::AsyncWrite for LocalFile {
     }
 }
 
-impl FileReader for LocalFile {}
+impl FileReader for LocalFile {
+    fn local_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.0.as_fd())
+    }
+}
 impl FileWriter for LocalFile {}
 
 #[async_trait]

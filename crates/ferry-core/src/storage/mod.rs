@@ -3,8 +3,10 @@
 //! outside the root, whatever symlinks it meets.
 
 pub mod local;
+pub mod sendfile;
 
 use std::io;
+use std::os::fd::BorrowedFd;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -71,7 +73,13 @@ pub enum WriteMode {
 }
 
 /// A file open for reading.
-pub trait FileReader: AsyncRead + Send + Unpin {}
+pub trait FileReader: AsyncRead + Send + Unpin {
+    /// The file's descriptor when it is a local file that can be sent with sendfile(2) (see [`sendfile`]);
+    /// sends move the same position as reads, but a reader that has been read from may have read ahead of it.
+    fn local_fd(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
+}
 
 /// A file open for writing. Dropping it without [`tokio::io::AsyncWriteExt::shutdown`] may lose buffered data.
 pub trait FileWriter: AsyncWrite + Send + Unpin {}
