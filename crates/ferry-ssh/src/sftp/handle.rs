@@ -72,6 +72,9 @@ pub(crate) async fn run(
         // back once the reply is queued.
         match (&mut handle, request) {
             (OpenHandle::File(file), HandleRequest::Write { offset, data }) => {
+                // The file takes a write once the one before reached the storage: wait for that first, so that
+                // the writes arriving meanwhile join this batch instead of waiting for the next.
+                let earlier = file.settle().await;
                 let mut batch = WriteBatch::new(id, offset, data, permit);
                 while batch.len < MAX_WRITE_BATCH {
                     let Ok(next) = jobs.try_recv() else { break };
@@ -80,7 +83,7 @@ pub(crate) async fn run(
                         break;
                     }
                 }
-                let reply = file.write_batch(&batch).await;
+                let reply = file.write_batch(&batch, earlier).await;
                 let _ = replies.send(reply).await;
             }
             (handle, request) => {
@@ -315,27 +318,47 @@ impl FileHandle {
         Ok(wire::data(id, buf, filled))
     }
 
-    /// Writes a batch and answers each of its requests. The batch goes to the file as one write; if that fails,
-    /// its requests are written one by one, so that each gets its own status (a quota runs out at a request, not
-    /// at the batch).
-    async fn write_batch(&mut self, batch: &WriteBatch) -> Bytes {
+    /// Waits until the upload's earlier writes have reached the storage. An error is one of theirs, reported by
+    /// storage that writes behind.
+    async fn settle(&mut self) -> Result<(), Status> {
+        let Some(upload) = &mut self.upload else {
+            return Ok(());
+        };
+        let result = upload.flush().await.map_err(Status::from);
+        if let Err(e) = &result {
+            self.write_error.get_or_insert_with(|| e.message.clone());
+        }
+        result
+    }
+
+    /// Writes a batch and answers each of its requests; `earlier` is what [`FileHandle::settle`] found, and a
+    /// failure there fails the batch's first request, the one waiting when it came to light. The batch goes to the
+    /// file as one write; if that fails, its requests are written one by one, so that each gets its own status (a
+    /// quota runs out at a request, not at the batch).
+    async fn write_batch(&mut self, batch: &WriteBatch, earlier: Result<(), Status>) -> Bytes {
         let mut replies = BytesMut::new();
-        let joined = match batch.writes.as_slice() {
+        let mut writes = batch.writes.as_slice();
+        if let (Err(e), Some(((id, _, _), rest))) = (earlier, writes.split_first()) {
+            put_reply(&mut replies, *id, Err(e));
+            writes = rest;
+        }
+        let joined = match writes {
+            [] => return replies.freeze(),
             [(id, offset, data)] => {
                 let result = self.write(*offset, data).await;
                 put_reply(&mut replies, *id, result);
                 return replies.freeze();
             }
             [(_, offset, _), ..] => {
-                let mut joined = Vec::with_capacity(batch.len);
-                for (_, _, data) in &batch.writes {
+                let len = writes.iter().map(|(_, _, data)| data.len()).sum();
+                let mut joined = Vec::with_capacity(len);
+                for (_, _, data) in writes {
                     joined.extend_from_slice(data);
                 }
                 self.write_unrecorded(*offset, &joined).await
             }
-            [] => return replies.freeze(),
         };
-        for (id, offset, data) in &batch.writes {
+        for (id, offset, data) in writes {
             let result = match &joined {
                 Ok(()) => Ok(()),
                 Err(_) => self.write(*offset, data).await,
