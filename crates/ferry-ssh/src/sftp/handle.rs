@@ -1,9 +1,10 @@
 //! Open SFTP handles. Each one lives in its own task and serves its requests in the order they arrived, while
-//! different handles proceed in parallel.
+//! different handles proceed in parallel. Consecutive writes waiting in a handle's queue are written to the file
+//! together: a client that pipelines 32 KiB writes costs one storage call per batch instead of one per request.
 
 use std::time::SystemTime;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry_core::error::CoreError;
 use ferry_core::session::Session;
 use ferry_core::storage::{DirStream, WriteMode};
@@ -18,11 +19,14 @@ use super::wire;
 
 /// Entries sent in one READDIR reply (as OpenSSH does).
 const NAMES_PER_READDIR: usize = 100;
+/// Data of queued writes gathered into one write to the file. A batch holds only requests that already arrived (in
+/// the session's in-flight budget), so this bounds the copy made to join them, not what a client may send.
+const MAX_WRITE_BATCH: usize = 1024 * 1024;
 
 /// A request addressed to an open handle.
 pub(crate) enum HandleRequest {
     Read { offset: u64, len: u32 },
-    Write { offset: u64, data: Vec<u8> },
+    Write { offset: u64, data: Bytes },
     Fstat,
     Fsetstat(FileAttributes),
     ReadDir,
@@ -50,18 +54,97 @@ pub(crate) async fn run(
     replies: mpsc::Sender<Bytes>,
     max_read: u32,
 ) {
-    while let Some(job) = jobs.recv().await {
-        let closing = matches!(job.request, HandleRequest::Close);
-        let reply = handle.serve(job.id, job.request, max_read).await;
-        // A failed send means the session is over; the handle still has to be wound up.
-        let _ = replies.send(reply).await;
-        drop(job.permit);
-        if closing {
-            return;
+    let mut held = None;
+    loop {
+        let job = match held.take() {
+            Some(job) => job,
+            None => match jobs.recv().await {
+                Some(job) => job,
+                None => break,
+            },
+        };
+        let Job {
+            id,
+            request,
+            permit,
+        } = job;
+        // A failed send of a reply means the session is over; the handle still has to be wound up. Permits go
+        // back once the reply is queued.
+        match (&mut handle, request) {
+            (OpenHandle::File(file), HandleRequest::Write { offset, data }) => {
+                // The file takes a write once the one before reached the storage: wait for that first, so that
+                // the writes arriving meanwhile join this batch instead of waiting for the next.
+                let earlier = file.settle().await;
+                let mut batch = WriteBatch::new(id, offset, data, permit);
+                while batch.len < MAX_WRITE_BATCH {
+                    let Ok(next) = jobs.try_recv() else { break };
+                    if let Some(next) = batch.join(next, file.append) {
+                        held = Some(next);
+                        break;
+                    }
+                }
+                let reply = file.write_batch(&batch, earlier).await;
+                let _ = replies.send(reply).await;
+            }
+            (handle, request) => {
+                let closing = matches!(request, HandleRequest::Close);
+                let reply = handle.serve(id, request, max_read).await;
+                let _ = replies.send(reply).await;
+                drop(permit);
+                if closing {
+                    return;
+                }
+            }
         }
     }
     if let OpenHandle::File(file) = handle {
         file.abandon().await;
+    }
+}
+
+/// Consecutive WRITE requests to one handle, each written where the one before ended (or all at the end, with
+/// APPEND), with their shares of the in-flight budget.
+struct WriteBatch {
+    writes: Vec<(u32, u64, Bytes)>,
+    _permits: Vec<OwnedSemaphorePermit>,
+    len: usize,
+}
+
+impl WriteBatch {
+    fn new(id: u32, offset: u64, data: Bytes, permit: OwnedSemaphorePermit) -> Self {
+        WriteBatch {
+            len: data.len(),
+            writes: vec![(id, offset, data)],
+            _permits: vec![permit],
+        }
+    }
+
+    /// Where the next write has to start to join the batch.
+    fn end(&self) -> Option<u64> {
+        let (_, offset, _) = self.writes.first()?;
+        offset.checked_add(self.len as u64)
+    }
+
+    /// Adds `job` if it is a write that continues the batch; gives it back otherwise.
+    fn join(&mut self, job: Job, append: bool) -> Option<Job> {
+        let Job {
+            id,
+            request,
+            permit,
+        } = job;
+        match request {
+            HandleRequest::Write { offset, data } if append || Some(offset) == self.end() => {
+                self.len += data.len();
+                self.writes.push((id, offset, data));
+                self._permits.push(permit);
+                None
+            }
+            request => Some(Job {
+                id,
+                request,
+                permit,
+            }),
+        }
     }
 }
 
@@ -235,7 +318,66 @@ impl FileHandle {
         Ok(wire::data(id, buf, filled))
     }
 
+    /// Waits until the upload's earlier writes have reached the storage. An error is one of theirs, reported by
+    /// storage that writes behind.
+    async fn settle(&mut self) -> Result<(), Status> {
+        let Some(upload) = &mut self.upload else {
+            return Ok(());
+        };
+        let result = upload.flush().await.map_err(Status::from);
+        if let Err(e) = &result {
+            self.write_error.get_or_insert_with(|| e.message.clone());
+        }
+        result
+    }
+
+    /// Writes a batch and answers each of its requests; `earlier` is what [`FileHandle::settle`] found, and a
+    /// failure there fails the batch's first request, the one waiting when it came to light. The batch goes to the
+    /// file as one write; if that fails, its requests are written one by one, so that each gets its own status (a
+    /// quota runs out at a request, not at the batch).
+    async fn write_batch(&mut self, batch: &WriteBatch, earlier: Result<(), Status>) -> Bytes {
+        let mut replies = BytesMut::new();
+        let mut writes = batch.writes.as_slice();
+        if let (Err(e), Some(((id, _, _), rest))) = (earlier, writes.split_first()) {
+            put_reply(&mut replies, *id, Err(e));
+            writes = rest;
+        }
+        let joined = match writes {
+            [] => return replies.freeze(),
+            [(id, offset, data)] => {
+                let result = self.write(*offset, data).await;
+                put_reply(&mut replies, *id, result);
+                return replies.freeze();
+            }
+            [(_, offset, _), ..] => {
+                let len = writes.iter().map(|(_, _, data)| data.len()).sum();
+                let mut joined = Vec::with_capacity(len);
+                for (_, _, data) in writes {
+                    joined.extend_from_slice(data);
+                }
+                self.write_unrecorded(*offset, &joined).await
+            }
+        };
+        for (id, offset, data) in writes {
+            let result = match &joined {
+                Ok(()) => Ok(()),
+                Err(_) => self.write(*offset, data).await,
+            };
+            put_reply(&mut replies, *id, result);
+        }
+        replies.freeze()
+    }
+
     async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Status> {
+        let result = self.write_unrecorded(offset, data).await;
+        if let Err(e) = &result {
+            self.write_error.get_or_insert_with(|| e.message.clone());
+        }
+        result
+    }
+
+    /// Writes `data` at `offset` (or at the end, with APPEND) without noting a failure for the handle's close.
+    async fn write_unrecorded(&mut self, offset: u64, data: &[u8]) -> Result<(), Status> {
         if !self.writable {
             return Err(Status::new(
                 russh_sftp::protocol::StatusCode::PermissionDenied,
@@ -259,9 +401,6 @@ impl FileHandle {
         } else {
             upload.write_at(offset, data).await
         };
-        if let Err(e) = &result {
-            self.write_error.get_or_insert_with(|| e.to_string());
-        }
         Ok(result?)
     }
 
@@ -321,6 +460,13 @@ impl FileHandle {
                 .unwrap_or_else(|| "the client disconnected".to_owned());
             upload.fail(reason).await;
         }
+    }
+}
+
+fn put_reply(replies: &mut BytesMut, id: u32, result: Result<(), Status>) {
+    match result {
+        Ok(()) => wire::put_status(replies, id, russh_sftp::protocol::StatusCode::Ok, "ok"),
+        Err(s) => wire::put_status(replies, id, s.code, &s.message),
     }
 }
 

@@ -15,7 +15,7 @@ mod wire;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use ferry_core::error::CoreError;
 use ferry_core::session::Session;
 use ferry_core::vpath::VirtualPath;
@@ -61,6 +61,9 @@ impl Default for SftpLimits {
 
 /// Replies waiting for the channel.
 const REPLY_QUEUE: usize = 16;
+/// Replies shorter than this are gathered with others that are ready into one write to the channel (the size of an
+/// SSH packet with OpenSSH's usual limit).
+const GATHER_REPLIES: usize = 32 * 1024;
 /// Requests waiting in one handle's queue (beyond the in-flight budget, which bounds them all).
 const HANDLE_QUEUE: usize = 64;
 
@@ -77,7 +80,7 @@ const EXTENSIONS: [(&str, &str); 7] = [
 
 /// Serves SFTP for `session` on an SSH channel's `input` and `output` until the client closes it. Returns once
 /// every reply has been written.
-pub async fn serve<R, W>(session: Session, mut input: R, output: W, limits: SftpLimits)
+pub async fn serve<R, W>(session: Session, input: R, output: W, limits: SftpLimits)
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -92,6 +95,7 @@ where
         replies,
         limits,
     };
+    let mut input = wire::PacketReader::new(input, server.limits.max_packet);
     if let Err(e) = server.run(&mut input).await {
         tracing::info!(user = %server.session.username(), error = %e, "sftp session ended");
     }
@@ -101,10 +105,38 @@ where
     let _ = writer.await;
 }
 
+/// Writes replies to the channel. Small replies that are ready together go out in one write, so that a burst of
+/// write acknowledgements costs one SSH packet instead of one each.
 async fn write_replies<W: AsyncWrite + Unpin>(mut output: W, mut queue: mpsc::Receiver<Bytes>) {
-    while let Some(reply) = queue.recv().await {
-        if output.write_all(&reply).await.is_err() {
+    let mut next = queue.recv().await;
+    while let Some(reply) = next.take() {
+        let mut out = reply;
+        if out.len() < GATHER_REPLIES {
+            let mut gathered: Option<BytesMut> = None;
+            while let Ok(more) = queue.try_recv() {
+                if out.len() + gathered.as_ref().map_or(0, BytesMut::len) + more.len()
+                    > GATHER_REPLIES
+                {
+                    next = Some(more);
+                    break;
+                }
+                gathered
+                    .get_or_insert_with(|| {
+                        let mut buf = BytesMut::with_capacity(GATHER_REPLIES);
+                        buf.extend_from_slice(&out);
+                        buf
+                    })
+                    .extend_from_slice(&more);
+            }
+            if let Some(gathered) = gathered {
+                out = gathered.freeze();
+            }
+        }
+        if output.write_all(&out).await.is_err() {
             break;
+        }
+        if next.is_none() {
+            next = queue.recv().await;
         }
     }
     // Keep draining so that handle tasks never block on a dead channel.
@@ -127,8 +159,11 @@ struct Server {
 }
 
 impl Server {
-    async fn run<R: AsyncRead + Unpin>(&mut self, input: &mut R) -> std::io::Result<()> {
-        let Some(first) = wire::read_packet(input, self.limits.max_packet).await? else {
+    async fn run<R: AsyncRead + Unpin>(
+        &mut self,
+        input: &mut wire::PacketReader<R>,
+    ) -> std::io::Result<()> {
+        let Some(first) = input.next().await? else {
             return Ok(());
         };
         match Packet::try_from(&mut first.clone()) {
@@ -147,9 +182,21 @@ impl Server {
             let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
                 return Ok(());
             };
-            let Some(raw) = wire::read_packet(input, self.limits.max_packet).await? else {
+            let Some(raw) = input.next().await? else {
                 return Ok(());
             };
+            // WRITE, the request that carries the most data, is decoded here without copying the data.
+            if let Some(write) = wire::write_request(&raw) {
+                let request = HandleRequest::Write {
+                    offset: write.offset,
+                    data: write.data,
+                };
+                match std::str::from_utf8(&write.handle) {
+                    Ok(handle) => self.send_to_handle(write.id, handle, request, permit).await,
+                    Err(_) => self.invalid_handle(write.id).await,
+                }
+                continue;
+            }
             let id = wire::request_id(&raw).unwrap_or(0);
             match Packet::try_from(&mut raw.clone()) {
                 Ok(Packet::Init(_)) => return Err(protocol_error("a second SSH_FXP_INIT")),
@@ -187,7 +234,7 @@ impl Server {
                 w.handle,
                 HandleRequest::Write {
                     offset: w.offset,
-                    data: w.data,
+                    data: Bytes::from(w.data),
                 },
             )),
             Packet::Fstat(f) => Some((f.handle, HandleRequest::Fstat)),
@@ -221,29 +268,28 @@ impl Server {
         request: HandleRequest,
         permit: OwnedSemaphorePermit,
     ) {
-        let closing = matches!(request, HandleRequest::Close);
-        let entry = if closing {
-            self.handles.remove(handle)
+        let jobs = if matches!(request, HandleRequest::Close) {
+            self.handles.remove(handle).map(|entry| entry.jobs)
         } else {
-            self.handles.get(handle).map(|e| HandleEntry {
-                path: e.path.clone(),
-                is_dir: e.is_dir,
-                jobs: e.jobs.clone(),
-            })
+            self.handles.get(handle).map(|entry| entry.jobs.clone())
         };
-        let Some(entry) = entry else {
-            let s = Status::failure("invalid handle");
-            return self.reply(wire::status(id, s.code, &s.message)).await;
+        let Some(jobs) = jobs else {
+            return self.invalid_handle(id).await;
         };
         let job = Job {
             id,
             request,
             permit,
         };
-        if entry.jobs.send(job).await.is_err() {
+        if jobs.send(job).await.is_err() {
             let s = Status::failure("handle is gone");
             self.reply(wire::status(id, s.code, &s.message)).await;
         }
+    }
+
+    async fn invalid_handle(&self, id: u32) {
+        let s = Status::failure("invalid handle");
+        self.reply(wire::status(id, s.code, &s.message)).await;
     }
 
     async fn serve_path_request(&mut self, id: u32, packet: Packet) -> Bytes {
