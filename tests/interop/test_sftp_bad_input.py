@@ -195,7 +195,7 @@ def test_disconnect_with_requests_in_flight(ferry):
 
 def test_open_directories_are_limited(ferry, raw):
     (ferry.home("alice") / "d").mkdir(parents=True)
-    for i in range(16):
+    for i in range(64):  # SftpLimits::max_dir_handles
         raw.request(SSH_FXP_OPENDIR, i + 1, string("d"))
         kind, _ = raw.reply(i + 1)
         assert kind == SSH_FXP_HANDLE

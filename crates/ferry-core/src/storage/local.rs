@@ -12,19 +12,55 @@ use cap_fs_ext::{DirExt, SystemTimeSpec};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, PermissionsExt};
 use std::os::unix::fs::DirBuilderExt;
-use tokio::sync::mpsc;
 
 use super::{
-    Capabilities, DirEntry, DirStream, FileKind, FileReader, FileWriter, Metadata, Storage,
-    WriteMode,
+    Capabilities, DirBatch, DirEntry, DirStream, FileKind, FileReader, FileWriter, Metadata,
+    Storage, WriteMode,
 };
 use crate::account::QuotaUsage;
 
-/// Entries per message from the directory walker to the front-end.
+/// Entries read per trip to the blocking pool: a listing holds at most two batches however large the directory.
 const LISTING_BATCH: usize = 256;
-/// Batches that may wait between the walker and the front-end: memory stays bounded at about
-/// `LISTING_QUEUE * LISTING_BATCH` entries per listing however large the directory.
-const LISTING_QUEUE: usize = 4;
+
+/// Reads the next [`LISTING_BATCH`] entries of `entries` with their metadata (blocking).
+fn read_batch(dir: Dir, mut entries: cap_std::fs::ReadDir) -> DirBatch {
+    let mut batch = Vec::with_capacity(LISTING_BATCH);
+    while batch.len() < LISTING_BATCH {
+        let entry = match entries.next() {
+            None => {
+                return DirBatch {
+                    entries: Ok(batch),
+                    rest: None,
+                }
+            }
+            Some(Ok(entry)) => entry,
+            // What was read comes first, then the error.
+            Some(Err(e)) => {
+                return DirBatch {
+                    entries: Ok(batch),
+                    rest: Some(Box::new(move || DirBatch {
+                        entries: Err(e),
+                        rest: None,
+                    })),
+                }
+            }
+        };
+        let name = entry.file_name();
+        // An entry that vanished meanwhile or cannot be read is left out, as `ls` does.
+        let Ok((metadata, link_target)) = entry_metadata(&dir, Path::new(&name)) else {
+            continue;
+        };
+        batch.push(DirEntry {
+            name: name.to_string_lossy().into_owned(),
+            metadata,
+            link_target,
+        });
+    }
+    DirBatch {
+        entries: Ok(batch),
+        rest: Some(Box::new(move || read_batch(dir, entries))),
+    }
+}
 
 /// Storage in a local directory.
 #[derive(Clone)]
@@ -194,47 +230,13 @@ impl Storage for LocalStorage {
     async fn read_dir(&self, path: &str) -> io::Result<DirStream> {
         let path = rel(path).to_owned();
         let dir = self.run(move |d| d.open_dir(path)).await?;
-        let (tx, rx) = mpsc::channel(LISTING_QUEUE);
-        tokio::task::spawn_blocking(move || {
-            let entries = match dir.entries() {
-                Ok(entries) => entries,
-                Err(e) => {
-                    let _ = tx.blocking_send(Err(e));
-                    return;
-                }
-            };
-            let mut batch = Vec::with_capacity(LISTING_BATCH);
-            for entry in entries {
-                let entry = match entry {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        let _ = tx.blocking_send(Ok(std::mem::take(&mut batch)));
-                        let _ = tx.blocking_send(Err(e));
-                        return;
-                    }
-                };
-                let name = entry.file_name();
-                // An entry that vanished meanwhile or cannot be read is left out, as `ls` does.
-                let Ok((metadata, link_target)) = entry_metadata(&dir, Path::new(&name)) else {
-                    continue;
-                };
-                batch.push(DirEntry {
-                    name: name.to_string_lossy().into_owned(),
-                    metadata,
-                    link_target,
-                });
-                if batch.len() == LISTING_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LISTING_BATCH));
-                    if tx.blocking_send(Ok(full)).is_err() {
-                        return; // the listing was dropped
-                    }
-                }
-            }
-            if !batch.is_empty() {
-                let _ = tx.blocking_send(Ok(batch));
-            }
-        });
-        Ok(DirStream::new(rx))
+        Ok(DirStream::blocking(move || match dir.entries() {
+            Ok(entries) => read_batch(dir, entries),
+            Err(e) => DirBatch {
+                entries: Err(e),
+                rest: None,
+            },
+        }))
     }
 
     async fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileReader>> {
@@ -400,6 +402,45 @@ mod tests {
         let s = LocalStorage::open(&home).await.unwrap();
         std::fs::write(tmp.path().join("secret"), b"outside").unwrap();
         (tmp, s)
+    }
+
+    #[test]
+    fn listings_nobody_reads_hold_no_storage_thread() {
+        // Two blocking threads only: listings that the client stopped reading must not take them from the
+        // session's other operations.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .max_blocking_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        // Without the fix this hangs (the third listing cannot even open); the timeout turns that into a failure.
+        let stalled_listings = async {
+            let (tmp, s) = storage().await;
+            for i in 0..8 * LISTING_BATCH {
+                std::fs::write(tmp.path().join(format!("home/f{i:04}")), b"").unwrap();
+            }
+            let mut stalled = Vec::new();
+            for _ in 0..8 {
+                let mut listing = s.read_dir("").await.unwrap();
+                assert!(listing.next().await.unwrap().is_ok());
+                stalled.push(listing);
+            }
+            assert!(s.metadata("f0001").await.is_ok());
+            // And each stalled listing still reads to its end, in full.
+            for mut listing in stalled {
+                let mut n = 1;
+                while let Some(entry) = listing.next().await {
+                    entry.unwrap();
+                    n += 1;
+                }
+                assert_eq!(n, 8 * LISTING_BATCH);
+            }
+        };
+        let listed = runtime.block_on(async {
+            tokio::time::timeout(Duration::from_secs(60), stalled_listings).await
+        });
+        listed.expect("storage operations waited behind stalled listings");
     }
 
     #[tokio::test]

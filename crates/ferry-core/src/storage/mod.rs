@@ -11,7 +11,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 use crate::account::QuotaUsage;
 
@@ -86,27 +86,34 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {}
 
 /// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.
 pub struct DirStream {
-    batches: mpsc::Receiver<io::Result<Vec<DirEntry>>>,
+    /// The read of the next batch, already under way (one batch ahead of the consumer).
+    next: Option<JoinHandle<DirBatch>>,
     /// The current batch, reversed so that `pop` yields entries in order.
     current: Vec<DirEntry>,
 }
 
+/// One batch of a listing, and what reads the batch after it (`None` at the end).
+pub struct DirBatch {
+    pub entries: io::Result<Vec<DirEntry>>,
+    pub rest: Option<Box<dyn FnOnce() -> DirBatch + Send>>,
+}
+
 impl DirStream {
-    /// A stream fed by a producer through a bounded channel of batches (one message per batch keeps the
-    /// per-entry cost of crossing threads low); the producer stops when the stream is dropped.
-    pub fn new(batches: mpsc::Receiver<io::Result<Vec<DirEntry>>>) -> Self {
+    /// A stream whose batches `first`, and the continuations it returns, read on the blocking pool. One batch is
+    /// read ahead, so that reading overlaps with sending; a consumer that stops reading holds no thread, only
+    /// the batch read ahead (and dropping the stream drops the reader).
+    pub fn blocking(first: impl FnOnce() -> DirBatch + Send + 'static) -> Self {
         DirStream {
-            batches,
+            next: Some(tokio::task::spawn_blocking(first)),
             current: Vec::new(),
         }
     }
 
     /// A stream holding exactly these entries.
     pub fn from_entries(mut entries: Vec<DirEntry>) -> Self {
-        let (_, rx) = mpsc::channel(1);
         entries.reverse();
         DirStream {
-            batches: rx,
+            next: None,
             current: entries,
         }
     }
@@ -116,12 +123,22 @@ impl DirStream {
             if let Some(entry) = self.current.pop() {
                 return Some(Ok(entry));
             }
-            match self.batches.recv().await? {
-                Ok(mut batch) => {
-                    batch.reverse();
-                    self.current = batch;
+            let batch = match self.next.take()?.await {
+                Ok(batch) => batch,
+                Err(e) => return Some(Err(io::Error::other(e))),
+            };
+            if let Some(rest) = batch.rest {
+                self.next = Some(tokio::task::spawn_blocking(rest));
+            }
+            match batch.entries {
+                Ok(mut entries) => {
+                    entries.reverse();
+                    self.current = entries;
                 }
-                Err(e) => return Some(Err(e)),
+                Err(e) => {
+                    self.next = None;
+                    return Some(Err(e));
+                }
             }
         }
     }

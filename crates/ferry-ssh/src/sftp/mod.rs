@@ -39,8 +39,8 @@ pub struct SftpLimits {
     /// Most data a client should send in one WRITE (advertised; the packet limit enforces it).
     pub max_write: u32,
     pub max_handles: usize,
-    /// Open directory listings, a subset of `max_handles`: a large listing that the client stops reading holds a
-    /// storage thread until it is read on or closed.
+    /// Open directory listings, a subset of `max_handles`: each holds up to two batches of entries (one read
+    /// ahead) while the client has not read them, but no storage thread.
     pub max_dir_handles: usize,
     /// Requests read from the client but not yet answered.
     pub max_in_flight: usize,
@@ -53,7 +53,7 @@ impl Default for SftpLimits {
             max_read: 255 * 1024,
             max_write: 255 * 1024,
             max_handles: 256,
-            max_dir_handles: 16,
+            max_dir_handles: 64,
             max_in_flight: 64,
         }
     }
