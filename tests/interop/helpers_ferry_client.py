@@ -91,10 +91,16 @@ def wait_for_size(path, at_least, timeout=60, proc=None):
 def run_in_terminal(tmp_path, *args, answers=(), env=None, timeout=60):
     """Runs `ferry ARGS` on a fresh pseudo-terminal (its controlling terminal, as for a person at a shell) and
     answers its questions: `answers` are (regex, reply) pairs, each reply typed once its regex has appeared in the
-    output. Returns (exit code, everything the terminal showed)."""
+    output, or (regex, reply, "secret") for a password: typed only once the program has also turned the terminal's
+    echo off (it prints the prompt first, and a reply typed before that would be echoed). Returns (exit code,
+    everything the terminal showed)."""
     import pty
     import re
     import select
+    import termios
+
+    def echo_off(fd):
+        return not termios.tcgetattr(fd)[3] & termios.ECHO
 
     pid, fd = pty.fork()
     if pid == 0:
@@ -119,8 +125,10 @@ def run_in_terminal(tmp_path, *args, answers=(), env=None, timeout=60):
                     break
                 shown += chunk
             if pending and re.search(pending[0][0], shown[answered_at:].decode("utf-8", "replace")):
-                os.write(fd, (pending.pop(0)[1] + "\n").encode())
-                answered_at = len(shown)
+                secret = pending[0][2:] == ("secret",)
+                if not secret or echo_off(fd):
+                    os.write(fd, (pending.pop(0)[1] + "\n").encode())
+                    answered_at = len(shown)
         else:
             os.kill(pid, 9)
             raise AssertionError(f"ferry {' '.join(map(str, args))} did not finish:\n{shown.decode(errors='replace')}")

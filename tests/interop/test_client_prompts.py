@@ -16,7 +16,7 @@ def known_hosts(tmp_path):
 def test_ftp_password_is_asked_for_on_a_terminal(ferry, tmp_path):
     digest = write_random(ferry.home("alice") / "a.bin", 50_000, seed=1)
     code, screen = run_in_terminal(tmp_path, "get", url(ferry, "ftp", "a.bin", password=None), "a.bin",
-                                   answers=[(PASSWORD_PROMPT, "secret")])
+                                   answers=[(PASSWORD_PROMPT, "secret", "secret")])
     assert code == 0, screen
     assert sha256_file(tmp_path / "a.bin") == digest
     # The terminal does not echo the password.
@@ -25,16 +25,18 @@ def test_ftp_password_is_asked_for_on_a_terminal(ferry, tmp_path):
 
 def test_a_wrong_password_at_the_prompt_fails_with_exit_3(ferry, tmp_path):
     code, screen = run_in_terminal(tmp_path, "ls", url(ferry, "ftp", "", password=None),
-                                   answers=[(PASSWORD_PROMPT, "wrong")])
+                                   answers=[(PASSWORD_PROMPT, "wrong", "secret")])
     assert code == 3, screen
     assert "login" in screen and "wrong" not in screen, screen
+    # The server's output is collected by a thread: wait for the line before counting.
+    ferry.wait_for_log("login failed")
     assert ferry.log().count("login failed") == 1, ferry.log()
 
 
 def test_sftp_password_is_asked_for_when_no_key_works(ferry, tmp_path):
     (ferry.home("alice") / "hi.txt").write_text("hello over sftp")
     code, screen = run_in_terminal(tmp_path, "cat", "--accept-new-host-key", url(ferry, "sftp", "hi.txt",
-                                   password=None), answers=[(PASSWORD_PROMPT, "secret")])
+                                   password=None), answers=[(PASSWORD_PROMPT, "secret", "secret")])
     assert code == 0, screen
     assert "hello over sftp" in screen, screen
 
