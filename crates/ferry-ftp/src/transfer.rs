@@ -221,17 +221,7 @@ impl Io {
             self.finish_stream(stream).await
         }
         .await;
-        let sent = download.transferred();
-        match result {
-            Ok(()) => {
-                download.finish();
-                Ok(sent)
-            }
-            Err(e) => {
-                download.fail(&e);
-                Err(e)
-            }
-        }
+        settle(download, result)
     }
 
     /// Sends a binary download of a local file over plain TCP with sendfile(2): the data goes from the page cache
@@ -268,17 +258,7 @@ impl Io {
             self.finish_stream(tcp).await
         }
         .await;
-        let sent = download.transferred();
-        match result {
-            Ok(()) => {
-                download.finish();
-                Ok(sent)
-            }
-            Err(e) => {
-                download.fail(&e);
-                Err(e)
-            }
-        }
+        settle(download, result)
     }
 
     /// Replaces the contents of `buf` with data from the data connection until its capacity is reached, the data
@@ -456,6 +436,21 @@ impl AsciiDecoder {
             } else {
                 out.push(b);
             }
+        }
+    }
+}
+
+/// Records how a download ended and returns the bytes it sent.
+fn settle(download: Download, result: Result<(), TransferError>) -> Result<u64, TransferError> {
+    let sent = download.transferred();
+    match result {
+        Ok(()) => {
+            download.finish();
+            Ok(sent)
+        }
+        Err(e) => {
+            download.fail(&e);
+            Err(e)
         }
     }
 }
