@@ -13,6 +13,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, MetadataExt, OpenOptions, PermissionsExt};
 use std::os::unix::fs::DirBuilderExt;
 
+use super::cached_read::CachedReader;
 use super::{
     Capabilities, DirBatch, DirEntry, DirStream, FileKind, FileReader, FileWriter, Metadata,
     Storage, WriteMode,
@@ -160,17 +161,8 @@ fn entry_metadata(dir: &Dir, path: &Path) -> io::Result<(Metadata, Option<String
     Ok((convert_metadata(&own), target))
 }
 
+/// A local file open for writing; tokio's `File` writes on the blocking pool.
 struct LocalFile(tokio::fs::File);
-
-impl tokio::io::AsyncRead for LocalFile {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
 
 impl tokio::io::AsyncWrite for LocalFile {
     fn poll_write(
@@ -196,12 +188,6 @@ impl tokio::io::AsyncWrite for LocalFile {
     }
 }
 
-impl FileReader for LocalFile {
-    fn local_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
-        use std::os::fd::AsFd;
-        Some(self.0.as_fd())
-    }
-}
 impl FileWriter for LocalFile {}
 
 #[async_trait]
@@ -254,7 +240,7 @@ impl Storage for LocalStorage {
                 Ok(file)
             })
             .await?;
-        Ok(Box::new(LocalFile(tokio::fs::File::from_std(file))))
+        Ok(Box::new(CachedReader::new(file, offset)))
     }
 
     async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>> {

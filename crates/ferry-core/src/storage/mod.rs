@@ -2,6 +2,7 @@
 //! root itself) and come from a [`crate::vpath::VirtualPath`]; an implementation must still never let one resolve
 //! outside the root, whatever symlinks it meets.
 
+mod cached_read;
 pub mod local;
 pub mod sendfile;
 
@@ -75,7 +76,8 @@ pub enum WriteMode {
 /// A file open for reading.
 pub trait FileReader: AsyncRead + Send + Unpin {
     /// The file's descriptor when it is a local file that can be sent with sendfile(2) (see [`sendfile`]);
-    /// sends move the same position as reads, but a reader that has been read from may have read ahead of it.
+    /// sends start at, and move, the descriptor's position, which is where the file was opened: reads need not
+    /// move it, so a reader that has been read from must not be sent from.
     fn local_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
