@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::account::{Account, AccountStore, Quota, QuotaUsage};
 use crate::error::{CoreError, CoreResult};
-use crate::registry::SharedByKey;
+use crate::registry::MadeOnce;
 use crate::storage::local::LocalStorage;
 use crate::storage::Storage;
 
@@ -101,7 +101,7 @@ fn release(counter: &AtomicU64, n: u64) {
 /// Hands out the one tracker of each account that has live sessions.
 #[derive(Default)]
 pub struct QuotaRegistry {
-    trackers: SharedByKey<String, QuotaTracker>,
+    trackers: MadeOnce<String, QuotaTracker>,
 }
 
 impl QuotaRegistry {
@@ -112,13 +112,15 @@ impl QuotaRegistry {
         account: &Account,
         store: &dyn AccountStore,
     ) -> CoreResult<Arc<QuotaTracker>> {
-        if let Some(tracker) = self.trackers.get(account.name.as_str()) {
-            tracker.set_quota(account.quota);
-            return Ok(tracker);
-        }
-        let usage = store.usage(&account.name).await?;
-        let tracker = Arc::new(QuotaTracker::new(account.quota, usage));
-        Ok(self.trackers.insert(account.name.clone(), tracker))
+        let tracker = self
+            .trackers
+            .get_or_try_make(account.name.as_str(), || async {
+                let usage = store.usage(&account.name).await?;
+                Ok::<_, CoreError>(QuotaTracker::new(account.quota, usage))
+            })
+            .await?;
+        tracker.set_quota(account.quota);
+        Ok(tracker)
     }
 }
 

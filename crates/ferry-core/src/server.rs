@@ -13,7 +13,7 @@ use crate::error::CoreError;
 use crate::events::{Event, EventBus, EventKind};
 use crate::limits::{ConnectionLimiter, ConnectionSlot, LimitError, Limits};
 use crate::quota::{QuotaRegistry, QuotaTracker};
-use crate::registry::SharedByKey;
+use crate::registry::MadeOnce;
 use crate::session::{ClientInfo, Session, SessionParts};
 use crate::storage::local::LocalStorage;
 use crate::transfer::UploadMode;
@@ -47,7 +47,7 @@ struct CoreInner {
     events: EventBus,
     limiter: ConnectionLimiter,
     quotas: QuotaRegistry,
-    homes: SharedByKey<PathBuf, LocalStorage>,
+    homes: MadeOnce<PathBuf, LocalStorage>,
     settings: ServerSettings,
     shutdown: watch::Sender<bool>,
 }
@@ -59,7 +59,7 @@ impl ServerCore {
             events,
             limiter: ConnectionLimiter::default(),
             quotas: QuotaRegistry::default(),
-            homes: SharedByKey::default(),
+            homes: MadeOnce::default(),
             settings,
             shutdown: watch::Sender::new(false),
         };
@@ -184,11 +184,12 @@ impl ServerCore {
 
     /// The storage of a home, shared by all its sessions: an idle session holds no descriptor of its own.
     async fn home_storage(&self, home: &Path) -> Result<Arc<LocalStorage>, CoreError> {
-        if let Some(storage) = self.inner.homes.get(home) {
-            return Ok(storage);
-        }
-        let storage = Arc::new(LocalStorage::open(home).await?);
-        Ok(self.inner.homes.insert(home.to_owned(), storage))
+        let storage = self
+            .inner
+            .homes
+            .get_or_try_make(home, || LocalStorage::open(home))
+            .await?;
+        Ok(storage)
     }
 
     /// Tells every front-end to stop accepting and to close idle sessions.
