@@ -6,6 +6,8 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::str::FromStr;
 
+use ferry_client::url::{percent_decode, redact, split_host_port};
+
 use crate::Error;
 
 /// The protocol spoken to the target.
@@ -87,7 +89,7 @@ impl FromStr for Target {
             return Err(fail("the user is empty"));
         }
         let (host, port) = split_host_port(host_port).ok_or_else(|| fail("bad HOST:PORT"))?;
-        let ip = match host {
+        let ip = match host.as_str() {
             "localhost" => IpAddr::V4(Ipv4Addr::LOCALHOST),
             literal => literal
                 .parse::<IpAddr>()
@@ -96,10 +98,7 @@ impl FromStr for Target {
         if !ip.is_loopback() {
             return Err(fail("only loopback targets (127.0.0.0/8, ::1) are allowed"));
         }
-        let port = match port {
-            Some(p) => p.parse().map_err(|_| fail("bad port"))?,
-            None => default_port,
-        };
+        let port = port.unwrap_or(default_port);
         let dir = percent_decode(dir.trim_end_matches('/'))
             .ok_or_else(|| fail("bad percent-encoding in the path"))?;
         Ok(Target {
@@ -110,53 +109,6 @@ impl FromStr for Target {
             dir,
             ssh_cipher: crate::sftp::CIPHER.to_owned(),
         })
-    }
-}
-
-/// `host`, `host:port`, `[v6]` or `[v6]:port`.
-fn split_host_port(s: &str) -> Option<(&str, Option<&str>)> {
-    if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest.split_once(']')?;
-        return match after {
-            "" => Some((host, None)),
-            _ => Some((host, Some(after.strip_prefix(':')?))),
-        };
-    }
-    match s.rsplit_once(':') {
-        Some((host, port)) if !host.contains(':') => Some((host, Some(port))),
-        Some(_) => None,
-        None => Some((s, None)),
-    }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// The URL with any password replaced, for error messages.
-fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    match rest.rsplit_once('@') {
-        Some((credentials, host)) => {
-            let user = credentials.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
     }
 }
 

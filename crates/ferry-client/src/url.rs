@@ -77,13 +77,14 @@ pub struct RemoteUrl {
 impl RemoteUrl {
     /// Parses `scheme://[user[:password]@]host[:port][/path]`.
     pub fn parse(input: &str) -> Result<RemoteUrl, ClientError> {
-        let usage = |why: &str| ClientError::Usage(format!("{input}: {why}"));
+        let shown = redact(input);
+        let usage = |why: &str| ClientError::Usage(format!("{shown}: {why}"));
         let (scheme_name, rest) = input
             .split_once("://")
             .ok_or_else(|| usage("not a URL (expected scheme://host/path)"))?;
         let scheme = Scheme::parse(scheme_name).ok_or_else(|| {
             ClientError::Usage(format!(
-                "{input}: unknown scheme \"{scheme_name}\" (ferry speaks {})",
+                "{shown}: unknown scheme \"{scheme_name}\" (ferry speaks {})",
                 Scheme::NAMES.join(", ")
             ))
         })?;
@@ -229,6 +230,23 @@ pub fn parent(path: &str) -> &str {
     }
 }
 
+/// `input` with the password of its user information, if any, replaced by `***`: for messages, which must never
+/// show a password.
+pub fn redact(input: &str) -> String {
+    let Some((scheme, rest)) = input.split_once("://") else {
+        return input.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) if userinfo.contains(':') => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}{path}")
+        }
+        _ => input.to_owned(),
+    }
+}
+
 /// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
 pub fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
@@ -279,7 +297,8 @@ pub fn bracket_host(host: &str) -> String {
     }
 }
 
-fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, with the host percent-decoded; `None` for a malformed one or port 0.
+pub fn split_host_port(s: &str) -> Option<(String, Option<u16>)> {
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
         let (host, after) = rest.split_once(']')?;
         host.parse::<std::net::Ipv6Addr>().ok()?;
@@ -425,6 +444,26 @@ mod tests {
         }
         let err = RemoteUrl::parse("http://h/x").unwrap_err();
         assert!(err.to_string().contains("unknown scheme \"http\""), "{err}");
+    }
+
+    #[test]
+    fn usage_errors_never_show_the_password() {
+        for bad in [
+            "http://al:s3cret@h/x",
+            "ftp://al:s3cret@h:99999/x",
+            "ftp://al:s3cret@h/%zz",
+            "sftp://al:s3cret@[nothex]/x@y",
+        ] {
+            let err = RemoteUrl::parse(bad).unwrap_err().to_string();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("al:***@"), "{err}");
+        }
+        assert_eq!(
+            redact("ftp://h/a:b@c"),
+            "ftp://h/a:b@c",
+            "a path is not user information"
+        );
+        assert_eq!(redact("ftp://u@h/x"), "ftp://u@h/x");
     }
 
     #[test]
