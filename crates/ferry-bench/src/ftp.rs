@@ -9,18 +9,17 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+use tokio_util::either::Either;
 
 use crate::{Error, Result, Scheme, Target};
 
@@ -88,7 +87,7 @@ impl Control {
     ) -> Result<Self> {
         let tcp = connect_from(source, target.addr).await?;
         let mut control = Control {
-            stream: Stream::Plain(tcp),
+            stream: Either::Left(tcp),
             buf: Vec::with_capacity(512),
             source,
             peer: target.addr,
@@ -102,13 +101,17 @@ impl Control {
                 None => tls_config()?,
             };
             control.command("AUTH TLS", &[2]).await?;
-            let Stream::Plain(tcp) = std::mem::replace(&mut control.stream, Stream::Closed) else {
+            let Either::Left(tcp) = control.stream else {
                 return Err(Error::Protocol(
                     "AUTH TLS on a connection that is not plain".into(),
                 ));
             };
-            control.stream = Stream::Tls(Box::new(tls_handshake(&config, target.addr, tcp).await?));
-            control.tls = Some(config);
+            let tls = tls_handshake(&config, target.addr, tcp).await?;
+            control = Control {
+                stream: Either::Right(Box::new(tls)),
+                tls: Some(config),
+                ..control
+            };
         }
         Ok(control)
     }
@@ -277,8 +280,8 @@ impl Control {
     /// The data connection, with TLS when the control connection has it.
     async fn secure_data(&self, tcp: TcpStream) -> Result<Stream> {
         match &self.tls {
-            None => Ok(Stream::Plain(tcp)),
-            Some(config) => Ok(Stream::Tls(Box::new(
+            None => Ok(Either::Left(tcp)),
+            Some(config) => Ok(Either::Right(Box::new(
                 tls_handshake(config, self.peer, tcp).await?,
             ))),
         }
@@ -449,59 +452,7 @@ async fn timed<T>(what: &str, io: impl std::future::Future<Output = io::Result<T
 }
 
 /// A control or data connection, plain or TLS.
-enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-    Closed,
-}
-
-fn closed() -> io::Error {
-    io::Error::new(io::ErrorKind::NotConnected, "connection closed")
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-            Stream::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-            Stream::Closed => Poll::Ready(Err(closed())),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-            Stream::Closed => Poll::Ready(Ok(())),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-            Stream::Closed => Poll::Ready(Ok(())),
-        }
-    }
-}
+type Stream = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Accepts every certificate: the targets are loopback servers with self-signed certificates, and the benchmark
 /// measures them, it does not trust them with anything.
