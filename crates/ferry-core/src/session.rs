@@ -1,9 +1,10 @@
 //! A logged-in session: every file operation a front-end may perform, as virtual-path operations that check
 //! permissions, keep quotas and publish events. Confinement comes from the storage, which is rooted at the home.
 
+use std::io;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::account::{Account, AccountStore, Permission};
@@ -12,7 +13,7 @@ use crate::error::{CoreError, CoreResult};
 use crate::events::{Event, EventBus, EventKind, Protocol};
 use crate::limits::AccountSlot;
 use crate::quota::QuotaTracker;
-use crate::storage::{DirStream, Metadata, Storage, WriteMode};
+use crate::storage::{DirStream, Metadata, Storage, WriteMode, WritePlanner, WriteTarget};
 use crate::transfer::{Download, TempTarget, Upload, UploadMode, UploadParts};
 use crate::vpath::VirtualPath;
 
@@ -156,18 +157,16 @@ impl Session {
     /// Opens a file for download from `offset` on; an offset beyond the end is an error.
     pub async fn open_read(&self, path: &VirtualPath, offset: u64) -> CoreResult<Download> {
         self.check(Permission::Download, path)?;
-        let meta = self.storage().metadata(path.relative()).await?;
-        if meta.is_dir() {
-            return Err(CoreError::IsADirectory);
-        }
-        if offset > meta.size {
-            return Err(CoreError::InvalidArgument(format!(
-                "offset {offset} is beyond the file size {}",
-                meta.size
-            )));
-        }
-        let reader = self.storage().open_read(path.relative(), offset).await?;
-        Ok(Download::new(self.clone(), reader, path.clone(), meta.size))
+        let opened = self.storage().open_read(path.relative(), offset).await?;
+        let size = opened.metadata.size;
+        check_offset(offset, size)?;
+        Ok(Download::new(
+            self.clone(),
+            opened.reader,
+            path.clone(),
+            size,
+            offset,
+        ))
     }
 
     /// Opens a file for upload. Creating needs `upload`; destroying existing data (truncating, writing before the
@@ -177,12 +176,72 @@ impl Session {
             return Err(CoreError::IsADirectory);
         }
         self.check(Permission::Upload, path)?;
-        let existing = match self.storage().metadata(path.relative()).await {
-            Ok(meta) if meta.is_dir() => return Err(CoreError::IsADirectory),
-            Ok(meta) => Some(meta.size),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(e.into()),
+        // The plan is made where the storage looks at the file, in the same trip as the open; it comes back here,
+        // or the reason the upload is refused does.
+        let decision: Arc<Mutex<Option<CoreResult<WritePlan>>>> = Arc::default();
+        let planner: WritePlanner = {
+            let (session, path, decision) = (self.clone(), path.clone(), Arc::clone(&decision));
+            Box::new(move |existing| {
+                let plan = session.plan_write(&path, mode, existing);
+                let target = plan.as_ref().ok().map(|p| p.target(&path, mode));
+                *lock(&decision) = Some(plan);
+                target.ok_or_else(|| io::Error::other("upload refused"))
+            })
         };
+        let opened = self
+            .storage()
+            .open_write_planned(path.relative(), planner)
+            .await;
+        let decided = lock(&decision).take();
+        let (writer, plan) = match (opened, decided) {
+            (Ok(writer), Some(Ok(plan))) => (writer, plan),
+            (_, Some(Err(refusal))) => return Err(refusal),
+            (Err(e), Some(Ok(plan))) => {
+                if plan.files_delta > 0 {
+                    self.quota().release_file();
+                }
+                return Err(e.into());
+            }
+            (Err(e), None) => return Err(e.into()),
+            (Ok(_), None) => return Err(CoreError::Io(io::Error::other("upload was not planned"))),
+        };
+        let size = plan.existing.unwrap_or(0);
+        // Data dropped by truncation is freed at once; an atomic upload frees the old file when it replaces it.
+        let (start_size, bytes_delta) = if plan.temp.is_some() {
+            (0, 0)
+        } else {
+            self.quota().release_bytes(size - plan.kept);
+            (plan.kept, -((size - plan.kept) as i64))
+        };
+        let temp = plan.temp.map(|temp| TempTarget {
+            temp,
+            replaced_size: plan.existing,
+        });
+        Ok(Upload::new(UploadParts {
+            session: self.clone(),
+            writer,
+            path: path.clone(),
+            temp,
+            position: plan.position,
+            size: start_size,
+            overwrite_floor: plan.overwrite_floor,
+            bytes_delta,
+            files_delta: plan.files_delta,
+        }))
+    }
+
+    /// Decides how an upload to `path` in `mode` proceeds given what is there (`None`: nothing), checking
+    /// permissions, and counts a new file against the quota (the last step, so that a refusal reserves nothing).
+    fn plan_write(
+        &self,
+        path: &VirtualPath,
+        mode: WriteMode,
+        existing: Option<&Metadata>,
+    ) -> CoreResult<WritePlan> {
+        if existing.is_some_and(Metadata::is_dir) {
+            return Err(CoreError::IsADirectory);
+        }
+        let existing = existing.map(|meta| meta.size);
         let size = existing.unwrap_or(0);
         let (position, kept) = match mode {
             WriteMode::Truncate => (0, 0),
@@ -208,70 +267,35 @@ impl Session {
         if destroys_data {
             self.check(Permission::Overwrite, path)?;
         }
-
         let atomic = self.inner.upload_mode == UploadMode::Atomic && position == 0;
         let overwrite_floor = if atomic || self.allowed(Permission::Overwrite, path) {
             0
         } else {
             kept
         };
-        let quota = self.quota();
-        let mut files_delta = 0;
-        if existing.is_none() {
-            quota.reserve_file()?;
-            files_delta = 1;
-        }
-        let opened = if atomic {
-            let temp = path.parent().join(&format!(
+        let temp = if atomic {
+            Some(path.parent().join(&format!(
                 ".{}.ferry-upload-{}",
                 path.file_name().unwrap_or("file"),
                 self.client().session_id
-            ))?;
-            self.storage()
-                .open_write(temp.relative(), WriteMode::Truncate)
-                .await
-                .map(|w| {
-                    (
-                        w,
-                        Some(TempTarget {
-                            temp,
-                            replaced_size: existing,
-                        }),
-                    )
-                })
+            ))?)
         } else {
-            self.storage()
-                .open_write(path.relative(), mode)
-                .await
-                .map(|w| (w, None))
+            None
         };
-        let (writer, temp) = match opened {
-            Ok(opened) => opened,
-            Err(e) => {
-                if files_delta > 0 {
-                    quota.release_file();
-                }
-                return Err(e.into());
-            }
-        };
-        // Data dropped by truncation is freed at once; an atomic upload frees the old file when it replaces it.
-        let (start_size, bytes_delta) = if atomic {
-            (0, 0)
+        let files_delta = if existing.is_none() {
+            self.quota().reserve_file()?;
+            1
         } else {
-            quota.release_bytes(size - kept);
-            (kept, -((size - kept) as i64))
+            0
         };
-        Ok(Upload::new(UploadParts {
-            session: self.clone(),
-            writer,
-            path: path.clone(),
-            temp,
+        Ok(WritePlan {
+            existing,
             position,
-            size: start_size,
+            kept,
             overwrite_floor,
-            bytes_delta,
             files_delta,
-        }))
+            temp,
+        })
     }
 
     /// Creates a new file with a unique name in `dir` (FTP STOU) and opens it for upload.
@@ -500,18 +524,11 @@ impl Session {
         length: Option<u64>,
     ) -> CoreResult<(String, u64, u64)> {
         self.check(Permission::Download, path)?;
-        let meta = self.storage().metadata(path.relative()).await?;
-        if meta.is_dir() {
-            return Err(CoreError::IsADirectory);
-        }
-        if start > meta.size {
-            return Err(CoreError::InvalidArgument(format!(
-                "offset {start} is beyond the file size {}",
-                meta.size
-            )));
-        }
-        let end = length.map_or(meta.size, |l| start.saturating_add(l).min(meta.size));
-        let mut reader = self.storage().open_read(path.relative(), start).await?;
+        let opened = self.storage().open_read(path.relative(), start).await?;
+        let size = opened.metadata.size;
+        check_offset(start, size)?;
+        let end = length.map_or(size, |l| start.saturating_add(l).min(size));
+        let mut reader = opened.reader;
         let mut hasher = algorithm.hasher();
         let mut remaining = end - start;
         let mut buf = vec![0u8; HASH_CHUNK];
@@ -620,4 +637,48 @@ impl Drop for SessionInner {
     fn drop(&mut self) {
         self.events.publish(self.base_event(EventKind::Logout));
     }
+}
+
+/// How an upload opens its file, decided from what was at its path (see [`Session::open_write`]).
+struct WritePlan {
+    /// The size of the file that was there, if one was.
+    existing: Option<u64>,
+    position: u64,
+    /// Bytes of the existing file that the upload keeps.
+    kept: u64,
+    overwrite_floor: u64,
+    /// 1 when the upload creates the file (already counted against the quota).
+    files_delta: i64,
+    /// Where an atomic upload is written until it completes.
+    temp: Option<VirtualPath>,
+}
+
+impl WritePlan {
+    /// What the storage opens: the temporary file of an atomic upload (created afresh), or the file itself.
+    fn target(&self, path: &VirtualPath, mode: WriteMode) -> WriteTarget {
+        match &self.temp {
+            Some(temp) => WriteTarget {
+                path: temp.relative().to_owned(),
+                mode: WriteMode::Truncate,
+            },
+            None => WriteTarget {
+                path: path.relative().to_owned(),
+                mode,
+            },
+        }
+    }
+}
+
+/// Reading or hashing from `offset` needs the offset within the file.
+fn check_offset(offset: u64, size: u64) -> CoreResult<()> {
+    if offset > size {
+        return Err(CoreError::InvalidArgument(format!(
+            "offset {offset} is beyond the file size {size}"
+        )));
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }

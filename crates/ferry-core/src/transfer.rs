@@ -244,6 +244,9 @@ pub struct Download {
     done: bool,
     /// Whether [`Download::read`] has been used (reads may run ahead of the file position sends start from).
     read_from: bool,
+    /// Where the download started in the file: while only sends move the file position, it is this plus
+    /// `transferred`.
+    offset: u64,
     /// The file position up to which the page cache has been checked for direct sends.
     cached_to: u64,
 }
@@ -254,6 +257,7 @@ impl Download {
         reader: Box<dyn FileReader>,
         path: VirtualPath,
         size: u64,
+        offset: u64,
     ) -> Self {
         Download {
             session,
@@ -264,6 +268,7 @@ impl Download {
             started: Instant::now(),
             done: false,
             read_from: false,
+            offset,
             cached_to: 0,
         }
     }
@@ -298,10 +303,10 @@ impl Download {
     /// so that [`Download::send_to`] does not wait for the disk; cheap when they are (one probe per
     /// [`sendfile::WINDOW`]). Returns how many bytes from the current position may be sent.
     pub async fn prepare_send(&mut self) -> CoreResult<u64> {
-        let Some(fd) = self.reader.local_fd() else {
+        let Some(fd) = self.reader.local_fd().filter(|_| !self.read_from) else {
             return Err(unsupported().into());
         };
-        let position = sendfile::position(fd)?;
+        let position = self.offset + self.transferred;
         if position < self.cached_to {
             return Ok(self.cached_to - position);
         }
@@ -451,5 +456,84 @@ mod tests {
         up.flush().await.unwrap();
         assert_eq!(std::fs::read(tmp.path().join("home/f")).unwrap(), b"oldneW");
         up.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_upload_that_cannot_be_opened_gives_back_its_file_reservation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let session = session(&tmp, Permissions::all(), None).await;
+        assert!(matches!(
+            session
+                .open_write(&path("/missing/f"), WriteMode::Truncate)
+                .await,
+            Err(CoreError::NotFound)
+        ));
+        assert_eq!(session.quota().usage().files, 0);
+        std::fs::create_dir_all(tmp.path().join("home/d")).unwrap();
+        assert!(matches!(
+            session.open_write(&path("/d"), WriteMode::Truncate).await,
+            Err(CoreError::IsADirectory)
+        ));
+        assert_eq!(session.quota().usage().files, 0);
+    }
+
+    #[tokio::test]
+    async fn a_refused_upload_leaves_the_file_alone() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+        std::fs::write(tmp.path().join("home/f"), b"old").unwrap();
+        let no_overwrite = "list,download,upload".parse().unwrap();
+        let session = session(&tmp, no_overwrite, None).await;
+        assert!(matches!(
+            session.open_write(&path("/f"), WriteMode::Truncate).await,
+            Err(CoreError::PermissionDenied(Permission::Overwrite))
+        ));
+        assert!(matches!(
+            session.open_write(&path("/f"), WriteMode::CreateNew).await,
+            Err(CoreError::AlreadyExists)
+        ));
+        assert!(matches!(
+            session
+                .open_write(
+                    &path("/f"),
+                    WriteMode::At {
+                        offset: 4,
+                        truncate: false
+                    }
+                )
+                .await,
+            Err(CoreError::InvalidArgument(_))
+        ));
+        assert_eq!(std::fs::read(tmp.path().join("home/f")).unwrap(), b"old");
+        let mut up = session
+            .open_write(&path("/g"), WriteMode::CreateNew)
+            .await
+            .unwrap();
+        up.write(b"new").await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(session.quota().usage().files, 1);
+    }
+
+    #[tokio::test]
+    async fn a_download_checks_its_offset_against_the_opened_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("home/d")).unwrap();
+        std::fs::write(tmp.path().join("home/f"), b"0123").unwrap();
+        let session = session(&tmp, Permissions::all(), None).await;
+        assert!(matches!(
+            session.open_read(&path("/f"), 5).await,
+            Err(CoreError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            session.open_read(&path("/d"), 0).await,
+            Err(CoreError::IsADirectory)
+        ));
+        let mut down = session.open_read(&path("/f"), 4).await.unwrap();
+        assert_eq!(down.size(), 4);
+        assert_eq!(down.read(&mut [0u8; 8]).await.unwrap(), 0);
+        let mut down = session.open_read(&path("/f"), 1).await.unwrap();
+        let mut buf = [0u8; 8];
+        let n = down.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"123");
     }
 }

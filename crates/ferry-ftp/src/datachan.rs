@@ -81,17 +81,32 @@ impl PassivePorts {
         }
     }
 
-    /// Binds a listener on `ip`, trying the ports of the range from a random start until one is free.
+    /// Binds a listener on `ip`, trying the ports of the range from a random start until one is free. A port that
+    /// is taken is retried with the same socket, which a failed bind leaves unbound.
     pub async fn bind(&self, ip: IpAddr) -> io::Result<TcpListener> {
         let (first, last) = (*self.range.start(), *self.range.end());
         let count = u32::from(last - first) + 1;
         let start = rand::thread_rng().gen_range(0..count);
+        let mut unbound = None;
         for i in 0..count {
             let port = first + ((start + i) % count) as u16;
             if port == 0 || self.reserved.iter().any(|r| r.contains(&port)) {
                 continue;
             }
-            match listen_reusing(SocketAddr::new(ip, port)) {
+            let socket = match unbound.take() {
+                Some(socket) => socket,
+                None => reusing_socket(ip)?,
+            };
+            match socket.bind(SocketAddr::new(ip, port)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                    unbound = Some(socket);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            // Listening checks the port again; the socket is bound by then, so the next port needs a new one.
+            match socket.listen(PASSIVE_BACKLOG) {
                 Ok(listener) => return Ok(listener),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(e),
@@ -104,17 +119,16 @@ impl PassivePorts {
     }
 }
 
-/// A listener on `addr` with `SO_REUSEADDR`, which Linux lets share the port only with connections in TIME_WAIT
-/// (never with another listener).
-fn listen_reusing(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() {
+/// A socket for a listener with `SO_REUSEADDR`, which Linux lets share its port only with connections in
+/// TIME_WAIT (never with another listener).
+fn reusing_socket(ip: IpAddr) -> io::Result<TcpSocket> {
+    let socket = if ip.is_ipv4() {
         TcpSocket::new_v4()?
     } else {
         TcpSocket::new_v6()?
     };
     socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    socket.listen(PASSIVE_BACKLOG)
+    Ok(socket)
 }
 
 fn read_proc(path: &str) -> Option<String> {
@@ -243,7 +257,7 @@ mod tests {
 
     #[tokio::test]
     async fn reserved_ports_are_skipped() {
-        let probe = listen_reusing("127.0.0.1:0".parse().unwrap()).unwrap();
+        let probe = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = probe.local_addr().unwrap().port();
         drop(probe);
         let ports = PassivePorts {
@@ -271,6 +285,23 @@ mod tests {
             reserved: Vec::new(),
         };
         again.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_port_is_passed_over_for_a_free_one() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let Some(next) = port.checked_add(1) else {
+            return;
+        };
+        if TcpListener::bind(("127.0.0.1", next)).await.is_err() {
+            return;
+        }
+        let ports = PassivePorts::new(Some(port..=next));
+        for _ in 0..4 {
+            let l = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+            assert_eq!(l.local_addr().unwrap().port(), next);
+        }
     }
 
     #[tokio::test]

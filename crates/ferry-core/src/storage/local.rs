@@ -15,8 +15,8 @@ use std::os::unix::fs::DirBuilderExt;
 
 use super::cached_read::CachedReader;
 use super::{
-    Capabilities, DirBatch, DirEntry, DirStream, FileKind, FileReader, FileWriter, Metadata,
-    Storage, WriteMode,
+    Capabilities, DirBatch, DirEntry, DirStream, FileKind, FileWriter, Metadata, OpenedFile,
+    Storage, WriteMode, WritePlanner,
 };
 use crate::account::QuotaUsage;
 
@@ -161,6 +161,26 @@ fn entry_metadata(dir: &Dir, path: &Path) -> io::Result<(Metadata, Option<String
     Ok((convert_metadata(&own), target))
 }
 
+/// Opens `path` for writing as `mode` says (blocking).
+fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<std::fs::File> {
+    let mut options = OpenOptions::new();
+    options.write(true);
+    match mode {
+        WriteMode::Truncate => options.create(true).truncate(true),
+        WriteMode::CreateNew => options.create_new(true),
+        WriteMode::At { .. } => options.create(true),
+        WriteMode::Append => options.create(true).append(true),
+    };
+    let mut file = dir.open_with(path, &options)?.into_std();
+    if let WriteMode::At { offset, truncate } = mode {
+        if truncate {
+            file.set_len(offset)?;
+        }
+        file.seek(SeekFrom::Start(offset))?;
+    }
+    Ok(file)
+}
+
 /// A local file open for writing; tokio's `File` writes on the blocking pool.
 struct LocalFile(tokio::fs::File);
 
@@ -225,44 +245,49 @@ impl Storage for LocalStorage {
         }))
     }
 
-    async fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileReader>> {
+    async fn open_read(&self, path: &str, offset: u64) -> io::Result<OpenedFile> {
         let path = rel(path).to_owned();
-        let file = self
+        let (file, metadata) = self
             .run(move |d| {
-                let file = d.open(path)?.into_std();
-                if file.metadata()?.is_dir() {
+                let file = d.open(path)?;
+                let metadata = convert_metadata(&file.metadata()?);
+                if metadata.is_dir() {
                     return Err(io::Error::from(io::ErrorKind::IsADirectory));
                 }
-                let mut file = file;
+                let mut file = file.into_std();
                 if offset > 0 {
                     file.seek(SeekFrom::Start(offset))?;
                 }
-                Ok(file)
+                Ok((file, metadata))
             })
             .await?;
-        Ok(Box::new(CachedReader::new(file, offset)))
+        Ok(OpenedFile {
+            reader: Box::new(CachedReader::new(file, offset)),
+            metadata,
+        })
     }
 
     async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>> {
         let path = rel(path).to_owned();
+        let file = self.run(move |d| open_for_write(d, &path, mode)).await?;
+        Ok(Box::new(LocalFile(tokio::fs::File::from_std(file))))
+    }
+
+    async fn open_write_planned(
+        &self,
+        path: &str,
+        plan: WritePlanner,
+    ) -> io::Result<Box<dyn FileWriter>> {
+        let path = rel(path).to_owned();
         let file = self
             .run(move |d| {
-                let mut options = OpenOptions::new();
-                options.write(true);
-                match mode {
-                    WriteMode::Truncate => options.create(true).truncate(true),
-                    WriteMode::CreateNew => options.create_new(true),
-                    WriteMode::At { .. } => options.create(true),
-                    WriteMode::Append => options.create(true).append(true),
+                let existing = match d.metadata(path) {
+                    Ok(meta) => Some(convert_metadata(&meta)),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
                 };
-                let mut file = d.open_with(path, &options)?.into_std();
-                if let WriteMode::At { offset, truncate } = mode {
-                    if truncate {
-                        file.set_len(offset)?;
-                    }
-                    file.seek(SeekFrom::Start(offset))?;
-                }
-                Ok(file)
+                let target = plan(existing.as_ref())?;
+                open_for_write(d, rel(&target.path), target.mode)
             })
             .await?;
         Ok(Box::new(LocalFile(tokio::fs::File::from_std(file))))
@@ -477,8 +502,9 @@ mod tests {
         w.shutdown().await.unwrap();
         drop(w);
         let mut r = s.open_read("f", 3).await.unwrap();
+        assert_eq!(r.metadata.size, 7);
         let mut out = String::new();
-        r.read_to_string(&mut out).await.unwrap();
+        r.reader.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "lo!!");
     }
 

@@ -73,6 +73,24 @@ pub enum WriteMode {
     Append,
 }
 
+/// A file open for reading, with its metadata as of the open (from the open file, so that the two agree).
+pub struct OpenedFile {
+    pub reader: Box<dyn FileReader>,
+    pub metadata: Metadata,
+}
+
+/// Where and how [`Storage::open_write_planned`] opens a file.
+#[derive(Clone, Debug)]
+pub struct WriteTarget {
+    pub path: String,
+    pub mode: WriteMode,
+}
+
+/// Decides, from the metadata of what is at a path (`None`: nothing is), where and how to open it for writing; an
+/// error refuses, and nothing is opened. It runs where the storage does its work (for local storage, on the
+/// blocking pool), so it must not wait for anything.
+pub type WritePlanner = Box<dyn FnOnce(Option<&Metadata>) -> io::Result<WriteTarget> + Send>;
+
 /// A file open for reading.
 pub trait FileReader: AsyncRead + Send + Unpin {
     /// The file's descriptor when it is a local file that can be sent with sendfile(2) (see [`sendfile`]);
@@ -164,8 +182,25 @@ pub trait Storage: Send + Sync + 'static {
     /// Metadata of the entry itself, not following a final symlink.
     async fn symlink_metadata(&self, path: &str) -> io::Result<Metadata>;
     async fn read_dir(&self, path: &str) -> io::Result<DirStream>;
-    async fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileReader>>;
+    /// Opens a file (not a directory) for reading from `offset` on. An offset beyond the end is not checked.
+    async fn open_read(&self, path: &str, offset: u64) -> io::Result<OpenedFile>;
     async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>>;
+    /// Looks at `path` (following symlinks, as [`Storage::metadata`]) and opens what `plan` decides from it. Storage
+    /// that can should do both in one trip (the default makes two), so that a small upload waits for the storage
+    /// once before its data arrives.
+    async fn open_write_planned(
+        &self,
+        path: &str,
+        plan: WritePlanner,
+    ) -> io::Result<Box<dyn FileWriter>> {
+        let existing = match self.metadata(path).await {
+            Ok(meta) => Some(meta),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        let target = plan(existing.as_ref())?;
+        self.open_write(&target.path, target.mode).await
+    }
     async fn create_dir(&self, path: &str) -> io::Result<()>;
     async fn remove_dir(&self, path: &str) -> io::Result<()>;
     async fn remove_file(&self, path: &str) -> io::Result<()>;

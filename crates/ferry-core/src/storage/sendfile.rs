@@ -19,11 +19,6 @@ pub fn send(file: BorrowedFd<'_>, socket: BorrowedFd<'_>, max: usize) -> io::Res
     Ok(rustix::fs::sendfile(socket, file, None, max)?)
 }
 
-/// `file`'s current position.
-pub fn position(file: BorrowedFd<'_>) -> io::Result<u64> {
-    Ok(rustix::fs::tell(file)?)
-}
-
 /// Whether the byte at `offset` can be read without waiting for the disk. Also true beyond the end of the file,
 /// where there is nothing to wait for, and on a file system that cannot tell (no `RWF_NOWAIT`), where the sends
 /// then wait for the disk as a read would.
@@ -75,7 +70,7 @@ mod tests {
         file.seek(SeekFrom::Start(10)).unwrap();
         let (out, mut peer) = UnixStream::pair().unwrap();
         assert_eq!(send(file.as_fd(), out.as_fd(), 20).unwrap(), 20);
-        assert_eq!(position(file.as_fd()).unwrap(), 30);
+        assert_eq!(file.stream_position().unwrap(), 30);
         let mut got = [0u8; 20];
         peer.read_exact(&mut got).unwrap();
         assert_eq!(got, data[10..30]);
