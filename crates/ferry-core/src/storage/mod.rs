@@ -3,6 +3,7 @@
 //! outside the root, whatever symlinks it meets.
 
 pub mod local;
+mod local_listing;
 pub mod sendfile;
 
 use std::io;
