@@ -15,30 +15,18 @@ use std::os::unix::fs::DirBuilderExt;
 
 use super::local_listing::LocalDirReader;
 use super::{
-    Capabilities, DirBatch, DirStream, FileKind, FileReader, FileWriter, Metadata, Storage,
+    Capabilities, DirBatches, DirStream, FileKind, FileReader, FileWriter, Metadata, Storage,
     WriteMode,
 };
 use crate::account::QuotaUsage;
 
-/// Entries read per trip to the blocking pool (at least; whole getdents buffers are read): a listing holds about
-/// two batches however large the directory.
+/// Entries read per batch (at least; whole getdents buffers are read): with [`super::READ_AHEAD`], this bounds
+/// what a listing holds however large the directory.
 const LISTING_BATCH: usize = 256;
 
-/// Reads the next batch of `reader` (blocking).
-fn read_batch(mut reader: LocalDirReader) -> DirBatch {
-    match reader.read_batch(LISTING_BATCH) {
-        Ok(batch) if batch.is_empty() => DirBatch {
-            entries: Ok(batch),
-            rest: None,
-        },
-        Ok(batch) => DirBatch {
-            entries: Ok(batch),
-            rest: Some(Box::new(move || read_batch(reader))),
-        },
-        Err(e) => DirBatch {
-            entries: Err(e),
-            rest: None,
-        },
+impl DirBatches for LocalDirReader {
+    fn next_batch(&mut self) -> io::Result<Vec<super::DirEntry>> {
+        self.read_batch(LISTING_BATCH)
     }
 }
 
@@ -199,7 +187,7 @@ impl Storage for LocalStorage {
         let reader = self
             .run(move |d| LocalDirReader::open(d.open_dir(path)?))
             .await?;
-        Ok(DirStream::blocking(move || read_batch(reader)))
+        Ok(DirStream::blocking(reader))
     }
 
     async fn open_read(&self, path: &str, offset: u64) -> io::Result<Box<dyn FileReader>> {
