@@ -230,6 +230,14 @@ impl Account {
             .map_or(self.permissions, |d| d.permissions)
     }
 
+    /// Whether some directory strictly inside `dir` has permissions configured: if not, every entry of `dir` has
+    /// [`Account::permissions_at`] `dir`, and a listing need not look each one up.
+    pub fn has_permissions_below(&self, dir: &VirtualPath) -> bool {
+        self.dir_permissions
+            .iter()
+            .any(|d| d.path != *dir && d.path.starts_with(dir))
+    }
+
     pub fn ip_allowed(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.allowed_ips.is_empty() || self.allowed_ips.iter().any(|net| net.contains(&ip))
@@ -314,6 +322,9 @@ mod tests {
         assert!(at("/in/file").contains(Permission::Upload));
         assert!(!at("/inbox").contains(Permission::Upload));
         assert_eq!(at("/in/deep/f"), Permissions::NONE);
+        let below = |p: &str| a.has_permissions_below(&VirtualPath::parse(p).unwrap());
+        assert!(below("/") && below("/in"));
+        assert!(!below("/in/deep") && !below("/x") && !below("/i"));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Listing formats: `ls -l` lines as vsftpd writes them (LIST, STAT path), bare names (NLST) and RFC 3659 facts
 //! (MLSD, MLST).
 
-use std::time::{Duration, SystemTime};
+use std::fmt::Write;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::account::{Permission, Permissions};
 use ferry_core::storage::{FileKind, Metadata};
@@ -80,10 +81,53 @@ fn ls_time(t: SystemTime, now: SystemTime) -> String {
 
 /// An RFC 3659 time value, `YYYYMMDDHHMMSS`, in UTC.
 pub fn time_val(t: SystemTime) -> String {
-    let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
-    OffsetDateTime::from(t)
-        .format(&format)
-        .unwrap_or_else(|_| "19700101000000".into())
+    let mut out = String::with_capacity(14);
+    push_time_val(&mut out, t);
+    out
+}
+
+/// Appends [`time_val`] of `t` to `out`. Listings write one per entry, so the years ferry sees (1970 to 9999) are
+/// computed directly rather than through a format description.
+fn push_time_val(out: &mut String, t: SystemTime) {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(since) if since.as_secs() < YEAR_10000 => {
+            let secs = since.as_secs();
+            let (year, month, day) = civil_from_days(secs / 86_400);
+            let time = secs % 86_400;
+            let _ = write!(
+                out,
+                "{year:04}{month:02}{day:02}{:02}{:02}{:02}",
+                time / 3600,
+                time / 60 % 60,
+                time % 60
+            );
+        }
+        _ => {
+            let format =
+                time::macros::format_description!("[year][month][day][hour][minute][second]");
+            match OffsetDateTime::from(t).format(&format) {
+                Ok(text) => out.push_str(&text),
+                Err(_) => out.push_str("19700101000000"),
+            }
+        }
+    }
+}
+
+/// The proleptic Gregorian date (year, month, day) `days` days after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for days on or after the epoch).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// What kind of MLSD entry a listing line describes.
@@ -105,40 +149,59 @@ pub fn mlst_line(
     facts: &[String],
 ) -> String {
     let mut out = String::with_capacity(96 + name.len());
+    push_mlst_line(&mut out, name, meta, perms, role, facts);
+    out
+}
+
+/// Appends [`mlst_line`] to `out`, without allocating for the facts.
+pub fn push_mlst_line(
+    out: &mut String,
+    name: &str,
+    meta: &Metadata,
+    perms: Permissions,
+    role: EntryRole,
+    facts: &[String],
+) {
     for fact in facts {
-        let value = match fact.as_str() {
-            "type" => match (role, meta.kind) {
-                (EntryRole::Current, _) => "cdir".to_owned(),
-                (EntryRole::Parent, _) => "pdir".to_owned(),
-                (_, FileKind::Dir) => "dir".to_owned(),
-                (_, FileKind::File) => "file".to_owned(),
-                (_, FileKind::Symlink) => "OS.unix=symlink".to_owned(),
-                (_, FileKind::Other) => "OS.unix=special".to_owned(),
-            },
-            "size" => meta.size.to_string(),
-            "modify" => time_val(meta.modified),
-            "perm" => perm_fact(meta.kind, perms),
-            "unique" => format!("{:x}", meta.unique_id),
-            "unix.mode" => format!("0{:o}", meta.mode),
+        match fact.as_str() {
+            "type" => {
+                out.push_str("type=");
+                out.push_str(match (role, meta.kind) {
+                    (EntryRole::Current, _) => "cdir",
+                    (EntryRole::Parent, _) => "pdir",
+                    (_, FileKind::Dir) => "dir",
+                    (_, FileKind::File) => "file",
+                    (_, FileKind::Symlink) => "OS.unix=symlink",
+                    (_, FileKind::Other) => "OS.unix=special",
+                });
+            }
+            "size" => {
+                let _ = write!(out, "size={}", meta.size);
+            }
+            "modify" => {
+                out.push_str("modify=");
+                push_time_val(out, meta.modified);
+            }
+            "perm" => {
+                out.push_str("perm=");
+                push_perm_fact(out, meta.kind, perms);
+            }
+            "unique" => {
+                let _ = write!(out, "unique={:x}", meta.unique_id);
+            }
+            "unix.mode" => {
+                let _ = write!(out, "UNIX.mode=0{:o}", meta.mode);
+            }
             _ => continue,
-        };
-        let label = if fact == "unix.mode" {
-            "UNIX.mode"
-        } else {
-            fact.as_str()
-        };
-        out.push_str(label);
-        out.push('=');
-        out.push_str(&value);
+        }
         out.push(';');
     }
     out.push(' ');
     out.push_str(name);
-    out
 }
 
-/// The RFC 3659 `perm` fact: what this account may do with the entry.
-fn perm_fact(kind: FileKind, p: Permissions) -> String {
+/// Appends the RFC 3659 `perm` fact: what this account may do with the entry.
+fn push_perm_fact(out: &mut String, kind: FileKind, p: Permissions) {
     let write = p.contains(Permission::Upload) && p.contains(Permission::Overwrite);
     let letters: &[(bool, char)] = if kind == FileKind::Dir {
         &[
@@ -159,17 +222,17 @@ fn perm_fact(kind: FileKind, p: Permissions) -> String {
             (write, 'w'),
         ]
     };
-    letters
-        .iter()
-        .filter(|(allowed, _)| *allowed)
-        .map(|(_, c)| c)
-        .collect()
+    out.extend(
+        letters
+            .iter()
+            .filter(|(allowed, _)| *allowed)
+            .map(|(_, c)| c),
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
 
     fn meta(kind: FileKind, size: u64, mode: u32) -> Metadata {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
@@ -226,5 +289,39 @@ mod tests {
             &facts[..1],
         );
         assert_eq!(dir, "type=cdir; .");
+    }
+
+    #[test]
+    fn time_values_match_the_time_crate() {
+        let format = time::macros::format_description!("[year][month][day][hour][minute][second]");
+        let samples = [
+            0,
+            59,
+            86_399,
+            86_400,
+            951_782_400, // 2000-02-29
+            951_868_799,
+            1_700_000_000,
+            4_107_542_399, // 2100-02-28T23:59:59
+            4_107_542_400, // 2100-03-01, not a leap year
+            253_402_300_799,
+        ];
+        let mut step = 0u64;
+        let spread = std::iter::from_fn(|| {
+            step += 1;
+            (step < 20_000).then_some(step * 12_670_019 % 253_402_300_800)
+        });
+        for secs in samples.into_iter().chain(spread) {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(
+                time_val(t),
+                OffsetDateTime::from(t).format(&format).unwrap(),
+                "{secs}"
+            );
+        }
+        assert_eq!(
+            time_val(UNIX_EPOCH - Duration::from_secs(1)),
+            "19691231235959"
+        );
     }
 }

@@ -353,29 +353,47 @@ impl Io {
         let now = SystemTime::now();
         let mut batch = String::with_capacity(LISTING_BATCH + 1024);
         let mut sent = 0u64;
+        // Every entry of the listed directory has its permissions unless a directory below has its own.
+        let uniform_perms = match &format {
+            ListFormat::Facts { dir, session, .. } => {
+                let account = session.account();
+                (!account.has_permissions_below(dir)).then(|| account.permissions_at(dir))
+            }
+            _ => None,
+        };
         let add = |batch: &mut String, entry: &DirEntry| {
-            let line = match &format {
-                ListFormat::Long => listing::list_line(
+            match &format {
+                ListFormat::Long => batch.push_str(&listing::list_line(
                     &entry.name,
                     &entry.metadata,
                     entry.link_target.as_deref(),
                     now,
-                ),
-                ListFormat::Names { prefix } => format!("{prefix}{}", entry.name),
+                )),
+                ListFormat::Names { prefix } => {
+                    batch.push_str(prefix);
+                    batch.push_str(&entry.name);
+                }
                 ListFormat::Facts {
                     facts,
                     dir,
                     session,
                     ..
                 } => {
-                    let perms = dir
-                        .join(&entry.name)
-                        .map(|p| session.account().permissions_at(&p))
-                        .unwrap_or_else(|_| session.account().permissions_at(dir));
-                    listing::mlst_line(&entry.name, &entry.metadata, perms, EntryRole::Plain, facts)
+                    let perms = uniform_perms.unwrap_or_else(|| {
+                        dir.join(&entry.name)
+                            .map(|p| session.account().permissions_at(&p))
+                            .unwrap_or_else(|_| session.account().permissions_at(dir))
+                    });
+                    listing::push_mlst_line(
+                        batch,
+                        &entry.name,
+                        &entry.metadata,
+                        perms,
+                        EntryRole::Plain,
+                        facts,
+                    );
                 }
-            };
-            batch.push_str(&line);
+            }
             batch.push_str("\r\n");
         };
         if let ListFormat::Facts { header, .. } = &format {

@@ -14,52 +14,20 @@ use cap_std::fs::{Dir, MetadataExt, OpenOptions, PermissionsExt};
 use std::os::unix::fs::DirBuilderExt;
 
 use super::cached_read::CachedReader;
+use super::local_listing::LocalDirReader;
 use super::{
-    Capabilities, DirBatch, DirEntry, DirStream, FileKind, FileWriter, Metadata, OpenedFile,
-    Storage, WriteMode, WritePlanner,
+    Capabilities, DirBatches, DirStream, FileKind, FileWriter, Metadata, OpenedFile, Storage,
+    WriteMode, WritePlanner,
 };
 use crate::account::QuotaUsage;
 
-/// Entries read per trip to the blocking pool: a listing holds at most two batches however large the directory.
+/// Entries read per batch (at least; whole getdents buffers are read): with [`super::READ_AHEAD`], this bounds
+/// what a listing holds however large the directory.
 const LISTING_BATCH: usize = 256;
 
-/// Reads the next [`LISTING_BATCH`] entries of `entries` with their metadata (blocking).
-fn read_batch(dir: Dir, mut entries: cap_std::fs::ReadDir) -> DirBatch {
-    let mut batch = Vec::with_capacity(LISTING_BATCH);
-    while batch.len() < LISTING_BATCH {
-        let entry = match entries.next() {
-            None => {
-                return DirBatch {
-                    entries: Ok(batch),
-                    rest: None,
-                }
-            }
-            Some(Ok(entry)) => entry,
-            // What was read comes first, then the error.
-            Some(Err(e)) => {
-                return DirBatch {
-                    entries: Ok(batch),
-                    rest: Some(Box::new(move || DirBatch {
-                        entries: Err(e),
-                        rest: None,
-                    })),
-                }
-            }
-        };
-        let name = entry.file_name();
-        // An entry that vanished meanwhile or cannot be read is left out, as `ls` does.
-        let Ok((metadata, link_target)) = entry_metadata(&dir, Path::new(&name)) else {
-            continue;
-        };
-        batch.push(DirEntry {
-            name: name.to_string_lossy().into_owned(),
-            metadata,
-            link_target,
-        });
-    }
-    DirBatch {
-        entries: Ok(batch),
-        rest: Some(Box::new(move || read_batch(dir, entries))),
+impl DirBatches for LocalDirReader {
+    fn next_batch(&mut self) -> io::Result<Vec<super::DirEntry>> {
+        self.read_batch(LISTING_BATCH)
     }
 }
 
@@ -140,25 +108,12 @@ fn convert_metadata(m: &cap_std::fs::Metadata) -> Metadata {
     }
 }
 
-fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
+pub(super) fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
     let nanos = Duration::from_nanos(u64::try_from(nsecs).unwrap_or(0));
     match u64::try_from(secs) {
         Ok(s) => UNIX_EPOCH + Duration::from_secs(s) + nanos,
         Err(_) => UNIX_EPOCH,
     }
-}
-
-/// Metadata of a listing entry itself (symlinks not followed) and, for a symlink, where it points.
-fn entry_metadata(dir: &Dir, path: &Path) -> io::Result<(Metadata, Option<String>)> {
-    let own = dir.symlink_metadata(path)?;
-    if !own.is_symlink() {
-        return Ok((convert_metadata(&own), None));
-    }
-    let target = dir
-        .read_link_contents(path)
-        .ok()
-        .map(|t| t.to_string_lossy().into_owned());
-    Ok((convert_metadata(&own), target))
 }
 
 /// Opens `path` for writing as `mode` says (blocking).
@@ -235,14 +190,10 @@ impl Storage for LocalStorage {
 
     async fn read_dir(&self, path: &str) -> io::Result<DirStream> {
         let path = rel(path).to_owned();
-        let dir = self.run(move |d| d.open_dir(path)).await?;
-        Ok(DirStream::blocking(move || match dir.entries() {
-            Ok(entries) => read_batch(dir, entries),
-            Err(e) => DirBatch {
-                entries: Err(e),
-                rest: None,
-            },
-        }))
+        let reader = self
+            .run(move |d| LocalDirReader::open(d.open_dir(path)?))
+            .await?;
+        Ok(DirStream::blocking(reader))
     }
 
     async fn open_read(&self, path: &str, offset: u64) -> io::Result<OpenedFile> {
@@ -506,6 +457,66 @@ mod tests {
         let mut out = String::new();
         r.reader.read_to_string(&mut out).await.unwrap();
         assert_eq!(out, "lo!!");
+    }
+
+    #[tokio::test]
+    async fn listing_shows_each_entry_as_symlink_metadata_does() {
+        let (tmp, s) = storage().await;
+        let home = tmp.path().join("home");
+        std::fs::write(home.join("file"), b"12345").unwrap();
+        std::fs::create_dir(home.join("dir")).unwrap();
+        std::os::unix::fs::symlink("file", home.join("link")).unwrap();
+        std::os::unix::fs::symlink("../secret", home.join("outside")).unwrap();
+        std::fs::write(home.join("caf\u{e9}"), b"").unwrap();
+        let mut stream = s.read_dir("").await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(entry) = stream.next().await {
+            let entry = entry.unwrap();
+            let own = s.symlink_metadata(&entry.name).await.unwrap();
+            let m = &entry.metadata;
+            // Reading a symlink's target touches its access time.
+            if m.kind != FileKind::Symlink {
+                assert_eq!(m.accessed, own.accessed, "{}", entry.name);
+            }
+            assert_eq!(
+                (
+                    m.kind,
+                    m.size,
+                    m.modified,
+                    m.mode,
+                    m.nlink,
+                    m.uid,
+                    m.gid,
+                    m.unique_id
+                ),
+                (
+                    own.kind,
+                    own.size,
+                    own.modified,
+                    own.mode,
+                    own.nlink,
+                    own.uid,
+                    own.gid,
+                    own.unique_id
+                ),
+                "{}",
+                entry.name
+            );
+            seen.push((entry.name, entry.link_target));
+        }
+        seen.sort();
+        let expected = [
+            ("caf\u{e9}", None),
+            ("dir", None),
+            ("file", None),
+            ("link", Some("file")),
+            ("outside", Some("../secret")),
+        ];
+        let expected: Vec<(String, Option<String>)> = expected
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.map(str::to_owned)))
+            .collect();
+        assert_eq!(seen, expected);
     }
 
     #[tokio::test]

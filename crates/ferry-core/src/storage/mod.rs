@@ -4,15 +4,18 @@
 
 mod cached_read;
 pub mod local;
+mod local_listing;
 pub mod sendfile;
 
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::BorrowedFd;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 
 use crate::account::QuotaUsage;
 
@@ -105,61 +108,145 @@ pub trait FileReader: AsyncRead + Send + Unpin {
 pub trait FileWriter: AsyncWrite + Send + Unpin {}
 
 /// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.
+///
+/// A [`DirBatches`] reader is run on the blocking pool, where it reads batch after batch while the consumer keeps
+/// up, so that reading never waits for the consumer to come and ask. Once [`READ_AHEAD`] batches wait unread, it
+/// stops and gives its thread back; the consumer starts it again when it takes one. A stalled listing therefore
+/// holds no thread, and a listing holds at most `READ_AHEAD + 2` batches: those waiting, the one being read and
+/// the one being consumed.
 pub struct DirStream {
-    /// The read of the next batch, already under way (one batch ahead of the consumer).
-    next: Option<JoinHandle<DirBatch>>,
-    /// The current batch, reversed so that `pop` yields entries in order.
-    current: Vec<DirEntry>,
+    /// The batches read ahead; `None` for a stream made from entries.
+    ahead: Option<Arc<ReadAhead>>,
+    /// The batch being consumed.
+    current: std::vec::IntoIter<DirEntry>,
 }
 
-/// One batch of a listing, and what reads the batch after it (`None` at the end).
-pub struct DirBatch {
-    pub entries: io::Result<Vec<DirEntry>>,
-    pub rest: Option<Box<dyn FnOnce() -> DirBatch + Send>>,
+/// Batches a [`DirStream`] reads ahead of its consumer before its reader stops.
+pub const READ_AHEAD: usize = 2;
+
+/// A directory read batch by batch with blocking calls, for [`DirStream::blocking`].
+pub trait DirBatches: Send + 'static {
+    /// The next entries (blocking); an empty batch is the end. Nothing more is read after an error.
+    fn next_batch(&mut self) -> io::Result<Vec<DirEntry>>;
+}
+
+/// What a listing's reader and its consumer share.
+struct ReadAhead {
+    state: Mutex<AheadState>,
+    /// Told whenever a batch (or the end) arrives.
+    arrived: Notify,
+}
+
+struct AheadState {
+    batches: VecDeque<io::Result<Vec<DirEntry>>>,
+    /// The reader while it waits for room; `None` while it reads, and once it has finished.
+    parked: Option<Box<dyn DirBatches>>,
+    /// The reader has delivered its last batch (or an error).
+    finished: bool,
+    /// The consumer is gone: the reader stops after the batch it is reading.
+    abandoned: bool,
+}
+
+impl ReadAhead {
+    fn state(&self) -> MutexGuard<'_, AheadState> {
+        // The lock is never held across anything that can panic; take the state even if a thread did.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `reader` on the blocking pool until it finishes or has [`READ_AHEAD`] batches waiting.
+    fn start(self: Arc<Self>, reader: Box<dyn DirBatches>) {
+        tokio::task::spawn_blocking(move || self.read(reader));
+    }
+
+    fn read(&self, mut reader: Box<dyn DirBatches>) {
+        loop {
+            let batch = reader.next_batch();
+            let last = !matches!(&batch, Ok(entries) if !entries.is_empty());
+            let mut state = self.state();
+            if state.abandoned {
+                return;
+            }
+            if matches!(&batch, Ok(entries) if entries.is_empty()) {
+                state.finished = true;
+            } else {
+                state.finished = last;
+                state.batches.push_back(batch);
+            }
+            if last || state.batches.len() >= READ_AHEAD {
+                if !last {
+                    state.parked = Some(reader);
+                }
+                drop(state);
+                self.arrived.notify_one();
+                return;
+            }
+            drop(state);
+            self.arrived.notify_one();
+        }
+    }
 }
 
 impl DirStream {
-    /// A stream whose batches `first`, and the continuations it returns, read on the blocking pool. One batch is
-    /// read ahead, so that reading overlaps with sending; a consumer that stops reading holds no thread, only
-    /// the batch read ahead (and dropping the stream drops the reader).
-    pub fn blocking(first: impl FnOnce() -> DirBatch + Send + 'static) -> Self {
+    /// A stream read by `reader` on the blocking pool, ahead of the consumer (see [`DirStream`]).
+    pub fn blocking(reader: impl DirBatches) -> Self {
+        let ahead = Arc::new(ReadAhead {
+            state: Mutex::new(AheadState {
+                batches: VecDeque::with_capacity(READ_AHEAD),
+                parked: None,
+                finished: false,
+                abandoned: false,
+            }),
+            arrived: Notify::new(),
+        });
+        Arc::clone(&ahead).start(Box::new(reader));
         DirStream {
-            next: Some(tokio::task::spawn_blocking(first)),
-            current: Vec::new(),
+            ahead: Some(ahead),
+            current: Vec::new().into_iter(),
         }
     }
 
     /// A stream holding exactly these entries.
-    pub fn from_entries(mut entries: Vec<DirEntry>) -> Self {
-        entries.reverse();
+    pub fn from_entries(entries: Vec<DirEntry>) -> Self {
         DirStream {
-            next: None,
-            current: entries,
+            ahead: None,
+            current: entries.into_iter(),
         }
     }
 
     pub async fn next(&mut self) -> Option<io::Result<DirEntry>> {
         loop {
-            if let Some(entry) = self.current.pop() {
+            if let Some(entry) = self.current.next() {
                 return Some(Ok(entry));
             }
-            let batch = match self.next.take()?.await {
-                Ok(batch) => batch,
-                Err(e) => return Some(Err(io::Error::other(e))),
+            let ahead = self.ahead.as_ref()?;
+            let batch = {
+                let mut state = ahead.state();
+                let batch = state.batches.pop_front();
+                if batch.is_none() && state.finished {
+                    return None;
+                }
+                if let (Some(_), Some(reader)) = (&batch, state.parked.take()) {
+                    Arc::clone(ahead).start(reader);
+                }
+                batch
             };
-            if let Some(rest) = batch.rest {
-                self.next = Some(tokio::task::spawn_blocking(rest));
+            match batch {
+                Some(Ok(entries)) => self.current = entries.into_iter(),
+                Some(Err(e)) => return Some(Err(e)),
+                // A batch that arrives meanwhile leaves a permit: this wait then ends at once.
+                None => ahead.arrived.notified().await,
             }
-            match batch.entries {
-                Ok(mut entries) => {
-                    entries.reverse();
-                    self.current = entries;
-                }
-                Err(e) => {
-                    self.next = None;
-                    return Some(Err(e));
-                }
-            }
+        }
+    }
+}
+
+impl Drop for DirStream {
+    fn drop(&mut self) {
+        if let Some(ahead) = &self.ahead {
+            let mut state = ahead.state();
+            state.abandoned = true;
+            state.parked = None;
+            state.batches.clear();
         }
     }
 }
@@ -217,4 +304,107 @@ pub trait Storage: Send + Sync + 'static {
     async fn free_space(&self) -> io::Result<Option<u64>>;
     /// Total size and number of regular files below `path` (symlinks not followed), for quota rescans.
     async fn disk_usage(&self, path: &str) -> io::Result<QuotaUsage>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    /// Hands out `batches` batches of two entries, then the end (or `error`), counting the batches read.
+    struct Counted {
+        batches: usize,
+        read: Arc<AtomicUsize>,
+        error: bool,
+    }
+
+    impl DirBatches for Counted {
+        fn next_batch(&mut self) -> io::Result<Vec<DirEntry>> {
+            let n = self.read.fetch_add(1, Ordering::SeqCst);
+            if n >= self.batches {
+                return if self.error {
+                    Err(io::Error::other("broken"))
+                } else {
+                    Ok(Vec::new())
+                };
+            }
+            Ok([0, 1].map(|i| entry(&format!("{n}.{i}"))).into())
+        }
+    }
+
+    fn entry(name: &str) -> DirEntry {
+        DirEntry {
+            name: name.to_owned(),
+            metadata: Metadata {
+                kind: FileKind::File,
+                size: 0,
+                modified: UNIX_EPOCH,
+                accessed: UNIX_EPOCH,
+                mode: 0o644,
+                nlink: 1,
+                uid: 0,
+                gid: 0,
+                unique_id: 0,
+            },
+            link_target: None,
+        }
+    }
+
+    fn counted(batches: usize, error: bool) -> (DirStream, Arc<AtomicUsize>) {
+        let read = Arc::new(AtomicUsize::new(0));
+        let reader = Counted {
+            batches,
+            read: Arc::clone(&read),
+            error,
+        };
+        (DirStream::blocking(reader), read)
+    }
+
+    async fn settle(read: &AtomicUsize, until: usize) -> usize {
+        for _ in 0..200 {
+            if read.load(Ordering::SeqCst) >= until {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // Give a reader that would go too far the time to do so.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        read.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn reading_goes_on_while_the_consumer_works_but_only_read_ahead_batches_far() {
+        let (mut stream, read) = counted(100, false);
+        assert_eq!(stream.next().await.unwrap().unwrap().name, "0.0");
+        // The batch being consumed, and READ_AHEAD more without being asked.
+        assert_eq!(settle(&read, READ_AHEAD + 1).await, READ_AHEAD + 1);
+        let mut names = vec!["0.0".to_owned()];
+        while let Some(entry) = stream.next().await {
+            names.push(entry.unwrap().name);
+        }
+        let expected: Vec<String> = (0..100)
+            .flat_map(|n| [format!("{n}.0"), format!("{n}.1")])
+            .collect();
+        assert_eq!(names, expected);
+    }
+
+    #[tokio::test]
+    async fn entries_read_before_an_error_come_first() {
+        let (mut stream, _) = counted(3, true);
+        for _ in 0..6 {
+            assert!(stream.next().await.unwrap().is_ok());
+        }
+        assert!(stream.next().await.unwrap().is_err());
+        assert!(stream.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_dropped_listing_stops_reading() {
+        let (mut stream, read) = counted(100, false);
+        assert!(stream.next().await.unwrap().is_ok());
+        let before = settle(&read, READ_AHEAD + 1).await;
+        drop(stream);
+        assert_eq!(settle(&read, usize::MAX).await, before);
+    }
 }
