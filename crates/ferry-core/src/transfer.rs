@@ -2,11 +2,11 @@
 //! is cut off at the quota instead of overrunning it; both publish their event when they end, however they end.
 
 use std::fmt;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::account::Permission;
 use crate::error::{CoreError, CoreResult};
@@ -101,20 +101,28 @@ impl Upload {
 
     /// Writes `data` at the current position, after reserving any growth of the file against the quota.
     pub async fn write(&mut self, data: &[u8]) -> CoreResult<()> {
+        self.write_parts(&[data]).await
+    }
+
+    /// Writes `parts` one after another at the current position, as [`Upload::write`] does with their
+    /// concatenation but without copying them into one buffer first: storage that takes vectored writes gets them
+    /// in one call.
+    pub async fn write_parts(&mut self, parts: &[&[u8]]) -> CoreResult<()> {
         let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
-        let end = s.position + data.len() as u64;
+        let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
+        let end = s.position + len;
         let growth = end.saturating_sub(s.size);
         if growth > 0 {
             s.session.quota().reserve_bytes(growth)?;
         }
-        if let Err(e) = s.writer.write_all(data).await {
+        if let Err(e) = write_all_parts(&mut s.writer, parts).await {
             s.session.quota().release_bytes(growth);
             return Err(e.into());
         }
         s.position = end;
         s.size = s.size.max(end);
         s.bytes_delta += growth as i64;
-        s.transferred += data.len() as u64;
+        s.transferred += len;
         Ok(())
     }
 
@@ -123,6 +131,12 @@ impl Upload {
     /// any growth as in [`Upload::write`]; data that existed before the upload may only be overwritten with the
     /// `overwrite` permission.
     pub async fn write_at(&mut self, offset: u64, data: &[u8]) -> CoreResult<()> {
+        self.write_parts_at(offset, &[data]).await
+    }
+
+    /// Writes `parts` one after another from `offset`, as [`Upload::write_at`] does with their concatenation (see
+    /// [`Upload::write_parts`]).
+    pub async fn write_parts_at(&mut self, offset: u64, parts: &[&[u8]]) -> CoreResult<()> {
         let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
         if offset != s.position {
             if offset < s.overwrite_floor {
@@ -142,7 +156,7 @@ impl Upload {
                 .await?;
             s.position = offset;
         }
-        self.write(data).await
+        self.write_parts(parts).await
     }
 
     /// Hands buffered data to the storage, so that other readers of the file see it.
@@ -170,6 +184,38 @@ impl Upload {
             fail_upload(s, reason.to_string()).await;
         }
     }
+}
+
+/// Writes all of `parts`, in order: with vectored writes where `writer` takes them (each call may take part of
+/// them), one part after another otherwise.
+async fn write_all_parts<W>(writer: &mut W, parts: &[&[u8]]) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin + ?Sized,
+{
+    if parts.len() < 2 || !writer.is_write_vectored() {
+        for part in parts {
+            writer.write_all(part).await?;
+        }
+        return Ok(());
+    }
+    let mut rest: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let mut first = 0;
+    while first < rest.len() {
+        let slices: Vec<IoSlice<'_>> = rest.iter().skip(first).map(|p| IoSlice::new(p)).collect();
+        let mut written = writer.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while let Some(part) = rest.get_mut(first) {
+            if written < part.len() {
+                *part = part.get(written..).unwrap_or_default();
+                break;
+            }
+            written -= part.len();
+            first += 1;
+        }
+    }
+    Ok(())
 }
 
 async fn complete(s: &mut UploadState) -> CoreResult<()> {
@@ -535,5 +581,99 @@ mod tests {
         let mut buf = [0u8; 8];
         let n = down.read(&mut buf).await.unwrap();
         assert_eq!(&buf[..n], b"123");
+    }
+
+    #[tokio::test]
+    async fn write_parts_at_lands_parts_in_order_and_counts_growth_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let session = session(&tmp, Permissions::all(), Some(10)).await;
+        let mut up = session
+            .open_write(&path("/f"), WriteMode::Truncate)
+            .await
+            .unwrap();
+        up.write_parts_at(2, &[b"23", b"", b"456"]).await.unwrap();
+        up.write_parts_at(0, &[b"0", b"1"]).await.unwrap();
+        assert!(matches!(
+            up.write_parts_at(7, &[b"78", b"9x"]).await,
+            Err(CoreError::QuotaExceeded(_))
+        ));
+        up.write_parts_at(7, &[b"7", b"89"]).await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("home/f")).unwrap(),
+            b"0123456789"
+        );
+        assert_eq!(session.quota().usage().bytes, 10);
+    }
+
+    /// Takes vectored writes, at most `limit` bytes per call.
+    struct Trickle {
+        data: Vec<u8>,
+        limit: usize,
+        calls: usize,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            self.poll_write_vectored(cx, &[IoSlice::new(buf)])
+        }
+
+        fn poll_write_vectored(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            bufs: &[IoSlice<'_>],
+        ) -> std::task::Poll<io::Result<usize>> {
+            let mut taken = 0;
+            for buf in bufs {
+                let n = buf.len().min(self.limit - taken);
+                self.data.extend_from_slice(&buf[..n]);
+                taken += n;
+            }
+            self.calls += 1;
+            std::task::Poll::Ready(Ok(taken))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn parts_written_in_pieces_arrive_whole_and_in_order() {
+        let parts: [&[u8]; 5] = [b"abcd", b"", b"e", b"fghijkl", b"mn"];
+        let mut partial = Trickle {
+            data: Vec::new(),
+            limit: 3,
+            calls: 0,
+        };
+        write_all_parts(&mut partial, &parts).await.unwrap();
+        assert_eq!(partial.data, b"abcdefghijklmn");
+        assert_eq!(partial.calls, 5);
+        let mut whole = Trickle {
+            data: Vec::new(),
+            limit: usize::MAX,
+            calls: 0,
+        };
+        write_all_parts(&mut whole, &parts).await.unwrap();
+        assert_eq!(whole.data, b"abcdefghijklmn");
+        assert_eq!(whole.calls, 1);
     }
 }

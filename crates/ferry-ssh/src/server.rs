@@ -101,7 +101,6 @@ fn russh_config(core: &ServerCore, config: &SshConfig, keys: Vec<PrivateKey>) ->
         inactivity_timeout: Some(core.limits().idle_timeout),
         // Key probes (one per key in the client's agent) count too; failed logins are capped separately.
         max_auth_attempts: 20,
-        nodelay: true,
         preferred: Preferred {
             cipher: Cow::Borrowed(CIPHERS),
             ..Preferred::default()
@@ -152,7 +151,7 @@ impl SshServer {
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.wait() => return Ok(()),
-                accepted = listener.accept() => match accepted {
+                accepted = accept_next(&listener) => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Running out of file descriptors must not end the server: wait a moment and go on.
@@ -166,6 +165,18 @@ impl SshServer {
             tokio::spawn(async move { accept(shared, tcp, peer).await });
         }
     }
+}
+
+/// Accepts the next connection and sets TCP_NODELAY on it: russh applies its `nodelay` setting only to sockets it
+/// accepts itself. With Nagle's algorithm on, a small reply (a burst of SFTP write acknowledgements) waits for the
+/// client to acknowledge the previous segment, and a client that sends nothing until it gets that reply delays its
+/// acknowledgement: each round trip of a pipelined upload then stalls.
+async fn accept_next(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
+    let (tcp, peer) = listener.accept().await?;
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
+    }
+    Ok((tcp, peer))
 }
 
 async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
@@ -249,4 +260,19 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         Err(e) => tracing::debug!(%peer, error = %e, "disconnected"),
     }
     drop(slot);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_send_small_packets_at_once() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), accept_next(&listener));
+        let (server_side, peer) = accepted.unwrap();
+        assert_eq!(peer, client.unwrap().local_addr().unwrap());
+        assert!(server_side.nodelay().unwrap());
+    }
 }

@@ -20,7 +20,8 @@ use super::wire;
 /// Entries sent in one READDIR reply (as OpenSSH does).
 const NAMES_PER_READDIR: usize = 100;
 /// Data of queued writes gathered into one write to the file. A batch holds only requests that already arrived (in
-/// the session's in-flight budget), so this bounds the copy made to join them, not what a client may send.
+/// the session's in-flight budget), so this bounds what one storage call takes (and, for local files, copies into
+/// its buffer), not what a client may send.
 const MAX_WRITE_BATCH: usize = 1024 * 1024;
 
 /// A request addressed to an open handle.
@@ -333,8 +334,8 @@ impl FileHandle {
 
     /// Writes a batch and answers each of its requests; `earlier` is what [`FileHandle::settle`] found, and a
     /// failure there fails the batch's first request, the one waiting when it came to light. The batch goes to the
-    /// file as one write; if that fails, its requests are written one by one, so that each gets its own status (a
-    /// quota runs out at a request, not at the batch).
+    /// file as one vectored write, without joining its data first; if that fails, its requests are written one by
+    /// one, so that each gets its own status (a quota runs out at a request, not at the batch).
     async fn write_batch(&mut self, batch: &WriteBatch, earlier: Result<(), Status>) -> Bytes {
         let mut replies = BytesMut::new();
         let mut writes = batch.writes.as_slice();
@@ -350,12 +351,8 @@ impl FileHandle {
                 return replies.freeze();
             }
             [(_, offset, _), ..] => {
-                let len = writes.iter().map(|(_, _, data)| data.len()).sum();
-                let mut joined = Vec::with_capacity(len);
-                for (_, _, data) in writes {
-                    joined.extend_from_slice(data);
-                }
-                self.write_unrecorded(*offset, &joined).await
+                let parts: Vec<&[u8]> = writes.iter().map(|(_, _, data)| &data[..]).collect();
+                self.write_unrecorded(*offset, &parts).await
             }
         };
         for (id, offset, data) in writes {
@@ -369,15 +366,16 @@ impl FileHandle {
     }
 
     async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), Status> {
-        let result = self.write_unrecorded(offset, data).await;
+        let result = self.write_unrecorded(offset, &[data]).await;
         if let Err(e) = &result {
             self.write_error.get_or_insert_with(|| e.message.clone());
         }
         result
     }
 
-    /// Writes `data` at `offset` (or at the end, with APPEND) without noting a failure for the handle's close.
-    async fn write_unrecorded(&mut self, offset: u64, data: &[u8]) -> Result<(), Status> {
+    /// Writes `parts`, one after another, at `offset` (or at the end, with APPEND) without noting a failure for the
+    /// handle's close.
+    async fn write_unrecorded(&mut self, offset: u64, parts: &[&[u8]]) -> Result<(), Status> {
         if !self.writable {
             return Err(Status::new(
                 russh_sftp::protocol::StatusCode::PermissionDenied,
@@ -397,9 +395,9 @@ impl FileHandle {
             ),
         };
         let result = if self.append {
-            upload.write(data).await
+            upload.write_parts(parts).await
         } else {
-            upload.write_at(offset, data).await
+            upload.write_parts_at(offset, parts).await
         };
         Ok(result?)
     }
