@@ -116,6 +116,37 @@ pub(super) fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
+/// Opens the regular file `path` for reading on the calling thread if the kernel can do it from its caches alone:
+/// openat2 with `RESOLVE_CACHED` fails with `EAGAIN` rather than wait for the disk, and `RESOLVE_BENEATH |
+/// RESOLVE_NO_MAGICLINKS` confine it as cap-std's own opens are confined. A download of a cached file then needs no
+/// trip to the blocking pool at all (with [`CachedReader`] and sendfile). `None` for anything else, errors
+/// included: the caller opens on the blocking pool, which reports errors as usual. `O_NONBLOCK` keeps the open of a
+/// FIFO from waiting for a writer; it is cleared again on the regular files that are returned.
+#[cfg(target_os = "linux")]
+fn open_cached(root: &Dir, path: &str) -> Option<(std::fs::File, Metadata)> {
+    use rustix::fs::{openat2, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+    let fd = openat2(
+        root,
+        path,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::CACHED,
+    )
+    .ok()?;
+    let stat = rustix::fs::statx(&fd, c"", AtFlags::EMPTY_PATH, StatxFlags::BASIC_STATS).ok()?;
+    let metadata = super::local_listing::metadata_from_statx(&stat);
+    if metadata.kind != FileKind::File {
+        return None;
+    }
+    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).ok()?;
+    Some((std::fs::File::from(fd), metadata))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_cached(_root: &Dir, _path: &str) -> Option<(std::fs::File, Metadata)> {
+    None
+}
+
 /// Opens `path` for writing as `mode` says (blocking).
 fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<std::fs::File> {
     let mut options = OpenOptions::new();
@@ -209,7 +240,17 @@ impl Storage for LocalStorage {
     }
 
     async fn open_read(&self, path: &str, offset: u64) -> io::Result<OpenedFile> {
-        let path = rel(path).to_owned();
+        let path = rel(path);
+        if let Some((mut file, metadata)) = open_cached(&self.root, path) {
+            if offset > 0 {
+                file.seek(SeekFrom::Start(offset))?;
+            }
+            return Ok(OpenedFile {
+                reader: Box::new(CachedReader::new(file, offset)),
+                metadata,
+            });
+        }
+        let path = path.to_owned();
         let (file, metadata) = self
             .run(move |d| {
                 let file = d.open(path)?;
@@ -415,6 +456,55 @@ mod tests {
             tokio::time::timeout(Duration::from_secs(60), stalled_listings).await
         });
         listed.expect("storage operations waited behind stalled listings");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn cached_opens_take_regular_files_inside_the_root_only() {
+        let (tmp, s) = storage().await;
+        let home = tmp.path().join("home");
+        std::fs::write(home.join("f"), b"0123456789").unwrap();
+        std::fs::create_dir(home.join("d")).unwrap();
+        std::os::unix::fs::symlink("f", home.join("inside")).unwrap();
+        std::os::unix::fs::symlink(tmp.path().join("secret"), home.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../secret", home.join("rel")).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            home.join("fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        // Looked at once, so that the kernel has every name cached.
+        for name in ["f", "d", "inside", "abs", "rel", "fifo"] {
+            let _ = std::fs::symlink_metadata(home.join(name));
+        }
+        let (file, meta) = open_cached(&s.root, "f").expect("a cached regular file opens inline");
+        assert_eq!(meta.size, 10);
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+        assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
+        // A symlink inside the root may be followed inline or left to the blocking pool (the kernel does not
+        // always follow links from its caches alone), never to anything but its target.
+        if let Some((_, meta)) = open_cached(&s.root, "inside") {
+            assert_eq!(meta.size, 10);
+        }
+        // A FIFO without a writer would block an open without O_NONBLOCK: this returns at once.
+        for other in [
+            "d",
+            "abs",
+            "rel",
+            "fifo",
+            "../secret",
+            "/etc/passwd",
+            "missing",
+        ] {
+            assert!(open_cached(&s.root, other).is_none(), "{other}");
+        }
+        let mut opened = s.open_read("f", 4).await.unwrap();
+        let mut out = String::new();
+        opened.reader.read_to_string(&mut out).await.unwrap();
+        assert_eq!((out.as_str(), opened.metadata.size), ("456789", 10));
     }
 
     #[tokio::test]

@@ -102,7 +102,7 @@ fn read_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> Option<DirEntry> {
 }
 
 /// The same [`Metadata`] as `LocalStorage::symlink_metadata` gives for the entry.
-fn metadata_from_statx(stat: &Statx) -> Metadata {
+pub(super) fn metadata_from_statx(stat: &Statx) -> Metadata {
     let mode = u32::from(stat.stx_mode);
     let kind = match FileType::from_raw_mode(mode) {
         FileType::Symlink => FileKind::Symlink,
