@@ -294,6 +294,29 @@ def test_abor_with_telnet_ip_and_synch_during_retr(ferry, ftp):
     assert code(ftp.sendcmd("NOOP")) == 200
 
 
+def test_a_fast_upload_that_slows_down_is_written_as_it_arrives(ferry, ftp):
+    # After a fast start ferry asks the kernel to wake it only for larger amounts (SO_RCVLOWAT); data that trickles
+    # in afterwards must still reach the file within moments, not wait for more data or the end of the upload.
+    import time
+
+    fast = os.urandom(16 * MB)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR slowing.bin")
+    conn.sendall(fast)
+    target = home(ferry) / "slowing.bin"
+    sent = len(fast)
+    for piece in (b"tail-1", b"tail-2", b"tail-3"):
+        conn.sendall(piece)
+        sent += len(piece)
+        deadline = time.monotonic() + 10
+        while (target.stat().st_size if target.exists() else 0) < sent:
+            assert time.monotonic() < deadline, f"{target.stat().st_size} of {sent} bytes written"
+            time.sleep(0.02)
+    conn.close()
+    assert code(ftp.voidresp()) == 226
+    assert target.read_bytes() == fast + b"tail-1tail-2tail-3"
+
+
 def test_abor_during_stor_keeps_the_session_usable(ferry, ftp):
     ftp.voidcmd("TYPE I")
     conn = ftp.transfercmd("STOR aborted.bin")

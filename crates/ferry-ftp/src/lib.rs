@@ -16,6 +16,7 @@ pub mod command;
 mod control;
 pub mod datachan;
 pub mod listing;
+mod low_water;
 mod reaper;
 pub mod reply;
 mod server;

@@ -88,6 +88,15 @@ impl MaybeTls {
         matches!(self, MaybeTls::Tls(_))
     }
 
+    /// The TCP connection underneath, unless closed.
+    pub fn tcp(&self) -> Option<&TcpStream> {
+        match self {
+            MaybeTls::Plain(tcp) => Some(tcp),
+            MaybeTls::Tls(tls) => Some(tls.get_ref().0),
+            MaybeTls::Closed => None,
+        }
+    }
+
     /// Whether the TLS handshake resumed an earlier session.
     pub fn resumed_session(&self) -> bool {
         match self {

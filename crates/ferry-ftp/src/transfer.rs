@@ -1,7 +1,7 @@
 //! Data transfers (RETR, STOR/APPE/STOU, listings) running in their own task, so that the control connection
 //! stays responsive: ABOR cancels a transfer, STAT reports its progress.
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -19,6 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::datachan::{self, DataError, DataSetup};
 use crate::listing::{self, EntryRole};
+use crate::low_water::{self, LowWater};
 use crate::tls::MaybeTls;
 
 /// Size of the buffer of one running download that is read and written (allocated only while it runs).
@@ -133,7 +134,8 @@ pub async fn run(
             }
         },
         Job::Upload { upload, ascii } => {
-            io.receive_file(upload, ascii, &mut stream, &mut cancel)
+            let mut low_water = LowWater::new(stream.tcp().map(AsRawFd::as_raw_fd));
+            io.receive_file(upload, ascii, &mut stream, &mut low_water, &mut cancel)
                 .await
         }
         Job::Listing { source, format } => {
@@ -269,15 +271,25 @@ impl Io {
         &self,
         stream: &mut S,
         buf: &mut Vec<u8>,
+        low_water: &mut LowWater,
         cancel: &mut oneshot::Receiver<()>,
     ) -> (bool, Option<TransferError>) {
         buf.clear();
         while buf.len() < buf.capacity() {
             let read = if buf.is_empty() {
+                let first = async {
+                    if low_water.is_raised() {
+                        if let Ok(read) = timeout(low_water::PATIENCE, stream.read_buf(buf)).await {
+                            return read;
+                        }
+                        low_water.lower();
+                    }
+                    stream.read_buf(buf).await
+                };
                 tokio::select! {
                     biased;
                     _ = &mut *cancel => Err(TransferError::Aborted),
-                    r = timeout(self.timeout, stream.read_buf(buf)) => match r {
+                    r = timeout(self.timeout, first) => match r {
                         Err(_) => Err(TransferError::Stalled),
                         Ok(Err(e)) => Err(TransferError::ConnectionLost(e)),
                         Ok(Ok(n)) => Ok(n),
@@ -298,6 +310,10 @@ impl Io {
                 Err(e) => return (false, Some(e)),
             }
         }
+        if buf.len() == buf.capacity() {
+            // A whole buffer was waiting: the client is ahead, so wake for larger amounts from now on.
+            low_water.raise();
+        }
         (false, None)
     }
 
@@ -306,6 +322,7 @@ impl Io {
         mut upload: Upload,
         ascii: bool,
         stream: &mut S,
+        low_water: &mut LowWater,
         cancel: &mut oneshot::Receiver<()>,
     ) -> Result<u64, TransferError> {
         let mut buf = Vec::with_capacity(UPLOAD_BUFFER);
@@ -314,7 +331,7 @@ impl Io {
         let result = async {
             let mut end = false;
             while !end {
-                let (ended, broken) = self.fill(stream, &mut buf, cancel).await;
+                let (ended, broken) = self.fill(stream, &mut buf, low_water, cancel).await;
                 end = ended;
                 // What arrived before an abort or a broken connection is kept, for a resumed upload to build on.
                 if ascii {
