@@ -482,13 +482,19 @@ mod tests {
         assert_eq!(session.quota().usage().bytes, 10);
     }
 
-    #[tokio::test]
-    async fn write_at_below_existing_data_needs_overwrite() {
+    /// A home holding `f` ("old"), and a session that may upload but not overwrite.
+    async fn old_file_without_overwrite() -> (tempfile::TempDir, Session) {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(tmp.path().join("home")).unwrap();
         std::fs::write(tmp.path().join("home/f"), b"old").unwrap();
         let no_overwrite = "list,download,upload".parse().unwrap();
         let session = session(&tmp, no_overwrite, None).await;
+        (tmp, session)
+    }
+
+    #[tokio::test]
+    async fn write_at_below_existing_data_needs_overwrite() {
+        let (tmp, session) = old_file_without_overwrite().await;
         let mut up = session
             .open_write(&path("/f"), WriteMode::Append)
             .await
@@ -525,11 +531,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_upload_leaves_the_file_alone() {
-        let tmp = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
-        std::fs::write(tmp.path().join("home/f"), b"old").unwrap();
-        let no_overwrite = "list,download,upload".parse().unwrap();
-        let session = session(&tmp, no_overwrite, None).await;
+        let (tmp, session) = old_file_without_overwrite().await;
         assert!(matches!(
             session.open_write(&path("/f"), WriteMode::Truncate).await,
             Err(CoreError::PermissionDenied(Permission::Overwrite))
