@@ -1,11 +1,11 @@
 //! `sessions`: open N logged-in sessions, hold them, and measure the login rate and what each idle session costs
 //! the server (PSS of the server's process tree after minus before, divided by N).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::conn::{Connection, Connector};
@@ -80,37 +80,46 @@ pub async fn run(target: &Target, options: &Options) -> Result<Report> {
     let memory_before = measure(&options.pids)?;
     let server_cpu_before = crate::cpu::tree_seconds(&options.pids);
     let client_cpu_before = crate::cpu::own_seconds();
-    let gate = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    // A fixed set of workers, each logging in one session after another: no task per session waiting on a
+    // semaphore, and the collecting task is woken once per worker rather than once per login.
+    let next = Arc::new(AtomicUsize::new(0));
+    let workers = options.concurrency.clamp(1, options.sessions.max(1));
     let mut logins = JoinSet::new();
     let started = Instant::now();
-    for i in 0..options.sessions {
+    for _ in 0..workers {
         let connector = Arc::clone(&connector);
-        let gate = Arc::clone(&gate);
+        let next = Arc::clone(&next);
+        let sessions = options.sessions;
         logins.spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            connector.open_session(i).await
+            let mut done = Logins::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= sessions {
+                    return done;
+                }
+                match connector.open_session(i).await {
+                    Ok(connection) => {
+                        done.held.push(connection);
+                        done.last_login = started.elapsed();
+                    }
+                    Err(e) => done.failed(e.to_string()),
+                }
+            }
         });
     }
-    let mut held: Vec<Connection> = Vec::with_capacity(options.sessions);
-    let mut failures = 0;
-    let mut first_error = None;
-    let mut last_login = started.elapsed();
+    let mut all = Logins::default();
     while let Some(joined) = logins.join_next().await {
         match joined {
-            Ok(Ok(connection)) => {
-                held.push(connection);
-                last_login = started.elapsed();
-            }
-            Ok(Err(e)) => {
-                failures += 1;
-                first_error.get_or_insert_with(|| e.to_string());
-            }
-            Err(e) => {
-                failures += 1;
-                first_error.get_or_insert_with(|| e.to_string());
-            }
+            Ok(done) => all.merge(done),
+            Err(e) => all.failed(e.to_string()),
         }
     }
+    let Logins {
+        held,
+        failures,
+        first_error,
+        last_login,
+    } = all;
     let login_seconds = last_login.as_secs_f64();
     let server_cpu = crate::cpu::tree_seconds(&options.pids) - server_cpu_before;
     let client_cpu_seconds = crate::cpu::own_seconds() - client_cpu_before;
@@ -151,6 +160,32 @@ pub async fn run(target: &Target, options: &Options) -> Result<Report> {
         client_cpu_seconds,
         open_files_limit,
     })
+}
+
+/// The sessions one worker (or all of them) opened, and what failed.
+#[derive(Default)]
+struct Logins {
+    held: Vec<Connection>,
+    failures: usize,
+    first_error: Option<String>,
+    /// When the last successful login completed, from the start of the logins.
+    last_login: Duration,
+}
+
+impl Logins {
+    fn failed(&mut self, error: String) {
+        self.failures += 1;
+        self.first_error.get_or_insert(error);
+    }
+
+    fn merge(&mut self, other: Logins) {
+        self.held.extend(other.held);
+        self.failures += other.failures;
+        if let Some(e) = other.first_error {
+            self.first_error.get_or_insert(e);
+        }
+        self.last_login = self.last_login.max(other.last_login);
+    }
 }
 
 impl Report {
