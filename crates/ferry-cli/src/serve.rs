@@ -12,7 +12,7 @@ use ferry_core::server::{ServerCore, ServerSettings};
 use ferry_ftp::datachan::PassivePorts;
 use ferry_ftp::{FtpConfig, FtpServer};
 use ferry_ssh::{host_keys, SshConfig, SshServer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::config::{LogFormat, ServeArgs, ServeConfig};
@@ -68,7 +68,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     let mut servers = Vec::new();
-    let listener = bind(config.ftp).await?;
+    let listener = bind(config.ftp)?;
     println!(
         "ferry: ftp listening on {} (explicit FTPS via AUTH TLS)",
         listener.local_addr()?
@@ -78,7 +78,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         async move { ftp.serve(listener, false).await }
     }));
     if let Some(addr) = config.ftps {
-        let listener = bind(addr).await?;
+        let listener = bind(addr)?;
         println!(
             "ferry: ftps listening on {} (implicit TLS)",
             listener.local_addr()?
@@ -93,7 +93,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let ssh = SshServer::new(core.clone(), SshConfig::new(keys));
     // A new RSA key takes a moment; the server starts with Ed25519 and adds RSA when it exists.
     ssh.generate_host_keys(pending_keys);
-    let listener = bind(config.sftp).await?;
+    let listener = bind(config.sftp)?;
     println!(
         "ferry: sftp listening on {} (SFTP, SCP and checksum commands over SSH)",
         listener.local_addr()?
@@ -129,10 +129,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}"))
+/// Connections the kernel completes and queues for a listener before it is accepted from (capped by
+/// `net.core.somaxconn`, 4096 by default). The usual 128 overflows when a few hundred clients connect at once:
+/// the kernel then drops their handshakes, and each waits a second or more to retry.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
+    let listen = || {
+        let socket = match addr {
+            std::net::SocketAddr::V4(_) => TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot listen on {addr}"))
 }
 
 /// Creates the `admin` account with a random password the first time a data directory is used.

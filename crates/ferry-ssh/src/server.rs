@@ -147,11 +147,12 @@ impl SshServer {
 
     /// Accepts connections on `listener` until the core shuts down.
     pub async fn serve(&self, listener: TcpListener) -> io::Result<()> {
+        listener_nodelay(&listener)?;
         let mut shutdown = self.shared.core.shutdown_signal();
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.wait() => return Ok(()),
-                accepted = accept_next(&listener) => match accepted {
+                accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
                         // Running out of file descriptors must not end the server: wait a moment and go on.
@@ -167,16 +168,13 @@ impl SshServer {
     }
 }
 
-/// Accepts the next connection and sets TCP_NODELAY on it: russh applies its `nodelay` setting only to sockets it
-/// accepts itself. With Nagle's algorithm on, a small reply (a burst of SFTP write acknowledgements) waits for the
-/// client to acknowledge the previous segment, and a client that sends nothing until it gets that reply delays its
-/// acknowledgement: each round trip of a pipelined upload then stalls.
-async fn accept_next(listener: &TcpListener) -> io::Result<(TcpStream, SocketAddr)> {
-    let (tcp, peer) = listener.accept().await?;
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
-    }
-    Ok((tcp, peer))
+/// Sets TCP_NODELAY on the listening socket, from which Linux copies it to every connection accepted: russh
+/// applies its `nodelay` setting only to sockets it accepts itself. With Nagle's algorithm on, a small reply (a
+/// burst of SFTP write acknowledgements) waits for the client to acknowledge the previous segment, and a client
+/// that sends nothing until it gets that reply delays its acknowledgement: each round trip of a pipelined upload
+/// then stalls.
+fn listener_nodelay(listener: &TcpListener) -> io::Result<()> {
+    socket2::SockRef::from(listener).set_tcp_nodelay(true)
 }
 
 async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
@@ -269,8 +267,9 @@ mod tests {
     #[tokio::test]
     async fn accepted_connections_send_small_packets_at_once() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener_nodelay(&listener).unwrap();
         let addr = listener.local_addr().unwrap();
-        let (client, accepted) = tokio::join!(TcpStream::connect(addr), accept_next(&listener));
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
         let (server_side, peer) = accepted.unwrap();
         assert_eq!(peer, client.unwrap().local_addr().unwrap());
         assert!(server_side.nodelay().unwrap());
