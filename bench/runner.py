@@ -96,6 +96,18 @@ def wait_port(port, timeout=30):
     return False
 
 
+def wait_listening(port, timeout):
+    """Waits until something listens on the IPv4 TCP `port`, without connecting to it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state == "0A" and int(local.split(":")[1], 16) == port:
+                return True
+        time.sleep(0.05)
+    return False
+
+
 def fill(template: Path, out: Path, **values):
     text = template.read_text()
     for key, value in values.items():
@@ -340,6 +352,41 @@ class Runner:
         log(f"  {record['server']:<10} {scenario:<9} {' '.join(args):<40} {summary}")
         return record
 
+    def iperf3(self, size):
+        """The loopback copy between two processes: iperf3 sends `size` bytes in one stream, 256 KiB per write (the
+        buffer size of `ferry bench`), to a one-off iperf3 server that reads and discards them."""
+        port = 21230
+        cmd = [str(DEBROOT / "usr/bin/iperf3"), "-c", "127.0.0.1", "-p", str(port), "-n", iperf_size(size),
+               "-l", "256K", "-J"]
+        env = dict(os.environ, LD_LIBRARY_PATH=LIBS)
+        server = subprocess.Popen([str(DEBROOT / "usr/bin/iperf3"), "-s", "-B", "127.0.0.1", "-p", str(port)],
+                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        started = time.monotonic()
+        try:
+            # Not wait_port: iperf3 would take a probing connection for a test client.
+            if not wait_listening(port, timeout=10):
+                raise RuntimeError("the iperf3 server did not start")
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+            end = json.loads(proc.stdout)["end"]
+            cpu = end.get("cpu_utilization_percent", {})
+            report = dict(streams=1, size=parse_size(size),
+                          mib_per_sec=end["sum_received"]["bits_per_second"] / 8 / 2**20,
+                          sender_cpu_percent=cpu.get("host_total"), receiver_cpu_percent=cpu.get("remote_total"))
+            error = None
+        except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError, KeyError) as e:
+            report, error = None, str(e)
+        finally:
+            if server.poll() is None:
+                os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        record = dict(server="loopback", protocol="tcp", scenario="iperf3", args=["-n", iperf_size(size)],
+                      cipher=None, report=report, error=error, wall=time.monotonic() - started)
+        self.results.append(record)
+        log(f"  loopback   iperf3    -n {iperf_size(size):<37} "
+            f"{error if error else format(report['mib_per_sec'], '.0f') + ' MiB/s'}")
+        return record
+
     def ftp_servers(self):
         return [s for s in self.servers if s.protocol == "ftp"]
 
@@ -357,6 +404,7 @@ class Runner:
             self.bench(None, "raw-tcp", "--size", m["transfer_size"], "--streams", "1")
             self.bench(None, "raw-tcp", "--size", m["many_size"], "--streams", str(m["many_streams"]))
             self.bench(None, "raw-tcp", "--size", m["sftp_stream_size"], "--streams", str(m["sftp_streams"]))
+            self.iperf3(m["transfer_size"])
         self.cipher_speed = openssl_speed()
 
         log("== transfer: one stream, plain FTP")
@@ -469,6 +517,20 @@ def without_pids(args):
     return out
 
 
+def parse_size(text):
+    """`1GiB`, `128MiB`, `4KiB` in bytes."""
+    units = {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(text[: -len(unit)]) * factor
+    return int(text)
+
+
+def iperf_size(text):
+    """A size in iperf3's notation (its K, M and G are powers of 1024)."""
+    return text.replace("iB", "")
+
+
 def summarize(scenario, r):
     if scenario == "raw-tcp":
         return f"{r['mib_per_sec']:.0f} MiB/s"
@@ -536,6 +598,7 @@ def versions(ferry_bin):
         "pyftpdlib": f"{pyftpdlib.__ver__} on Python {platform.python_version()}",
         "openssh": deb("openssh-server"),
         "openssl": sh("openssl", "version").stdout.strip(),
+        "iperf3": deb("iperf3"),
     }
 
 
