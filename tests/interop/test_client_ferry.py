@@ -1,10 +1,13 @@
 """The `ferry` client against a ferry server: every sub-command over ftp, ftps (explicit and implicit) and sftp,
 recursive and parallel transfers, segmented downloads, mirror, JSON output and exit codes."""
 import hashlib
+import shlex
+import subprocess
 
 import pytest
 
-from helpers_ferry_client import TRUST, fc, json_lines, url
+from conftest import FERRY_BIN
+from helpers_ferry_client import TRUST, client_env, fc, json_lines, url
 from helpers_files import random_bytes, sha256_bytes, sha256_file, write_random
 
 SCHEMES = ["ftp", "ftps", "sftp"]
@@ -166,6 +169,18 @@ def test_mirror_up_and_down_with_delete(server, tmp_path, scheme):
     assert not (down / "extra.txt").exists()
     assert (down / "img/logo.png").read_bytes() == (src / "img/logo.png").read_bytes()
     assert (down / "keep.tmp").exists()
+
+
+@pytest.mark.parametrize("scheme", ["ftp", "sftp"])
+def test_cat_into_a_pipe_closed_early_stops_quietly(server, tmp_path, scheme):
+    """`ferry cat URL | head -c 10`: the closed pipe is not a lost connection to retry, and no error."""
+    write_random(server.home("alice") / "big.bin", 8_000_000, seed=3)
+    p = subprocess.run(
+        f"{shlex.quote(FERRY_BIN)} cat {' '.join(TRUST)} {shlex.quote(url(server, scheme, 'big.bin'))} | head -c 10",
+        shell=True, executable="/bin/bash", capture_output=True, timeout=60, env=client_env(tmp_path),
+    )
+    assert len(p.stdout) == 10
+    assert p.stderr == b"", p.stderr
 
 
 def test_exit_codes(server, tmp_path):

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::output::{out, outln};
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use ferry_bench::{list, raw_tcp, sessions, small, transfer, units, SourceIps, Target};
@@ -177,9 +178,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
     };
     if json {
-        println!("{value}");
+        outln!("{value}");
     } else {
-        print!("{table}");
+        out!("{table}");
     }
     Ok(())
 }

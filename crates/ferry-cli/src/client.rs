@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::output::{self, outln};
 use clap::{Args, Subcommand};
 use ferry_client::checksum::{HashAlgorithm, Hasher};
 use ferry_client::error::{exit_code_for, ClientError, EXIT_OK};
@@ -658,10 +659,15 @@ async fn cat(args: CatArgs) -> CmdResult {
             }),
         })
         .await;
-        if let Err(e) = result {
-            let e = e.with_path(&u.to_string());
-            eprintln!("ferry: {e}");
-            failures.push(e);
+        match result {
+            Ok(()) => {}
+            // The reader of the output has gone (`ferry cat URL | head`): stop quietly, as cat does.
+            Err(ClientError::Local { source, .. }) if output::is_closed(&source) => break,
+            Err(e) => {
+                let e = e.with_path(&u.to_string());
+                eprintln!("ferry: {e}");
+                failures.push(e);
+            }
         }
     }
     let _ = stdout.flush().await;
@@ -686,7 +692,7 @@ async fn hash(args: HashArgs) -> CmdResult {
         {
             Ok((sum, by_server)) => {
                 if args.output.json {
-                    println!(
+                    outln!(
                         "{}",
                         serde_json::json!({
                             "path": u.to_string(),
@@ -696,7 +702,7 @@ async fn hash(args: HashArgs) -> CmdResult {
                         })
                     );
                 } else {
-                    println!("{sum}  {}", u.path);
+                    outln!("{sum}  {}", u.path);
                 }
             }
             Err(e) => {
@@ -828,9 +834,9 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
     if args.dry_run {
         for a in &actions {
             if args.output.json {
-                println!("{}", action_json(a));
+                outln!("{}", action_json(a));
             } else {
-                println!("{}", action_text(a));
+                outln!("{}", action_text(a));
             }
         }
         return Ok(EXIT_OK);
@@ -1281,7 +1287,7 @@ fn same_server(urls: &[RemoteUrl]) -> Result<&RemoteUrl, ClientError> {
 
 fn say(output: &OutputArgs, line: &str) {
     if !output.quiet && !output.json {
-        println!("{line}");
+        outln!("{line}");
     }
 }
 
@@ -1529,7 +1535,7 @@ impl Progress for Renderer {
                 let _ = multi.println(line);
             }
             Mode::Lines => match result {
-                Ok(r) => println!("{}", Renderer::summary(r)),
+                Ok(r) => outln!("{}", Renderer::summary(r)),
                 Err(e) => eprintln!("ferry: {e}"),
             },
             Mode::Json => {
@@ -1541,7 +1547,7 @@ impl Progress for Renderer {
                         "exit_code": e.exit_code(),
                     }),
                 };
-                println!("{value}");
+                outln!("{value}");
             }
             Mode::Quiet => {
                 if let Err(e) = result {

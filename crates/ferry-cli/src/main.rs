@@ -4,6 +4,7 @@
 mod bench;
 mod client;
 mod config;
+mod output;
 mod serve;
 mod tls_setup;
 mod user;

@@ -13,6 +13,7 @@ use ferry_core::store::SqliteAccountStore;
 use ipnet::IpNet;
 
 use crate::config::DEFAULT_DATA_DIR;
+use crate::output::outln;
 
 #[derive(Args)]
 pub struct UserArgs {
@@ -210,26 +211,31 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
                 .create(&account)
                 .await
                 .with_context(|| format!("cannot create account {name}"))?;
-            println!("created account {name} (home {})", account.home.display());
+            outln!("created account {name} (home {})", account.home.display());
             if generated {
-                println!("password: {password}");
+                outln!("password: {password}");
             }
         }
         UserCommand::Edit { name, settings } => {
             let mut account = find(&*store, &name).await?;
             settings.apply(&mut account)?;
             store.update(&account).await?;
-            println!("updated account {name}");
+            outln!("updated account {name}");
         }
         UserCommand::List => {
-            println!(
+            outln!(
                 "{:<20} {:<28} {:>12} {:>10} {:>14} {:>8}  HOME",
-                "NAME", "PERMISSIONS", "QUOTA BYTES", "QUOTA FILES", "USED BYTES", "FILES"
+                "NAME",
+                "PERMISSIONS",
+                "QUOTA BYTES",
+                "QUOTA FILES",
+                "USED BYTES",
+                "FILES"
             );
             for account in store.list().await? {
                 let usage = store.usage(&account.name).await?;
                 let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
-                println!(
+                outln!(
                     "{:<20} {:<28} {:>12} {:>10} {:>14} {:>8}  {}",
                     account.name,
                     account.permissions.to_string(),
@@ -245,7 +251,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
             if !store.remove(&name).await? {
                 bail!("no account named {name}");
             }
-            println!("removed account {name} (its files were kept)");
+            outln!("removed account {name} (its files were kept)");
         }
         UserCommand::Passwd { name, password } => {
             let mut account = find(&*store, &name).await?;
@@ -255,19 +261,19 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
             };
             account.password_hash = Some(hash(password.clone()).await?);
             store.update(&account).await?;
-            println!("password changed for {name}");
+            outln!("password changed for {name}");
             if generated {
-                println!("password: {password}");
+                outln!("password: {password}");
             }
         }
         UserCommand::Rescan { name } => {
             let account = find(&*store, &name).await?;
             let usage = ferry_core::quota::rescan(&*store, &account).await?;
-            println!("{name}: {} bytes in {} files", usage.bytes, usage.files);
+            outln!("{name}: {} bytes in {} files", usage.bytes, usage.files);
         }
         UserCommand::Keys { name } => {
             for key in find(&*store, &name).await?.public_keys {
-                println!("{key}");
+                outln!("{key}");
             }
         }
     }

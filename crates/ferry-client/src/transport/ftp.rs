@@ -5,6 +5,7 @@
 //! time, as vsftpd takes it) for setting times. Resumed downloads send `REST n` before `RETR`; resumed uploads
 //! use `APPE`; a bounded read uses `RANG` where offered, else `REST` and closes the data connection once enough bytes came.
 
+use std::io;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -210,7 +211,8 @@ impl FtpTransport {
         bounded_by_server: bool,
         sink: Sink<'_>,
     ) -> Result<u64> {
-        let copied = copy_with_timeout(&mut stream, sink, len, self.timeout, path).await;
+        let copied =
+            copy_with_timeout(&mut stream, sink, Network::Reader, len, self.timeout, path).await;
         let total = match copied {
             Ok(n) => n,
             Err(e) => {
@@ -347,7 +349,15 @@ impl Transport for FtpTransport {
             self.timed(path, async |ftp| ftp.append_with_stream(p).await)
                 .await?
         };
-        let copied = copy_with_timeout(source, &mut stream, None, self.timeout, path).await;
+        let copied = copy_with_timeout(
+            source,
+            &mut stream,
+            Network::Writer,
+            None,
+            self.timeout,
+            path,
+        )
+        .await;
         let total = match copied {
             Ok(n) => n,
             Err(e) => {
@@ -566,10 +576,20 @@ fn effective_timeout(t: Duration) -> Duration {
     }
 }
 
-/// Copies until EOF (or `len` bytes), each read limited by `timeout` so a stalled peer ends the transfer.
+/// Which end of a copy is the data connection: its errors and stalls are a lost connection (worth a retry),
+/// the other end's are local errors (a full disk, a closed output pipe), which a retry does not mend.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Network {
+    Reader,
+    Writer,
+}
+
+/// Copies until EOF (or `len` bytes); each read and each write is limited by `timeout`, so that a stalled peer
+/// ends the transfer in either direction.
 async fn copy_with_timeout<R, W>(
     reader: &mut R,
     writer: &mut W,
+    network: Network,
     len: Option<u64>,
     timeout: Duration,
     path: &str,
@@ -578,6 +598,14 @@ where
     R: AsyncRead + Unpin + ?Sized,
     W: AsyncWrite + Unpin + ?Sized,
 {
+    let fail = |side: Network, e: io::Error| {
+        if side == network {
+            ClientError::lost(path, e)
+        } else {
+            ClientError::local(path, e)
+        }
+    };
+    let stalled = |_| ClientError::lost(path, "transfer stalled");
     let mut buf = vec![0u8; BUFFER];
     let mut total = 0u64;
     let mut remaining = len.unwrap_or(u64::MAX);
@@ -587,22 +615,22 @@ where
             .min(usize::try_from(remaining).unwrap_or(usize::MAX));
         let n = tokio::time::timeout(timeout, reader.read(&mut buf[..want]))
             .await
-            .map_err(|_| ClientError::lost(path, "transfer stalled"))?
-            .map_err(|e| ClientError::lost(path, e))?;
+            .map_err(stalled)?
+            .map_err(|e| fail(Network::Reader, e))?;
         if n == 0 {
             break;
         }
-        writer
-            .write_all(&buf[..n])
+        tokio::time::timeout(timeout, writer.write_all(&buf[..n]))
             .await
-            .map_err(|e| ClientError::lost(path, e))?;
+            .map_err(stalled)?
+            .map_err(|e| fail(Network::Writer, e))?;
         total += n as u64;
         remaining -= n as u64;
     }
-    writer
-        .flush()
+    tokio::time::timeout(timeout, writer.flush())
         .await
-        .map_err(|e| ClientError::lost(path, e))?;
+        .map_err(stalled)?
+        .map_err(|e| fail(Network::Writer, e))?;
     Ok(total)
 }
 
@@ -771,6 +799,79 @@ fn format_mdtm(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A writer that fails every write with `kind`.
+    struct Failing(io::ErrorKind);
+
+    impl AsyncWrite for Failing {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            _: &[u8],
+        ) -> std::task::Poll<io::Result<usize>> {
+            std::task::Poll::Ready(Err(self.0.into()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_local_end_is_a_local_error_and_a_failing_data_connection_is_a_lost_one() {
+        let copy = |network| async move {
+            let mut data: &[u8] = b"some bytes";
+            let mut sink = Failing(io::ErrorKind::BrokenPipe);
+            copy_with_timeout(
+                &mut data,
+                &mut sink,
+                network,
+                None,
+                Duration::from_secs(5),
+                "f",
+            )
+            .await
+        };
+        // A download whose output pipe was closed: no retry can mend that.
+        let download = copy(Network::Reader).await;
+        assert!(
+            matches!(&download, Err(ClientError::Local { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe),
+            "{download:?}"
+        );
+        assert!(!download.unwrap_err().is_transient());
+        // An upload whose data connection broke: worth a retry.
+        let upload = copy(Network::Writer).await;
+        assert!(upload.unwrap_err().is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_stalled_write_ends_the_copy() {
+        let (mut writer, _reader_kept_open) = tokio::io::duplex(16);
+        let mut data: &[u8] = &[7u8; 1024];
+        let copied = copy_with_timeout(
+            &mut data,
+            &mut writer,
+            Network::Writer,
+            None,
+            Duration::from_millis(50),
+            "f",
+        )
+        .await;
+        assert!(
+            matches!(&copied, Err(ClientError::ConnectionLost { reason, .. }) if reason == "transfer stalled"),
+            "{copied:?}"
+        );
+    }
 
     #[test]
     fn mlsd_lines_parse() {
