@@ -5,6 +5,7 @@ import shlex
 import shutil
 import subprocess
 
+import pyte
 import pytest
 
 from conftest import FERRY_BIN
@@ -34,6 +35,36 @@ def test_terminal_shows_progress_bars(ferry, tmp_path):
     assert "ETA" in plain, plain
     assert "verified by sha256" in plain, plain
     assert sha256_file(tmp_path / "big.bin") == digest
+
+
+def test_connection_retries_are_printed_above_the_bars(ferry_factory, tmp_path):
+    """A notice that the pool could not open a connection, printed while bars are drawn, stays on the screen whole,
+    and the bars' redrawing leaves no stale copies behind. The screen is rendered by pyte, a terminal emulator."""
+    if not shutil.which("script"):
+        pytest.skip("script (util-linux) is not installed")
+    server = ferry_factory("--failed-login-delay-ms", "0", "--max-connections-per-ip", "1")
+    server.add_user("alice", "secret")
+    for i, name in enumerate(("a.bin", "b.bin")):
+        write_random(server.home("alice") / name, 3_000_000, seed=i)
+    # The second of two parallel downloads cannot connect (one connection per address) and retries while the
+    # first one's bar is drawn.
+    get = shlex.join([FERRY_BIN, "get", "-j", "2", "--limit-rate", "2m",
+                      url(server, "ftp", "a.bin"), url(server, "ftp", "b.bin"), "."])
+    p = subprocess.run(
+        ["script", "-qefc", f"stty cols 200 rows 40; {get}", "/dev/null"],
+        capture_output=True,
+        timeout=60,
+        env=client_env(tmp_path, {"TERM": "xterm"}),
+        cwd=tmp_path,
+    )
+    screen = pyte.Screen(200, 40)
+    pyte.ByteStream(screen).feed(p.stdout)
+    lines = [line.rstrip() for line in screen.display if line.strip()]
+    retries = [line.split("; retry ")[1].split()[0] for line in lines if "; retry " in line]
+    assert retries == ["1", "2", "3"], "\n".join(lines)
+    assert "a.bin: 3000000 bytes" in "\n".join(lines), "\n".join(lines)
+    assert sum(line.startswith(("total", "a.bin ", "b.bin ")) for line in lines) == 1, "\n".join(lines)
+    assert lines[-1].startswith("total"), "\n".join(lines)
 
 
 def test_plain_lines_when_not_a_terminal(ferry, tmp_path):

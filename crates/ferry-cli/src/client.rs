@@ -1231,7 +1231,7 @@ fn connect_options(args: &ConnectArgs, output: &OutputArgs) -> ConnectOptions {
     let quiet = output.quiet;
     let on_retry: RetryNotice = Arc::new(move |error, retry, wait| {
         if !quiet {
-            eprintln!("{}", retry_line(error, retry, wait));
+            output::notice(&retry_line(error, retry, wait));
         }
     });
     ConnectOptions {
@@ -1411,6 +1411,7 @@ impl Renderer {
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
+            output::draw_notices_above(Some(multi.clone()));
             Mode::Bars { multi, total }
         } else {
             Mode::Lines
@@ -1424,6 +1425,7 @@ impl Renderer {
     fn done(&self) {
         if let Mode::Bars { total, .. } = &self.mode {
             total.finish();
+            output::draw_notices_above(None);
         }
     }
 
@@ -1508,13 +1510,8 @@ impl Progress for Renderer {
     }
 
     fn retry(&self, _id: usize, error: &ClientError, attempt: u32, delay: Duration) {
-        let line = retry_line(error, attempt, delay);
-        match &self.mode {
-            Mode::Bars { multi, .. } => {
-                let _ = multi.println(line);
-            }
-            Mode::Quiet => {}
-            _ => eprintln!("{line}"),
+        if !matches!(self.mode, Mode::Quiet) {
+            output::notice(&retry_line(error, attempt, delay));
         }
     }
 
