@@ -183,6 +183,19 @@ def test_cat_into_a_pipe_closed_early_stops_quietly(server, tmp_path, scheme):
     assert p.stderr == b"", p.stderr
 
 
+@pytest.mark.parametrize("scheme", ["ftp", "sftp"])
+def test_parallel_files_share_the_connections_a_server_allows(ferry_factory, tmp_path, scheme):
+    """`get -j 3` from a server that takes one connection per address: every file arrives, one after another,
+    over the one connection, instead of failing when their own connections are refused."""
+    server = ferry_factory("--failed-login-delay-ms", "0", "--max-connections-per-ip", "1")
+    server.add_user("alice", "secret")
+    names = [f"f{i}.bin" for i in range(3)]
+    digests = {n: write_random(server.home("alice") / n, 1_000_000, seed=i) for i, n in enumerate(names)}
+    p = fc(tmp_path, "get", "-j", "3", "--limit-rate", "2m", *TRUST, *(url(server, scheme, n) for n in names), ".")
+    assert {n: sha256_file(tmp_path / n) for n in names} == digests
+    assert "retry 1" in p.stderr, p.stderr
+
+
 def test_exit_codes(server, tmp_path):
     host, port = server.addresses["ftp"]
     p = fc(tmp_path, "ls", url(server, "ftp", "", password="wrong"), check=False)

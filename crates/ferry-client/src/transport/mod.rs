@@ -220,6 +220,8 @@ impl Endpoint {
 pub struct Pool {
     origin: Origin,
     idle: std::sync::Mutex<Vec<Box<dyn Transport>>>,
+    /// Told whenever a connection is handed back.
+    returned: tokio::sync::Notify,
 }
 
 /// Makes connections for [`Pool::custom`].
@@ -251,6 +253,7 @@ impl Pool {
         Arc::new(Pool {
             origin,
             idle: std::sync::Mutex::new(Vec::new()),
+            returned: tokio::sync::Notify::new(),
         })
     }
 
@@ -267,16 +270,35 @@ impl Pool {
         }
     }
 
-    /// An idle connection, or a new one.
+    /// An idle connection, or a new one. While a new one is being made (and retried), a connection handed back
+    /// by another user of the pool is taken instead: against a server that allows fewer connections than asked
+    /// for (`-j 4` where the server takes two per address), the work goes on over the connections it allows.
     pub async fn get(&self) -> Result<Box<dyn Transport>> {
-        if let Some(t) = self.idle.lock().ok().and_then(|mut v| v.pop()) {
+        if let Some(t) = self.take_idle() {
             return Ok(t);
         }
         match &self.origin {
             Origin::Local => Ok(Box::new(local::LocalTransport)),
-            Origin::Remote(endpoint) => endpoint.connect().await,
+            Origin::Remote(endpoint) => {
+                let connect = endpoint.connect();
+                tokio::pin!(connect);
+                loop {
+                    let returned = self.returned.notified();
+                    if let Some(t) = self.take_idle() {
+                        return Ok(t);
+                    }
+                    tokio::select! {
+                        made = &mut connect => return made,
+                        () = returned => {}
+                    }
+                }
+            }
             Origin::Custom(factory) => Ok(factory()),
         }
+    }
+
+    fn take_idle(&self) -> Option<Box<dyn Transport>> {
+        self.idle.lock().ok().and_then(|mut idle| idle.pop())
     }
 
     /// Returns a connection that is in a good state, for reuse.
@@ -287,6 +309,7 @@ impl Pool {
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(transport);
         }
+        self.returned.notify_waiters();
     }
 
     /// Closes every idle connection.
