@@ -104,25 +104,36 @@ impl Upload {
         self.write_parts(&[data]).await
     }
 
+    /// Writes `data` at the current position as [`Upload::write`] does, handing the buffer itself to the storage
+    /// (see [`crate::storage::FileWriter::write_owned`]): returns an empty buffer to fill next, which may be
+    /// unallocated.
+    pub async fn write_owned(&mut self, data: Vec<u8>) -> CoreResult<Vec<u8>> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        let len = data.len() as u64;
+        let growth = s.reserve_growth(len)?;
+        let spare = match s.writer.write_owned(data).await {
+            Ok(spare) => spare,
+            Err(e) => {
+                s.session.quota().release_bytes(growth);
+                return Err(e.into());
+            }
+        };
+        s.advance(len, growth);
+        Ok(spare)
+    }
+
     /// Writes `parts` one after another at the current position, as [`Upload::write`] does with their
     /// concatenation but without copying them into one buffer first: storage that takes vectored writes gets them
     /// in one call.
     pub async fn write_parts(&mut self, parts: &[&[u8]]) -> CoreResult<()> {
         let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        let end = s.position + len;
-        let growth = end.saturating_sub(s.size);
-        if growth > 0 {
-            s.session.quota().reserve_bytes(growth)?;
-        }
+        let growth = s.reserve_growth(len)?;
         if let Err(e) = write_all_parts(&mut s.writer, parts).await {
             s.session.quota().release_bytes(growth);
             return Err(e.into());
         }
-        s.position = end;
-        s.size = s.size.max(end);
-        s.bytes_delta += growth as i64;
-        s.transferred += len;
+        s.advance(len, growth);
         Ok(())
     }
 
@@ -183,6 +194,26 @@ impl Upload {
         if let Some(s) = self.state.take() {
             fail_upload(s, reason.to_string()).await;
         }
+    }
+}
+
+impl UploadState {
+    /// Reserves quota for the growth of the file that writing `len` bytes at the current position causes, and
+    /// returns it.
+    fn reserve_growth(&self, len: u64) -> CoreResult<u64> {
+        let growth = (self.position + len).saturating_sub(self.size);
+        if growth > 0 {
+            self.session.quota().reserve_bytes(growth)?;
+        }
+        Ok(growth)
+    }
+
+    /// Accounts for `len` bytes written at the current position, which grew the file by `growth`.
+    fn advance(&mut self, len: u64, growth: u64) {
+        self.position += len;
+        self.size = self.size.max(self.position);
+        self.bytes_delta += growth as i64;
+        self.transferred += len;
     }
 }
 
