@@ -55,8 +55,6 @@ struct UploadState {
     bytes_delta: i64,
     files_delta: i64,
     transferred: u64,
-    /// Bytes moved by [`Upload::receive_from`] and not yet written.
-    received: u64,
     started: Instant,
 }
 
@@ -86,7 +84,6 @@ impl Upload {
                 bytes_delta: p.bytes_delta,
                 files_delta: p.files_delta,
                 transferred: 0,
-                received: 0,
                 started: Instant::now(),
             }),
         }
@@ -123,46 +120,6 @@ impl Upload {
         };
         s.advance(len, growth);
         Ok(spare)
-    }
-
-    /// Whether [`Upload::receive_from`] can be used: the file is local, not open to append, and the kernel gave
-    /// the pipes it needs.
-    pub fn can_receive_directly(&mut self) -> bool {
-        self.state.as_mut().is_some_and(|s| s.writer.can_splice())
-    }
-
-    /// Moves what has arrived on `socket` (a non-blocking TCP socket) toward the file without copying it through
-    /// this process (splice(2) into a pipe of about 1 MiB); 0 at the end of the stream. `WouldBlock` when nothing
-    /// has arrived, or when bytes received since the last [`Upload::write_received`] fill the pipe: wait for the
-    /// socket only when nothing is held. [`Upload::write_received`] reserves quota for the bytes and writes them.
-    pub fn receive_from(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
-        let s = self
-            .state
-            .as_mut()
-            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
-        let n = s.writer.splice_from(socket)?;
-        s.received += n as u64;
-        Ok(n)
-    }
-
-    /// Bytes received by [`Upload::receive_from`] and not yet written.
-    pub fn received(&self) -> u64 {
-        self.state.as_ref().map_or(0, |s| s.received)
-    }
-
-    /// Writes the bytes [`Upload::receive_from`] moved since the last call at the current position, as [`Upload::write`]
-    /// does: after reserving quota for any growth of the file, and behind the caller. Bytes refused by the quota
-    /// are not written.
-    pub async fn write_received(&mut self) -> CoreResult<()> {
-        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
-        let len = std::mem::take(&mut s.received);
-        let growth = s.reserve_growth(len)?;
-        if let Err(e) = s.writer.write_spliced().await {
-            s.session.quota().release_bytes(growth);
-            return Err(e.into());
-        }
-        s.advance(len, growth);
-        Ok(())
     }
 
     /// Writes `parts` one after another at the current position, as [`Upload::write`] does with their

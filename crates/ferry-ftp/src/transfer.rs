@@ -134,18 +134,10 @@ pub async fn run(
                     .await
             }
         },
-        Job::Upload { mut upload, ascii } => {
+        Job::Upload { upload, ascii } => {
             let mut low_water = LowWater::new(stream.tcp().map(AsRawFd::as_raw_fd));
-            match &mut stream {
-                MaybeTls::Plain(tcp) if !ascii && upload.can_receive_directly() => {
-                    io.receive_file_direct(upload, tcp, &mut low_water, &mut cancel)
-                        .await
-                }
-                _ => {
-                    io.receive_file(upload, ascii, &mut stream, &mut low_water, &mut cancel)
-                        .await
-                }
-            }
+            io.receive_file(upload, ascii, &mut stream, &mut low_water, &mut cancel)
+                .await
         }
         Job::Listing { source, format } => {
             io.send_listing(source, format, &mut stream, &mut cancel)
@@ -362,103 +354,13 @@ impl Io {
             self.finish_stream(stream).await
         }
         .await;
-        settle_upload(upload, result).await
-    }
-
-    /// Receives a binary upload into a local file over plain TCP with splice(2): the data goes from the socket to
-    /// the file without being copied through ferry (see [`Upload::receive_from`]). What has arrived is written on
-    /// the blocking pool while more arrives; cancellation, the stall timeout and the low-water mark act as in
-    /// [`Io::receive_file`], and what arrived before the connection broke is written as there.
-    async fn receive_file_direct(
-        &self,
-        mut upload: Upload,
-        tcp: &mut TcpStream,
-        low_water: &mut LowWater,
-        cancel: &mut oneshot::Receiver<()>,
-    ) -> Result<u64, TransferError> {
-        let result = async {
-            let mut end = false;
-            while !end {
-                let first = self
-                    .first_arrival(&mut upload, tcp, low_water, cancel)
-                    .await?;
-                let (ended, broken) = self.take_arrived(&mut upload, tcp, first, low_water);
-                end = ended;
-                upload.write_received().await?;
-                if let Some(e) = broken {
-                    return Err(e);
-                }
+        match result {
+            Ok(()) => Ok(upload.finish().await?),
+            Err(e) => {
+                upload.fail(&e).await;
+                Err(e)
             }
-            self.finish_stream(tcp).await
         }
-        .await;
-        settle_upload(upload, result).await
-    }
-
-    /// Waits for data on the data connection (until the stall timeout, or a cancellation) and moves what has
-    /// arrived into `upload`, which holds nothing received yet; 0 at the end of the stream.
-    async fn first_arrival(
-        &self,
-        upload: &mut Upload,
-        tcp: &TcpStream,
-        low_water: &mut LowWater,
-        cancel: &mut oneshot::Receiver<()>,
-    ) -> Result<usize, TransferError> {
-        let arrived = async {
-            if low_water.is_raised() {
-                let receive = tcp.async_io(Interest::READABLE, || upload.receive_from(tcp.as_fd()));
-                if let Ok(received) = timeout(low_water::PATIENCE, receive).await {
-                    return received;
-                }
-                low_water.lower();
-            }
-            tcp.async_io(Interest::READABLE, || upload.receive_from(tcp.as_fd()))
-                .await
-        };
-        tokio::select! {
-            biased;
-            _ = &mut *cancel => Err(TransferError::Aborted),
-            r = timeout(self.timeout, arrived) => match r {
-                Err(_) => Err(TransferError::Stalled),
-                Ok(Err(e)) => Err(TransferError::ConnectionLost(e)),
-                Ok(Ok(n)) => Ok(n),
-            },
-        }
-    }
-
-    /// After `first` bytes, moves into `upload` what more has arrived, without waiting, as [`Io::fill`] does.
-    /// Returns whether the data connection ended, and what broke it off, if anything did.
-    fn take_arrived(
-        &self,
-        upload: &mut Upload,
-        tcp: &TcpStream,
-        first: usize,
-        low_water: &mut LowWater,
-    ) -> (bool, Option<TransferError>) {
-        let mut n = first;
-        let mut outcome = (first == 0, None);
-        while n > 0 {
-            self.progress.fetch_add(n as u64, Ordering::Relaxed);
-            // Not through tokio's readiness: a full pipe also says WouldBlock, which must not make tokio wait for
-            // the socket (see Upload::receive_from).
-            n = match upload.receive_from(tcp.as_fd()) {
-                Ok(0) => {
-                    outcome.0 = true;
-                    0
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
-                Err(e) => {
-                    outcome.1 = Some(TransferError::ConnectionLost(e));
-                    0
-                }
-            };
-        }
-        if upload.received() >= (UPLOAD_BUFFER / 2) as u64 {
-            // Half a buffer's worth was waiting: the client is ahead, so wake for larger amounts from now on.
-            low_water.raise();
-        }
-        outcome
     }
 
     async fn send_listing<S: AsyncWrite + Unpin>(
@@ -586,20 +488,6 @@ fn settle(download: Download, result: Result<(), TransferError>) -> Result<u64, 
         }
         Err(e) => {
             download.fail(&e);
-            Err(e)
-        }
-    }
-}
-
-/// Completes or fails an upload as `result` says; returns the bytes it wrote.
-async fn settle_upload(
-    upload: Upload,
-    result: Result<(), TransferError>,
-) -> Result<u64, TransferError> {
-    match result {
-        Ok(()) => Ok(upload.finish().await?),
-        Err(e) => {
-            upload.fail(&e).await;
             Err(e)
         }
     }

@@ -6,7 +6,6 @@ mod cached_read;
 pub mod local;
 mod local_listing;
 pub mod sendfile;
-mod splice;
 mod write_behind;
 
 use std::collections::VecDeque;
@@ -116,25 +115,6 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {
         self.write_all(&data).await?;
         data.clear();
         Ok(data)
-    }
-
-    /// Prepares [`FileWriter::splice_from`]; false when this writer cannot take data that way (the default).
-    fn can_splice(&mut self) -> bool {
-        false
-    }
-
-    /// Moves what has arrived on `socket` (a non-blocking TCP socket) toward the file without copying it through
-    /// this process (splice(2) through a pipe), once [`FileWriter::can_splice`] said yes: 0 at the end of the stream,
-    /// `WouldBlock` when nothing has arrived or, while data moved since the last [`FileWriter::write_spliced`] is
-    /// held, when no more fits.
-    fn splice_from(&mut self, _socket: BorrowedFd<'_>) -> io::Result<usize> {
-        Err(io::ErrorKind::Unsupported.into())
-    }
-
-    /// Writes what [`FileWriter::splice_from`] moved since the last call, behind the caller as [`FileWriter::write_owned`]
-    /// does.
-    async fn write_spliced(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -6,15 +6,12 @@
 //! the blocking pool and gives the caller the one the previous write is done with, so the caller fills one buffer
 //! from the network while the other is written. Writes through [`AsyncWrite`] copy, as tokio's `File` does.
 //!
-//! Data spliced from a socket (see [`super::splice`]) is written the same way, a pipe in place of a buffer.
-//!
 //! As with tokio's `File`, a write returns once it has been started: its error (ENOSPC, EIO, ...) is returned by
 //! the next write, flush or shutdown. A writer dropped with a write running lets it finish.
 
 use std::fs::File;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice, Write};
-use std::os::fd::BorrowedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -23,7 +20,6 @@ use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
-use super::splice::Pipe;
 use super::FileWriter;
 
 /// At most this many bytes are copied per [`AsyncWrite`] write (as tokio's `File` does).
@@ -32,78 +28,58 @@ const MAX_COPIED_WRITE: usize = 2 * 1024 * 1024;
 /// A local file open for writing, at its own position (or at its end, when opened to append).
 pub(super) struct WriteBehind {
     file: Arc<File>,
-    /// The write running on the blocking pool, which gives back what it wrote from when done.
-    running: Option<JoinHandle<(io::Result<()>, Chunk)>>,
-    /// The buffer the next copied write goes into (empty).
-    spare: Vec<u8>,
-    splicing: Splicing,
+    state: State,
 }
 
-/// What one write on the blocking pool writes from.
-enum Chunk {
-    Bytes(Vec<u8>),
-    Piped(Pipe),
-}
-
-/// Whether data can come to this file by splice(2) (see [`super::splice`]): decided when first asked.
-enum Splicing {
-    Untried,
-    Refused,
-    /// The pipe being filled from the socket, and the one written from before (`None` while that write runs).
-    Ready {
-        filling: Pipe,
-        spare: Option<Pipe>,
-    },
+enum State {
+    /// No write is running; holds the buffer the next copied write goes into.
+    Idle(Vec<u8>),
+    /// A write is running on the blocking pool and gives its buffer back when done.
+    Busy(JoinHandle<(io::Result<()>, Vec<u8>)>),
 }
 
 impl WriteBehind {
     pub(super) fn new(file: File) -> Self {
         WriteBehind {
             file: Arc::new(file),
-            running: None,
-            spare: Vec::new(),
-            splicing: Splicing::Untried,
+            state: State::Idle(Vec::new()),
         }
     }
 
     /// Waits for the running write, if any, and returns its error.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let Some(task) = &mut self.running else {
-            return Poll::Ready(Ok(()));
-        };
-        let joined = ready!(Pin::new(task).poll(cx));
-        self.running = None;
-        let (result, chunk) = match joined {
-            Ok(done) => done,
-            Err(e) => return Poll::Ready(Err(io::Error::other(e))),
-        };
-        match chunk {
-            Chunk::Bytes(mut buf) => {
-                buf.clear();
-                self.spare = buf;
-            }
-            Chunk::Piped(pipe) => {
-                if let Splicing::Ready { spare, .. } = &mut self.splicing {
-                    *spare = Some(pipe);
-                }
-            }
+        if let State::Busy(task) = &mut self.state {
+            let joined = ready!(Pin::new(task).poll(cx));
+            let (result, mut buf) =
+                joined.unwrap_or_else(|e| (Err(io::Error::other(e)), Vec::new()));
+            buf.clear();
+            self.state = State::Idle(buf);
+            result?;
         }
-        Poll::Ready(result)
+        Poll::Ready(Ok(()))
     }
 
-    /// Starts writing all of `chunk` on the blocking pool.
-    fn start(&mut self, chunk: Chunk) {
+    /// The idle writer's spare buffer (empty), leaving an unallocated one in its place.
+    fn take_spare(&mut self) -> Vec<u8> {
+        match &mut self.state {
+            State::Idle(buf) => std::mem::take(buf),
+            State::Busy(_) => Vec::new(),
+        }
+    }
+
+    /// Starts writing all of `data` on the blocking pool.
+    fn start(&mut self, data: Vec<u8>) {
         let file = Arc::clone(&self.file);
-        self.running = Some(tokio::task::spawn_blocking(move || match chunk {
-            Chunk::Bytes(data) => ((&*file).write_all(&data), Chunk::Bytes(data)),
-            Chunk::Piped(mut pipe) => (pipe.drain_into(&file), Chunk::Piped(pipe)),
+        self.state = State::Busy(tokio::task::spawn_blocking(move || {
+            let result = (&*file).write_all(&data);
+            (result, data)
         }));
     }
 
     /// Copies up to [`MAX_COPIED_WRITE`] bytes of `bufs` into the spare buffer and starts writing them.
     fn poll_copy(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
         ready!(self.poll_idle(cx))?;
-        let mut spare = std::mem::take(&mut self.spare);
+        let mut spare = self.take_spare();
         for buf in bufs {
             let room = MAX_COPIED_WRITE - spare.len();
             spare.extend_from_slice(buf.get(..room).unwrap_or(buf));
@@ -113,30 +89,11 @@ impl WriteBehind {
         }
         let n = spare.len();
         if n == 0 {
-            self.spare = spare;
+            self.state = State::Idle(spare);
         } else {
-            self.start(Chunk::Bytes(spare));
+            self.start(spare);
         }
         Poll::Ready(Ok(n))
-    }
-
-    /// Two pipes, unless the file is open to append (splice refuses those) or the kernel refuses the pipes.
-    fn try_splicing(&self) -> Splicing {
-        let appending = rustix::fs::fcntl_getfl(&*self.file)
-            .map_or(true, |flags| flags.contains(rustix::fs::OFlags::APPEND));
-        if appending {
-            return Splicing::Refused;
-        }
-        match (Pipe::new(), Pipe::new()) {
-            (Ok(filling), Ok(spare)) => Splicing::Ready {
-                filling,
-                spare: Some(spare),
-            },
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::debug!(error = %e, "uploads write from buffers: no pipe for splice");
-                Splicing::Refused
-            }
-        }
     }
 }
 
@@ -147,41 +104,9 @@ impl FileWriter for WriteBehind {
         if data.is_empty() {
             return Ok(data);
         }
-        let spare = std::mem::take(&mut self.spare);
-        self.start(Chunk::Bytes(data));
+        let spare = self.take_spare();
+        self.start(data);
         Ok(spare)
-    }
-
-    fn can_splice(&mut self) -> bool {
-        if matches!(self.splicing, Splicing::Untried) {
-            self.splicing = self.try_splicing();
-        }
-        matches!(self.splicing, Splicing::Ready { .. })
-    }
-
-    fn splice_from(&mut self, socket: BorrowedFd<'_>) -> io::Result<usize> {
-        match &mut self.splicing {
-            Splicing::Ready { filling, .. } => filling.fill_from(socket),
-            _ => Err(io::ErrorKind::Unsupported.into()),
-        }
-    }
-
-    async fn write_spliced(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_idle(cx)).await?;
-        let Splicing::Ready { filling, spare } = &mut self.splicing else {
-            return Ok(());
-        };
-        if filling.held() == 0 {
-            return Ok(());
-        }
-        let next = match spare.take() {
-            Some(pipe) => pipe,
-            // Lost with a write task that failed to run.
-            None => Pipe::new()?,
-        };
-        let full = std::mem::replace(filling, next);
-        self.start(Chunk::Piped(full));
-        Ok(())
     }
 }
 
