@@ -639,6 +639,34 @@ mod tests {
         assert_eq!(session.quota().usage().bytes, 10);
     }
 
+    #[tokio::test]
+    async fn owned_writes_land_in_order_and_a_chunk_over_the_quota_is_not_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let session = session(&tmp, Permissions::all(), Some(10)).await;
+        let mut up = session
+            .open_write(&path("/f"), WriteMode::Truncate)
+            .await
+            .unwrap();
+        let mut buf = up.write_owned(b"0123".to_vec()).await.unwrap();
+        buf.extend_from_slice(b"4567");
+        buf = up.write_owned(buf).await.unwrap();
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"89x");
+        assert!(matches!(
+            up.write_owned(buf).await,
+            Err(CoreError::QuotaExceeded(_))
+        ));
+        let buf = up.write_owned(b"89".to_vec()).await.unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(up.transferred(), 10);
+        up.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("home/f")).unwrap(),
+            b"0123456789"
+        );
+        assert_eq!(session.quota().usage().bytes, 10);
+    }
+
     /// Takes vectored writes, at most `limit` bytes per call.
     struct Trickle {
         data: Vec<u8>,
