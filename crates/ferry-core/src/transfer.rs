@@ -122,6 +122,20 @@ impl Upload {
         Ok(spare)
     }
 
+    /// Writes `data` at the current position as [`Upload::write_owned`] does, as the last bytes of the upload: the
+    /// storage may close the file in the same step. Nothing more may be written; end with [`Upload::finish`].
+    pub async fn write_last(&mut self, data: Vec<u8>) -> CoreResult<()> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        let len = data.len() as u64;
+        let growth = s.reserve_growth(len)?;
+        if let Err(e) = s.writer.write_last(data).await {
+            s.session.quota().release_bytes(growth);
+            return Err(e.into());
+        }
+        s.advance(len, growth);
+        Ok(())
+    }
+
     /// Writes `parts` one after another at the current position, as [`Upload::write`] does with their
     /// concatenation but without copying them into one buffer first: storage that takes vectored writes gets them
     /// in one call.

@@ -338,6 +338,8 @@ impl Io {
                 if ascii {
                     decoder.decode(&buf, &mut converted);
                     upload.write(&converted).await?;
+                } else if end {
+                    upload.write_last(std::mem::take(&mut buf)).await?;
                 } else {
                     // The buffer goes to the file as it is; the one given back is filled next.
                     buf = upload.write_owned(std::mem::take(&mut buf)).await?;

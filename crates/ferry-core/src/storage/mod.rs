@@ -116,6 +116,14 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {
         data.clear();
         Ok(data)
     }
+
+    /// Writes `data`, the last bytes of the file, and closes the file where the storage can do both at once; the
+    /// writer then takes no more writes. An error may surface only at [`tokio::io::AsyncWriteExt::shutdown`],
+    /// which must still be called. The default writes `data` and flushes.
+    async fn write_last(&mut self, data: Vec<u8>) -> io::Result<()> {
+        self.write_all(&data).await?;
+        self.flush().await
+    }
 }
 
 /// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.

@@ -6,6 +6,10 @@
 //! the blocking pool and gives the caller the one the previous write is done with, so the caller fills one buffer
 //! from the network while the other is written. Writes through [`AsyncWrite`] copy, as tokio's `File` does.
 //!
+//! [`FileWriter::write_last`] closes the file in the same trip as the last write: closing a file can start its
+//! write-back (ext4 does when a file that was truncated is closed), and a small upload needs no trip of its own
+//! for it.
+//!
 //! As with tokio's `File`, a write returns once it has been started: its error (ENOSPC, EIO, ...) is returned by
 //! the next write, flush or shutdown. A writer dropped with a write running lets it finish.
 
@@ -27,7 +31,8 @@ const MAX_COPIED_WRITE: usize = 2 * 1024 * 1024;
 
 /// A local file open for writing, at its own position (or at its end, when opened to append).
 pub(super) struct WriteBehind {
-    file: Arc<File>,
+    /// `None` once [`FileWriter::write_last`] has taken the file to close it.
+    file: Option<Arc<File>>,
     state: State,
 }
 
@@ -41,7 +46,7 @@ enum State {
 impl WriteBehind {
     pub(super) fn new(file: File) -> Self {
         WriteBehind {
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
             state: State::Idle(Vec::new()),
         }
     }
@@ -67,13 +72,22 @@ impl WriteBehind {
         }
     }
 
-    /// Starts writing all of `data` on the blocking pool.
-    fn start(&mut self, data: Vec<u8>) {
-        let file = Arc::clone(&self.file);
+    /// Starts writing all of `data` on the blocking pool; with `close`, the file is closed there afterwards.
+    fn start(&mut self, data: Vec<u8>, close: bool) -> io::Result<()> {
+        let file = if close {
+            self.file.take()
+        } else {
+            self.file.as_ref().map(Arc::clone)
+        };
+        let file = file.ok_or_else(closed)?;
         self.state = State::Busy(tokio::task::spawn_blocking(move || {
             let result = (&*file).write_all(&data);
+            // The last reference when closing (the previous write has ended): ext4 may start writing back
+            // here, which must not happen on the runtime.
+            drop(file);
             (result, data)
         }));
+        Ok(())
     }
 
     /// Copies up to [`MAX_COPIED_WRITE`] bytes of `bufs` into the spare buffer and starts writing them.
@@ -91,7 +105,7 @@ impl WriteBehind {
         if n == 0 {
             self.state = State::Idle(spare);
         } else {
-            self.start(spare);
+            self.start(spare, false)?;
         }
         Poll::Ready(Ok(n))
     }
@@ -105,8 +119,13 @@ impl FileWriter for WriteBehind {
             return Ok(data);
         }
         let spare = self.take_spare();
-        self.start(data);
+        self.start(data, false)?;
         Ok(spare)
+    }
+
+    async fn write_last(&mut self, data: Vec<u8>) -> io::Result<()> {
+        poll_fn(|cx| self.poll_idle(cx)).await?;
+        self.start(data, true)
     }
 }
 
@@ -138,6 +157,13 @@ impl AsyncWrite for WriteBehind {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_mut().poll_idle(cx)
     }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the file was closed after its last write",
+    )
 }
 
 #[cfg(test)]
@@ -190,6 +216,33 @@ mod tests {
         w.write_all(&data[MAX_COPIED_WRITE..]).await.unwrap();
         w.flush().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn the_last_write_closes_the_file_and_nothing_is_written_after_it() {
+        let (_tmp, path, mut w) = temp_writer();
+        w.write_owned(b"abc".to_vec()).await.unwrap();
+        w.write_last(b"def".to_vec()).await.unwrap();
+        w.shutdown().await.unwrap();
+        assert!(w.file.is_none());
+        assert_eq!(
+            w.write_all(b"g").await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failed_last_write_is_reported_at_shutdown() {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut w = WriteBehind::new(full);
+        w.write_last(b"x".to_vec()).await.unwrap();
+        let e = w.shutdown().await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
     }
 
     #[cfg(target_os = "linux")]
