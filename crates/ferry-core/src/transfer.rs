@@ -503,14 +503,20 @@ mod tests {
         VirtualPath::parse(s).unwrap()
     }
 
-    #[tokio::test]
-    async fn write_at_places_out_of_order_blocks_and_counts_growth_once() {
+    /// An upload of `/f` by an account with a quota of 10 bytes.
+    async fn upload_of_ten_bytes_at_most() -> (tempfile::TempDir, Session, Upload) {
         let tmp = tempfile::tempdir().unwrap();
         let session = session(&tmp, Permissions::all(), Some(10)).await;
-        let mut up = session
+        let up = session
             .open_write(&path("/f"), WriteMode::Truncate)
             .await
             .unwrap();
+        (tmp, session, up)
+    }
+
+    #[tokio::test]
+    async fn write_at_places_out_of_order_blocks_and_counts_growth_once() {
+        let (tmp, session, mut up) = upload_of_ten_bytes_at_most().await;
         up.write_at(4, b"4567").await.unwrap();
         up.write_at(0, b"0123").await.unwrap();
         up.write_at(8, b"89").await.unwrap();
@@ -632,12 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn write_parts_at_lands_parts_in_order_and_counts_growth_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let session = session(&tmp, Permissions::all(), Some(10)).await;
-        let mut up = session
-            .open_write(&path("/f"), WriteMode::Truncate)
-            .await
-            .unwrap();
+        let (tmp, session, mut up) = upload_of_ten_bytes_at_most().await;
         up.write_parts_at(2, &[b"23", b"", b"456"]).await.unwrap();
         up.write_parts_at(0, &[b"0", b"1"]).await.unwrap();
         assert!(matches!(
@@ -655,12 +656,7 @@ mod tests {
 
     #[tokio::test]
     async fn owned_writes_land_in_order_and_a_chunk_over_the_quota_is_not_written() {
-        let tmp = tempfile::tempdir().unwrap();
-        let session = session(&tmp, Permissions::all(), Some(10)).await;
-        let mut up = session
-            .open_write(&path("/f"), WriteMode::Truncate)
-            .await
-            .unwrap();
+        let (tmp, session, mut up) = upload_of_ten_bytes_at_most().await;
         let mut buf = up.write_owned(b"0123".to_vec()).await.unwrap();
         buf.extend_from_slice(b"4567");
         buf = up.write_owned(buf).await.unwrap();

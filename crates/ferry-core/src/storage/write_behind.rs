@@ -178,6 +178,16 @@ mod tests {
         (tmp, path, writer)
     }
 
+    /// A writer of /dev/full, where every write fails with ENOSPC.
+    #[cfg(target_os = "linux")]
+    fn full_device_writer() -> WriteBehind {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        WriteBehind::new(full)
+    }
+
     #[tokio::test]
     async fn owned_and_copied_writes_land_in_order() {
         let (_tmp, path, mut w) = temp_writer();
@@ -235,11 +245,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_failed_last_write_is_reported_at_shutdown() {
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
-        let mut w = WriteBehind::new(full);
+        let mut w = full_device_writer();
         w.write_last(b"x".to_vec()).await.unwrap();
         let e = w.shutdown().await.unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
@@ -248,12 +254,7 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_failed_write_is_reported_by_the_next_call() {
-        // Every write to /dev/full fails with ENOSPC.
-        let full = std::fs::OpenOptions::new()
-            .write(true)
-            .open("/dev/full")
-            .unwrap();
-        let mut w = WriteBehind::new(full);
+        let mut w = full_device_writer();
         w.write_owned(b"x".to_vec()).await.unwrap();
         let e = w.write_owned(b"y".to_vec()).await.unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
