@@ -1,5 +1,7 @@
 """The FTP data path's fast paths: sendfile for binary downloads over plain TCP (warm and cold page cache, REST,
-RANG, ABOR, byte counts), filled buffers for uploads (quota cut-off), and passive ports bound again and again."""
+RANG, ABOR, byte counts), filled buffers handed to the file for uploads (many buffers in order, resumption, quota
+cut-off), and passive ports bound again and again."""
+import io
 import os
 import socket
 
@@ -105,6 +107,24 @@ def test_abor_during_a_binary_retr_then_a_resumed_retr_completes(ferry):
     conn.close()
     got = retr_from(ftp, "abort.bin", len(received))
     assert sha256_bytes(received + got) == sha256_bytes(data)
+    ftp.quit()
+
+
+def test_multi_megabyte_uploads_land_in_order_whole_and_resumed(ferry):
+    # Many 1 MiB buffers, each written while the next fills: from a fast client (one large send) and from one that
+    # sends in odd-sized pieces, then resumed with REST+STOR and with APPE across buffer boundaries.
+    data = random_bytes(24 * MB + 12345, seed=508)
+    ftp = ftp_login(ferry)
+    ftp.voidcmd("TYPE I")
+    store(ftp, "fast.bin", data)
+    ftp.storbinary("STOR pieces.bin", io.BytesIO(data), blocksize=777_777)
+    cut = 5 * MB + 3
+    store(ftp, "rest.bin", data[:cut])
+    ftp.storbinary("STOR rest.bin", io.BytesIO(data[cut:]), rest=cut)
+    store(ftp, "appe.bin", data[:cut])
+    ftp.storbinary("APPE appe.bin", io.BytesIO(data[cut:]))
+    for name in ("fast.bin", "pieces.bin", "rest.bin", "appe.bin"):
+        assert sha256_bytes((ferry.home("alice") / name).read_bytes()) == sha256_bytes(data), name
     ftp.quit()
 
 

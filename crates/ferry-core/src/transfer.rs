@@ -104,25 +104,50 @@ impl Upload {
         self.write_parts(&[data]).await
     }
 
+    /// Writes `data` at the current position as [`Upload::write`] does, handing the buffer itself to the storage
+    /// (see [`crate::storage::FileWriter::write_owned`]): returns an empty buffer to fill next, which may be
+    /// unallocated.
+    pub async fn write_owned(&mut self, data: Vec<u8>) -> CoreResult<Vec<u8>> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        let len = data.len() as u64;
+        let growth = s.reserve_growth(len)?;
+        let spare = match s.writer.write_owned(data).await {
+            Ok(spare) => spare,
+            Err(e) => {
+                s.session.quota().release_bytes(growth);
+                return Err(e.into());
+            }
+        };
+        s.advance(len, growth);
+        Ok(spare)
+    }
+
+    /// Writes `data` at the current position as [`Upload::write_owned`] does, as the last bytes of the upload: the
+    /// storage may close the file in the same step. Nothing more may be written; end with [`Upload::finish`].
+    pub async fn write_last(&mut self, data: Vec<u8>) -> CoreResult<()> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        let len = data.len() as u64;
+        let growth = s.reserve_growth(len)?;
+        if let Err(e) = s.writer.write_last(data).await {
+            s.session.quota().release_bytes(growth);
+            return Err(e.into());
+        }
+        s.advance(len, growth);
+        Ok(())
+    }
+
     /// Writes `parts` one after another at the current position, as [`Upload::write`] does with their
     /// concatenation but without copying them into one buffer first: storage that takes vectored writes gets them
     /// in one call.
     pub async fn write_parts(&mut self, parts: &[&[u8]]) -> CoreResult<()> {
         let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
         let len: u64 = parts.iter().map(|p| p.len() as u64).sum();
-        let end = s.position + len;
-        let growth = end.saturating_sub(s.size);
-        if growth > 0 {
-            s.session.quota().reserve_bytes(growth)?;
-        }
+        let growth = s.reserve_growth(len)?;
         if let Err(e) = write_all_parts(&mut s.writer, parts).await {
             s.session.quota().release_bytes(growth);
             return Err(e.into());
         }
-        s.position = end;
-        s.size = s.size.max(end);
-        s.bytes_delta += growth as i64;
-        s.transferred += len;
+        s.advance(len, growth);
         Ok(())
     }
 
@@ -183,6 +208,26 @@ impl Upload {
         if let Some(s) = self.state.take() {
             fail_upload(s, reason.to_string()).await;
         }
+    }
+}
+
+impl UploadState {
+    /// Reserves quota for the growth of the file that writing `len` bytes at the current position causes, and
+    /// returns it.
+    fn reserve_growth(&self, len: u64) -> CoreResult<u64> {
+        let growth = (self.position + len).saturating_sub(self.size);
+        if growth > 0 {
+            self.session.quota().reserve_bytes(growth)?;
+        }
+        Ok(growth)
+    }
+
+    /// Accounts for `len` bytes written at the current position, which grew the file by `growth`.
+    fn advance(&mut self, len: u64, growth: u64) {
+        self.position += len;
+        self.size = self.size.max(self.position);
+        self.bytes_delta += growth as i64;
+        self.transferred += len;
     }
 }
 
@@ -458,14 +503,20 @@ mod tests {
         VirtualPath::parse(s).unwrap()
     }
 
-    #[tokio::test]
-    async fn write_at_places_out_of_order_blocks_and_counts_growth_once() {
+    /// An upload of `/f` by an account with a quota of 10 bytes.
+    async fn upload_of_ten_bytes_at_most() -> (tempfile::TempDir, Session, Upload) {
         let tmp = tempfile::tempdir().unwrap();
         let session = session(&tmp, Permissions::all(), Some(10)).await;
-        let mut up = session
+        let up = session
             .open_write(&path("/f"), WriteMode::Truncate)
             .await
             .unwrap();
+        (tmp, session, up)
+    }
+
+    #[tokio::test]
+    async fn write_at_places_out_of_order_blocks_and_counts_growth_once() {
+        let (tmp, session, mut up) = upload_of_ten_bytes_at_most().await;
         up.write_at(4, b"4567").await.unwrap();
         up.write_at(0, b"0123").await.unwrap();
         up.write_at(8, b"89").await.unwrap();
@@ -587,12 +638,7 @@ mod tests {
 
     #[tokio::test]
     async fn write_parts_at_lands_parts_in_order_and_counts_growth_once() {
-        let tmp = tempfile::tempdir().unwrap();
-        let session = session(&tmp, Permissions::all(), Some(10)).await;
-        let mut up = session
-            .open_write(&path("/f"), WriteMode::Truncate)
-            .await
-            .unwrap();
+        let (tmp, session, mut up) = upload_of_ten_bytes_at_most().await;
         up.write_parts_at(2, &[b"23", b"", b"456"]).await.unwrap();
         up.write_parts_at(0, &[b"0", b"1"]).await.unwrap();
         assert!(matches!(
@@ -600,6 +646,29 @@ mod tests {
             Err(CoreError::QuotaExceeded(_))
         ));
         up.write_parts_at(7, &[b"7", b"89"]).await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("home/f")).unwrap(),
+            b"0123456789"
+        );
+        assert_eq!(session.quota().usage().bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn owned_writes_land_in_order_and_a_chunk_over_the_quota_is_not_written() {
+        let (tmp, session, mut up) = upload_of_ten_bytes_at_most().await;
+        let mut buf = up.write_owned(b"0123".to_vec()).await.unwrap();
+        buf.extend_from_slice(b"4567");
+        buf = up.write_owned(buf).await.unwrap();
+        assert!(buf.is_empty());
+        buf.extend_from_slice(b"89x");
+        assert!(matches!(
+            up.write_owned(buf).await,
+            Err(CoreError::QuotaExceeded(_))
+        ));
+        let buf = up.write_owned(b"89".to_vec()).await.unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(up.transferred(), 10);
         up.finish().await.unwrap();
         assert_eq!(
             std::fs::read(tmp.path().join("home/f")).unwrap(),

@@ -24,8 +24,9 @@ use crate::tls::MaybeTls;
 
 /// Size of the buffer of one running download that is read and written (allocated only while it runs).
 const TRANSFER_BUFFER: usize = 256 * 1024;
-/// Size of the buffer of one running upload: it takes all the data that has arrived before each write, so that a
-/// fast upload hands the blocking pool up to this much per write rather than one socket read's worth.
+/// Size of each of the two buffers of one running upload (one filled from the network while the other is written):
+/// a buffer takes all the data that has arrived before each write, so that a fast upload hands the blocking pool up
+/// to this much per write rather than one socket read's worth.
 const UPLOAD_BUFFER: usize = 1024 * 1024;
 /// Listing output is sent in batches of about this size.
 const LISTING_BATCH: usize = 64 * 1024;
@@ -337,8 +338,12 @@ impl Io {
                 if ascii {
                     decoder.decode(&buf, &mut converted);
                     upload.write(&converted).await?;
+                } else if end {
+                    upload.write_last(std::mem::take(&mut buf)).await?;
                 } else {
-                    upload.write(&buf).await?;
+                    // The buffer goes to the file as it is; the one given back is filled next.
+                    buf = upload.write_owned(std::mem::take(&mut buf)).await?;
+                    buf.reserve_exact(UPLOAD_BUFFER);
                 }
                 if let Some(e) = broken {
                     return Err(e);

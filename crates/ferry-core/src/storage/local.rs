@@ -15,6 +15,7 @@ use std::os::unix::fs::DirBuilderExt;
 
 use super::cached_read::CachedReader;
 use super::local_listing::LocalDirReader;
+use super::write_behind::WriteBehind;
 use super::{
     Capabilities, DirBatches, DirStream, FileKind, FileWriter, Metadata, OpenedFile, Storage,
     WriteMode, WritePlanner,
@@ -167,47 +168,6 @@ fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<std::fs:
     Ok(file)
 }
 
-/// A local file open for writing; tokio's `File` writes on the blocking pool.
-struct LocalFile(tokio::fs::File);
-
-impl tokio::io::AsyncWrite for LocalFile {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> std::task::Poll<io::Result<usize>> {
-        std::pin::Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.0.is_write_vectored()
-    }
-
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<io::Result<()>> {
-        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl FileWriter for LocalFile {}
-
 #[async_trait]
 impl Storage for LocalStorage {
     fn capabilities(&self) -> Capabilities {
@@ -274,7 +234,7 @@ impl Storage for LocalStorage {
     async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>> {
         let path = rel(path).to_owned();
         let file = self.run(move |d| open_for_write(d, &path, mode)).await?;
-        Ok(Box::new(LocalFile(tokio::fs::File::from_std(file))))
+        Ok(Box::new(WriteBehind::new(file)))
     }
 
     async fn open_write_planned(
@@ -294,7 +254,7 @@ impl Storage for LocalStorage {
                 open_for_write(d, rel(&target.path), target.mode)
             })
             .await?;
-        Ok(Box::new(LocalFile(tokio::fs::File::from_std(file))))
+        Ok(Box::new(WriteBehind::new(file)))
     }
 
     async fn create_dir(&self, path: &str) -> io::Result<()> {

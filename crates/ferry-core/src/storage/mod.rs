@@ -6,6 +6,7 @@ mod cached_read;
 pub mod local;
 mod local_listing;
 pub mod sendfile;
+mod write_behind;
 
 use std::collections::VecDeque;
 use std::io;
@@ -14,7 +15,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::account::QuotaUsage;
@@ -105,7 +106,25 @@ pub trait FileReader: AsyncRead + Send + Unpin {
 }
 
 /// A file open for writing. Dropping it without [`tokio::io::AsyncWriteExt::shutdown`] may lose buffered data.
-pub trait FileWriter: AsyncWrite + Send + Unpin {}
+#[async_trait]
+pub trait FileWriter: AsyncWrite + Send + Unpin {
+    /// Writes all of `data` and returns an empty buffer for the caller to fill next. Storage that writes behind the
+    /// caller takes `data` itself rather than copying it, and gives back a buffer it is done with (which may be
+    /// unallocated, the first time); the default writes `data` and gives it back.
+    async fn write_owned(&mut self, mut data: Vec<u8>) -> io::Result<Vec<u8>> {
+        self.write_all(&data).await?;
+        data.clear();
+        Ok(data)
+    }
+
+    /// Writes `data`, the last bytes of the file, and closes the file where the storage can do both at once; the
+    /// writer then takes no more writes. An error may surface only at [`tokio::io::AsyncWriteExt::shutdown`],
+    /// which must still be called. The default writes `data` and flushes.
+    async fn write_last(&mut self, data: Vec<u8>) -> io::Result<()> {
+        self.write_all(&data).await?;
+        self.flush().await
+    }
+}
 
 /// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.
 ///

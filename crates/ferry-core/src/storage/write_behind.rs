@@ -1,0 +1,267 @@
+//! Writes of a local file that run on the blocking pool behind the caller, one at a time, and that can take the
+//! caller's buffer instead of copying it.
+//!
+//! tokio's `File` copies every write into its own buffer before handing it to the blocking pool; in a profile of a
+//! 1 GiB upload that copy was 7.6% of the server's time. [`WriteBehind::write_owned`] moves the filled buffer to
+//! the blocking pool and gives the caller the one the previous write is done with, so the caller fills one buffer
+//! from the network while the other is written. Writes through [`AsyncWrite`] copy, as tokio's `File` does.
+//!
+//! [`FileWriter::write_last`] closes the file in the same trip as the last write: closing a file can start its
+//! write-back (ext4 does when a file that was truncated is closed), and a small upload needs no trip of its own
+//! for it.
+//!
+//! As with tokio's `File`, a write returns once it has been started: its error (ENOSPC, EIO, ...) is returned by
+//! the next write, flush or shutdown. A writer dropped with a write running lets it finish.
+
+use std::fs::File;
+use std::future::{poll_fn, Future};
+use std::io::{self, IoSlice, Write};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use async_trait::async_trait;
+use tokio::io::AsyncWrite;
+use tokio::task::JoinHandle;
+
+use super::FileWriter;
+
+/// At most this many bytes are copied per [`AsyncWrite`] write (as tokio's `File` does).
+const MAX_COPIED_WRITE: usize = 2 * 1024 * 1024;
+
+/// A local file open for writing, at its own position (or at its end, when opened to append).
+pub(super) struct WriteBehind {
+    /// `None` once [`FileWriter::write_last`] has taken the file to close it.
+    file: Option<Arc<File>>,
+    state: State,
+}
+
+enum State {
+    /// No write is running; holds the buffer the next copied write goes into.
+    Idle(Vec<u8>),
+    /// A write is running on the blocking pool and gives its buffer back when done.
+    Busy(JoinHandle<(io::Result<()>, Vec<u8>)>),
+}
+
+impl WriteBehind {
+    pub(super) fn new(file: File) -> Self {
+        WriteBehind {
+            file: Some(Arc::new(file)),
+            state: State::Idle(Vec::new()),
+        }
+    }
+
+    /// Waits for the running write, if any, and returns its error.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let State::Busy(task) = &mut self.state {
+            let joined = ready!(Pin::new(task).poll(cx));
+            let (result, mut buf) =
+                joined.unwrap_or_else(|e| (Err(io::Error::other(e)), Vec::new()));
+            buf.clear();
+            self.state = State::Idle(buf);
+            result?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// The idle writer's spare buffer (empty), leaving an unallocated one in its place.
+    fn take_spare(&mut self) -> Vec<u8> {
+        match &mut self.state {
+            State::Idle(buf) => std::mem::take(buf),
+            State::Busy(_) => Vec::new(),
+        }
+    }
+
+    /// Starts writing all of `data` on the blocking pool; with `close`, the file is closed there afterwards.
+    fn start(&mut self, data: Vec<u8>, close: bool) -> io::Result<()> {
+        let file = if close {
+            self.file.take()
+        } else {
+            self.file.as_ref().map(Arc::clone)
+        };
+        let file = file.ok_or_else(closed)?;
+        self.state = State::Busy(tokio::task::spawn_blocking(move || {
+            let result = (&*file).write_all(&data);
+            // The last reference when closing (the previous write has ended): ext4 may start writing back
+            // here, which must not happen on the runtime.
+            drop(file);
+            (result, data)
+        }));
+        Ok(())
+    }
+
+    /// Copies up to [`MAX_COPIED_WRITE`] bytes of `bufs` into the spare buffer and starts writing them.
+    fn poll_copy(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        ready!(self.poll_idle(cx))?;
+        let mut spare = self.take_spare();
+        for buf in bufs {
+            let room = MAX_COPIED_WRITE - spare.len();
+            spare.extend_from_slice(buf.get(..room).unwrap_or(buf));
+            if spare.len() == MAX_COPIED_WRITE {
+                break;
+            }
+        }
+        let n = spare.len();
+        if n == 0 {
+            self.state = State::Idle(spare);
+        } else {
+            self.start(spare, false)?;
+        }
+        Poll::Ready(Ok(n))
+    }
+}
+
+#[async_trait]
+impl FileWriter for WriteBehind {
+    async fn write_owned(&mut self, data: Vec<u8>) -> io::Result<Vec<u8>> {
+        poll_fn(|cx| self.poll_idle(cx)).await?;
+        if data.is_empty() {
+            return Ok(data);
+        }
+        let spare = self.take_spare();
+        self.start(data, false)?;
+        Ok(spare)
+    }
+
+    async fn write_last(&mut self, data: Vec<u8>) -> io::Result<()> {
+        poll_fn(|cx| self.poll_idle(cx)).await?;
+        self.start(data, true)
+    }
+}
+
+impl AsyncWrite for WriteBehind {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_copy(cx, &[IoSlice::new(buf)])
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.get_mut().poll_copy(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_idle(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_mut().poll_idle(cx)
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "the file was closed after its last write",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    fn temp_writer() -> (tempfile::TempDir, std::path::PathBuf, WriteBehind) {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("f");
+        let writer = WriteBehind::new(File::create(&path).unwrap());
+        (tmp, path, writer)
+    }
+
+    /// A writer of /dev/full, where every write fails with ENOSPC.
+    #[cfg(target_os = "linux")]
+    fn full_device_writer() -> WriteBehind {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        WriteBehind::new(full)
+    }
+
+    #[tokio::test]
+    async fn owned_and_copied_writes_land_in_order() {
+        let (_tmp, path, mut w) = temp_writer();
+        let first = b"abc".to_vec();
+        let spare = w.write_owned(first).await.unwrap();
+        assert!(spare.is_empty());
+        w.write_all(b"def").await.unwrap();
+        let mut second = w.write_owned(Vec::with_capacity(8)).await.unwrap();
+        second.extend_from_slice(b"ghi");
+        let spare = w.write_owned(second).await.unwrap();
+        assert!(spare.is_empty());
+        w.write_all_buf(&mut &b"jk"[..]).await.unwrap();
+        w.shutdown().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcdefghijk");
+    }
+
+    #[tokio::test]
+    async fn the_buffer_given_back_is_the_one_written_before() {
+        let (_tmp, _path, mut w) = temp_writer();
+        let mut a = Vec::with_capacity(1000);
+        a.extend_from_slice(b"a");
+        let a_ptr = a.as_ptr();
+        w.write_owned(a).await.unwrap();
+        let back = w.write_owned(b"b".to_vec()).await.unwrap();
+        assert_eq!(
+            (back.as_ptr(), back.len(), back.capacity()),
+            (a_ptr, 0, 1000)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_copied_write_is_taken_in_bounded_pieces() {
+        let (_tmp, path, mut w) = temp_writer();
+        let data = vec![7u8; MAX_COPIED_WRITE + 5];
+        assert_eq!(w.write(&data).await.unwrap(), MAX_COPIED_WRITE);
+        w.write_all(&data[MAX_COPIED_WRITE..]).await.unwrap();
+        w.flush().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn the_last_write_closes_the_file_and_nothing_is_written_after_it() {
+        let (_tmp, path, mut w) = temp_writer();
+        w.write_owned(b"abc".to_vec()).await.unwrap();
+        w.write_last(b"def".to_vec()).await.unwrap();
+        w.shutdown().await.unwrap();
+        assert!(w.file.is_none());
+        assert_eq!(
+            w.write_all(b"g").await.unwrap_err().kind(),
+            io::ErrorKind::BrokenPipe
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failed_last_write_is_reported_at_shutdown() {
+        let mut w = full_device_writer();
+        w.write_last(b"x".to_vec()).await.unwrap();
+        let e = w.shutdown().await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_failed_write_is_reported_by_the_next_call() {
+        let mut w = full_device_writer();
+        w.write_owned(b"x".to_vec()).await.unwrap();
+        let e = w.write_owned(b"y".to_vec()).await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        w.write_all(b"z").await.unwrap();
+        assert_eq!(
+            w.shutdown().await.unwrap_err().raw_os_error(),
+            Some(libc::ENOSPC)
+        );
+    }
+}
