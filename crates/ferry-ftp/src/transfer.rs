@@ -127,6 +127,7 @@ pub async fn run(
             limit,
         } => match &mut stream {
             MaybeTls::Plain(tcp) if !ascii && download.can_send_directly() => {
+                cork(tcp);
                 io.send_file_direct(download, limit, tcp, &mut cancel).await
             }
             _ => {
@@ -143,6 +144,18 @@ pub async fn run(
             io.send_listing(source, format, &mut stream, &mut cancel)
                 .await
         }
+    }
+}
+
+/// Holds back partial segments of a sendfile download (`TCP_CORK`) until the shutdown that ends it sends them with
+/// its FIN. Data connections have `TCP_NODELAY`, so that the tail of a small file leaves at once, but on its own
+/// that also sends each batch sendfile(2) hands to TCP as soon as it is queued: the batches are 64 KiB and a
+/// loopback segment holds 65,483 bytes, so most batches left as a full segment and one of 53 bytes (a 256 MiB
+/// upload and download took 13,170 segments, 10,334 corked). 1 GiB RETR: 1,108 -> 1,434 MiB/s (medians of five,
+/// on par with ProFTPD's blocking sendfile). Not for TLS, whose downloads measured slower corked.
+fn cork(tcp: &TcpStream) {
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_cork(true) {
+        tracing::debug!(error = %e, "could not cork a data connection");
     }
 }
 
