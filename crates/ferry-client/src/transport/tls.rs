@@ -226,6 +226,59 @@ impl ServerCertVerifier for PinnedOrAny {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::{ClientConnection, ServerConfig, ServerConnection};
+
+    /// Moves TLS records both ways until neither side has more to send.
+    fn exchange(client: &mut ClientConnection, server: &mut ServerConnection) {
+        while client.wants_write() || server.wants_write() {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire).unwrap();
+            }
+            server.read_tls(&mut wire.as_slice()).unwrap();
+            server.process_new_packets().unwrap();
+            wire.clear();
+            while server.wants_write() {
+                server.write_tls(&mut wire).unwrap();
+            }
+            client.read_tls(&mut wire.as_slice()).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+
+    #[test]
+    fn the_session_store_tells_when_no_tls13_ticket_is_left() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            certified.signing_key.serialize_der(),
+        ));
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut server_config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .unwrap();
+        server_config.send_tls13_tickets = 2;
+        let options = ConnectOptions {
+            insecure: true,
+            ..ConnectOptions::default()
+        };
+        let (config, store) = client_config(&options).unwrap();
+        assert!(!store.can_resume());
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut client = ClientConnection::new(config.clone(), name.clone()).unwrap();
+        let mut server = ServerConnection::new(Arc::new(server_config)).unwrap();
+        exchange(&mut client, &mut server);
+        assert!(!client.is_handshaking());
+        // Two tickets: two connections (each takes one as it says hello) can resume, a third cannot.
+        for _ in 0..2 {
+            assert!(store.can_resume());
+            drop(ClientConnection::new(config.clone(), name.clone()).unwrap());
+        }
+        assert!(!store.can_resume());
+    }
 
     #[test]
     fn fingerprints_parse_in_common_spellings() {
