@@ -1,5 +1,10 @@
-"""Other servers started on loopback for the client tests: vsftpd, pure-ftpd and ProFTPD (FTP), and OpenSSH's sshd
-with sftp-server (SFTP).
+"""Other servers started on loopback for the client tests: vsftpd, pure-ftpd and ProFTPD (FTP, and FTPS with a
+self-signed certificate made with openssl in the test's tmp directory), and OpenSSH's sshd with sftp-server (SFTP).
+
+Each FTP server runs in one of three modes: plain FTP, explicit FTPS (`AUTH TLS`, TLS required for the login and
+the data) or implicit FTPS (TLS from the first byte: vsftpd's `implicit_ssl`, ProFTPD's `UseImplicitSSL`;
+pure-ftpd has it only as a build option that Debian's package lacks). The client trusts the certificate through
+`--ca-file`, so its verification runs as it would against a real server.
 
 vsftpd logs in a real system user (created here with useradd when missing, which needs root) whose FTP root is a
 fresh directory under /tmp; sshd runs with its own host key and config as the current user, who logs in with a
@@ -29,6 +34,8 @@ VSFTPD_PASSWORD = "ferry-test-pw"
 VIRTUAL_USER = "ferryvirt"
 VIRTUAL_PASSWORD = "ferry-virt-pw"
 PEERS_ROOT = Path(os.environ.get("FERRY_PEERS_ROOT") or Path.home() / ".cache/ferry-peers/root")
+# The URL scheme of each FTP mode.
+FTP_SCHEMES = {"plain": "ftp", "explicit": "ftps", "implicit": "ftps+implicit"}
 
 
 def free_port() -> int:
@@ -60,6 +67,47 @@ def stop(proc):
             proc.wait(5)
 
 
+def self_signed_certificate(directory):
+    """A certificate for 127.0.0.1 (an end-entity certificate, as clients that verify expect, signed by its own
+    key) and its key, as PEM files in `directory`; readable by root only, where the servers read them."""
+    cert, key = directory / "tls-cert.pem", directory / "tls-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE",
+         "-addext", "keyUsage=critical,digitalSignature,keyEncipherment", "-addext", "extendedKeyUsage=serverAuth",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    key.chmod(0o600)
+    return cert, key
+
+
+class FtpPeer:
+    """What the FTP servers share: `mode` (plain, explicit or implicit), the certificate they present for FTPS,
+    and the URLs and client flags that reach them."""
+
+    mode = "plain"
+    cert = None
+    key = None
+    # Why this server cannot run implicit FTPS, where it cannot.
+    no_implicit = None
+
+    def set_mode(self, tmp_path, mode):
+        if mode not in FTP_SCHEMES:
+            raise ValueError(f"unknown FTP mode {mode}")
+        if mode == "implicit" and self.no_implicit:
+            pytest.skip(self.no_implicit)
+        self.mode = mode
+        if mode != "plain":
+            self.cert, self.key = self_signed_certificate(tmp_path)
+
+    def flags(self):
+        return [] if self.mode == "plain" else ["--ca-file", str(self.cert)]
+
+    def url(self, path=""):
+        return f"{FTP_SCHEMES[self.mode]}://{self.user}:{self.password}@127.0.0.1:{self.port}/{path}"
+
+
 def ensure_ftp_user():
     """The system user vsftpd logs in, with a known password."""
     try:
@@ -82,10 +130,11 @@ def ensure_ftp_user():
             raise RuntimeError(f"chpasswd failed: {p.stderr}")
 
 
-class Vsftpd:
+class Vsftpd(FtpPeer):
     """A vsftpd on 127.0.0.1 whose user's FTP root is `root`."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, mode="plain"):
+        self.set_mode(tmp_path, mode)
         exe = shutil.which("vsftpd") or "/usr/sbin/vsftpd"
         if not os.path.exists(exe):
             pytest.skip("vsftpd is not installed")
@@ -125,14 +174,31 @@ class Vsftpd:
             "use_localtime=NO",
             "xferlog_enable=NO",
             f"vsftpd_log_file={self.log}",
+            *self.tls_settings(),
             "",
         ]))
         conf.chmod(0o600)
         self.proc = subprocess.Popen([exe, str(conf)], stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
         wait_for_port(self.port, self.proc, self.log)
 
-    def flags(self):
-        return []
+    def tls_settings(self):
+        if self.mode == "plain":
+            return []
+        return [
+            "ssl_enable=YES",
+            f"rsa_cert_file={self.cert}",
+            f"rsa_private_key_file={self.key}",
+            "allow_anon_ssl=NO",
+            "force_local_logins_ssl=YES",
+            "force_local_data_ssl=YES",
+            # vsftpd 3.0.3's default cipher list is DES-CBC3-SHA alone, which rustls does not offer (TLS 1.3's
+            # suites are not affected by it).
+            "ssl_ciphers=HIGH",
+            # vsftpd's default, spelt out: each data connection must resume the control connection's TLS
+            # session ("522 SSL connection failed: session reuse required" otherwise), as in ProFTPD's fixtures.
+            "require_ssl_reuse=YES",
+            *(["implicit_ssl=YES"] if self.mode == "implicit" else []),
+        ]
 
     def own(self, path):
         """Gives files made by the test under `root` to the FTP user, who must be able to change them."""
@@ -140,21 +206,19 @@ class Vsftpd:
         for p in [Path(path), *Path(path).rglob("*")] if Path(path).is_dir() else [Path(path)]:
             os.chown(p, user.pw_uid, user.pw_gid)
 
-    def url(self, path=""):
-        return f"ftp://{self.user}:{self.password}@127.0.0.1:{self.port}/{path}"
-
     def close(self):
         stop(self.proc)
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-class UnpackedFtpd:
+class UnpackedFtpd(FtpPeer):
     """What pure-ftpd and ProFTPD share: a binary from PEERS_ROOT, run as root for a virtual user whose files
     belong to `nobody`, in a fresh FTP root under /tmp."""
 
     binary = ""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, mode="plain"):
+        self.set_mode(tmp_path, mode)
         exe = PEERS_ROOT / self.binary
         if not exe.exists():
             pytest.skip(f"{exe} is missing: scripts/test unpacks it (apt-get download, dpkg -x)")
@@ -178,16 +242,10 @@ class UnpackedFtpd:
     def command(self, tmp_path):
         raise NotImplementedError
 
-    def flags(self):
-        return []
-
     def own(self, path):
         """Gives files made by the test under `root` to the virtual user's system user."""
         for p in [Path(path), *Path(path).rglob("*")] if Path(path).is_dir() else [Path(path)]:
             os.chown(p, self.owner.pw_uid, self.owner.pw_gid)
-
-    def url(self, path=""):
-        return f"ftp://{self.user}:{self.password}@127.0.0.1:{self.port}/{path}"
 
     def close(self):
         stop(self.proc)
@@ -198,6 +256,8 @@ class PureFtpd(UnpackedFtpd):
     """pure-ftpd with a puredb of one virtual user, chrooted to `root`."""
 
     binary = "usr/sbin/pure-ftpd"
+    no_implicit = ("pure-ftpd speaks implicit FTPS only when built with --with-implicittls (and then nothing "
+                   "else), which Debian's package is not")
 
     def command(self, tmp_path):
         passwd, pdb = tmp_path / "pureftpd.passwd", tmp_path / "pureftpd.pdb"
@@ -206,8 +266,10 @@ class PureFtpd(UnpackedFtpd):
              "-u", str(self.owner.pw_uid), "-g", str(self.owner.pw_gid), "-d", str(self.root)],
             input=f"{self.password}\n{self.password}\n", text=True, capture_output=True, check=True, env=self.env,
         )
+        # --tls=3: TLS required for the login and for every data connection.
+        tls = [] if self.mode == "plain" else ["--tls=3", f"--certfile={self.cert},{self.key}"]
         return [str(self.exe), f"--bind=127.0.0.1,{self.port}", f"--login=puredb:{pdb}", "--noanonymous",
-                "--dontresolve", "--minuid=1", "--maxclientsperip=50", "--maxclientsnumber=50"]
+                "--dontresolve", "--minuid=1", "--maxclientsperip=50", "--maxclientsnumber=50", *tls]
 
 
 class Proftpd(UnpackedFtpd):
@@ -252,9 +314,31 @@ class Proftpd(UnpackedFtpd):
             "<IfModule mod_ident.c>",
             "  IdentLookups off",
             "</IfModule>",
+            *self.tls_settings(tmp_path),
             "",
         ]))
         return [str(self.exe), "--nodaemon", "--config", str(conf)]
+
+    def tls_settings(self, tmp_path):
+        """mod_tls (from proftpd-mod-crypto) loaded from the unpacked tree; TLS required for the login and the
+        data, and data connections must resume the control connection's TLS session (ProFTPD's default)."""
+        if self.mode == "plain":
+            return []
+        if not (PEERS_ROOT / "usr/lib/proftpd/mod_tls.so").exists():
+            pytest.skip(f"{PEERS_ROOT}/usr/lib/proftpd/mod_tls.so is missing: scripts/test unpacks "
+                        "proftpd-mod-crypto")
+        return [
+            f"ModulePath {PEERS_ROOT / 'usr/lib/proftpd'}",
+            "LoadModule mod_tls.c",
+            "TLSEngine on",
+            f"TLSLog {tmp_path / 'proftpd.tls.log'}",
+            "TLSProtocol TLSv1.2 TLSv1.3",
+            f"TLSRSACertificateFile {self.cert}",
+            f"TLSRSACertificateKeyFile {self.key}",
+            "TLSRequired on",
+            "TLSVerifyClient off",
+            *(["TLSOptions UseImplicitSSL"] if self.mode == "implicit" else []),
+        ]
 
 
 class Sshd:
@@ -316,6 +400,24 @@ class Sshd:
 
     def close(self):
         stop(self.proc)
+
+
+FTP_PEERS = {"vsftpd": Vsftpd, "pure_ftpd": PureFtpd, "proftpd": Proftpd}
+
+
+@pytest.fixture
+def ftp_peer(tmp_path):
+    """Starts an FTP server by name and mode: `ftp_peer("proftpd", "implicit")`; stopped after the test."""
+    started = []
+
+    def start(name, mode="plain"):
+        server = FTP_PEERS[name](tmp_path, mode)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.close()
 
 
 @pytest.fixture

@@ -4,6 +4,12 @@
 //! format), `HASH` with `RANG` or the legacy `XSHA256`-style commands for checksums, `MFMT` (else `MDTM` with a
 //! time, as vsftpd takes it) for setting times. Resumed downloads send `REST n` before `RETR`; resumed uploads
 //! use `APPE`; a bounded read uses `RANG` where offered, else `REST` and closes the data connection once enough bytes came.
+//!
+//! Two things can leave a control connection unusable, and each makes the transport log in again with the same
+//! endpoint: a data connection the client closed before the end of the file (ProFTPD over TLS then ends the whole
+//! session), and, over FTPS, a data connection refused because it could not resume the control connection's TLS
+//! session (rustls uses each TLS 1.3 session ticket once; ProFTPD, which requires resumption, issues two per
+//! control connection and none on upload data connections, so a third upload on one connection is refused).
 
 use std::io;
 use std::ops::Range;
@@ -31,6 +37,10 @@ type Stream = suppaftp::tokio::AsyncRustlsStream;
 /// A logged-in FTP or FTPS control connection.
 pub struct FtpTransport {
     ftp: AsyncRustlsFtpStream,
+    /// Where to log in again when the session became unusable.
+    endpoint: Arc<Endpoint>,
+    /// The TLS sessions of this control connection (FTPS), for data connections to resume.
+    sessions: Option<Arc<tls::SessionStore>>,
     describe: String,
     timeout: Duration,
     features: Features,
@@ -60,14 +70,16 @@ impl FtpTransport {
             reason,
         };
         let addr = (url.host.as_str(), url.port_or_default());
-        let tls_config = match url.scheme {
-            Scheme::Ftps | Scheme::FtpsImplicit => Some(tls::client_config(options).map_err(
-                |reason| ClientError::Refused {
-                    target: target.clone(),
-                    reason,
-                },
-            )?),
-            _ => None,
+        let (tls_config, sessions) = match url.scheme {
+            Scheme::Ftps | Scheme::FtpsImplicit => {
+                let (config, sessions) =
+                    tls::client_config(options).map_err(|reason| ClientError::Refused {
+                        target: target.clone(),
+                        reason,
+                    })?;
+                (Some(config), Some(sessions))
+            }
+            _ => (None, None),
         };
         let connector = |config: &Arc<rustls::ClientConfig>| {
             AsyncRustlsConnector::from(tokio_rustls::TlsConnector::from(config.clone()))
@@ -126,6 +138,8 @@ impl FtpTransport {
         ftp.set_passive_nat_workaround(true);
         let mut transport = FtpTransport {
             ftp,
+            endpoint: endpoint.clone(),
+            sessions,
             describe: target,
             timeout,
             features: Features::default(),
@@ -148,6 +162,88 @@ impl FtpTransport {
         Ok(transport)
     }
 
+    /// Replaces this session with a fresh login to the same endpoint. The old control connection is dropped
+    /// without `QUIT`: it is broken or out of step.
+    async fn reconnect(&mut self) -> Result<()> {
+        *self = FtpTransport::connect(&self.endpoint).await?;
+        Ok(())
+    }
+
+    /// Before a data connection: when the server requires data connections to resume the control connection's TLS
+    /// session and none is left to resume (rustls uses each TLS 1.3 ticket once; ProFTPD issues two per control
+    /// connection and none on upload data connections), logs in again, which brings new tickets.
+    async fn ensure_resumable_session(&mut self) -> Result<()> {
+        let exhausted = self.sessions.as_ref().is_some_and(|s| !s.can_resume());
+        if exhausted && self.endpoint.ftps_requires_resumption().await {
+            self.reconnect().await?;
+        }
+        Ok(())
+    }
+
+    /// Whether a data connection opened now would resume the control connection's TLS session (`None` for plain
+    /// FTP).
+    fn data_connection_resumes(&self) -> Option<bool> {
+        self.sessions.as_ref().map(|s| s.can_resume())
+    }
+
+    /// Takes the outcome of an exchange that opened a data connection: `Some` to go on with, `None` to run the
+    /// exchange again (each exchange sends any `REST` or `RANG` it needs itself, so that it can). Over FTPS, a data
+    /// connection refused with 425 is tried once more on a fresh login: the refusal is what a server that requires
+    /// TLS session resumption answers once rustls has no unused session ticket left for it, and a new control
+    /// connection brings new tickets.
+    async fn data_opened<T>(
+        &mut self,
+        path: &str,
+        outcome: std::result::Result<std::result::Result<T, FtpError>, tokio::time::error::Elapsed>,
+        tried_fresh_login: &mut bool,
+    ) -> Result<Option<T>> {
+        match outcome {
+            Ok(Ok(t)) => Ok(Some(t)),
+            Ok(Err(FtpError::UnexpectedResponse(r)))
+                if reply_code(&r.body) == Some(425)
+                    && self.sessions.is_some()
+                    && !*tried_fresh_login =>
+            {
+                self.endpoint.set_ftps_requires_resumption().await;
+                *tried_fresh_login = true;
+                self.reconnect().await?;
+                Ok(None)
+            }
+            Ok(Err(e)) => Err(map_error(path, e)),
+            Err(_) => Err(ClientError::lost(path, "timed out waiting for the server")),
+        }
+    }
+
+    /// After the last byte of a `RANG` range: whether the server ends the data connection there (`false` when
+    /// more bytes come: ProFTPD 1.3.8 over TLS takes `RANG` but sends on to the end of the file). Waiting for the
+    /// end also keeps the server's TLS `close_notify` from being left unread, which would make closing the socket
+    /// reset it.
+    async fn range_ended(&self, path: &str, stream: &mut TransferStream<Stream>) -> Result<bool> {
+        let mut extra = [0u8; 1];
+        match tokio::time::timeout(self.timeout, stream.read(&mut extra)).await {
+            Ok(Ok(0)) => Ok(true),
+            // Ended without close_notify: the end of the range all the same.
+            Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(true),
+            Ok(Ok(_)) => Ok(false),
+            Ok(Err(e)) => Err(ClientError::lost(path, e)),
+            Err(_) => Err(ClientError::lost(
+                path,
+                "timed out waiting for the end of the range",
+            )),
+        }
+    }
+
+    /// Brings the control connection back in step after the client closed a data connection before the end of
+    /// the file: reads the transfer's reply (426, or 226 if the server had sent everything) and checks with `NOOP`
+    /// that the session goes on. ProFTPD over TLS ends the session instead ("unexpected OpenSSL error,
+    /// disconnecting" after the broken pipe), so then this logs in again.
+    async fn settle_after_early_close(&mut self) -> Result<()> {
+        match tokio::time::timeout(self.timeout, self.ftp.noop()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => self.reconnect().await,
+        }
+    }
+
     /// Runs one control-connection exchange with the reply timeout, mapping errors to `path`.
     async fn timed<T>(
         &mut self,
@@ -157,6 +253,29 @@ impl FtpTransport {
         match tokio::time::timeout(self.timeout, op(&mut self.ftp)).await {
             Ok(r) => r.map_err(|e| map_error(path, e)),
             Err(_) => Err(ClientError::lost(path, "timed out waiting for the server")),
+        }
+    }
+
+    /// The lines of `MLSD` (or `LIST`) of `arg`.
+    async fn listing(&mut self, dir: &str, arg: Option<&str>, mlsd: bool) -> Result<Vec<String>> {
+        self.ensure_resumable_session().await?;
+        let mut tried_fresh_login = false;
+        loop {
+            let ftp = &mut self.ftp;
+            let outcome = tokio::time::timeout(self.timeout, async {
+                if mlsd {
+                    ftp.mlsd(arg).await
+                } else {
+                    ftp.list(arg).await
+                }
+            })
+            .await;
+            if let Some(lines) = self
+                .data_opened(dir, outcome, &mut tried_fresh_login)
+                .await?
+            {
+                return Ok(lines);
+            }
         }
     }
 
@@ -220,11 +339,18 @@ impl FtpTransport {
                 return Err(e);
             }
         };
-        if len.is_some_and(|l| total >= l) && !bounded_by_server {
-            // Enough bytes came: close the data connection early. The server answers with one reply (426, or 226
-            // if it had sent everything already), which the next command reads first. ABOR is not used: a server
+        let ended_early = match len {
+            Some(l) if total >= l && bounded_by_server => {
+                !self.range_ended(path, &mut stream).await?
+            }
+            Some(l) => total >= l,
+            None => false,
+        };
+        if ended_early {
+            // Enough bytes came: close the data connection before the end of the file. ABOR is not used: a server
             // that finished before it arrives sends an extra reply (vsftpd: "225 No transfer to ABOR").
             drop(stream);
+            self.settle_after_early_close().await?;
             return Ok(total);
         }
         tokio::time::timeout(self.timeout, stream.finish())
@@ -244,18 +370,14 @@ impl Transport for FtpTransport {
     async fn list(&mut self, dir: &str) -> Result<Vec<Entry>> {
         let arg = (!dir.is_empty()).then(|| dir.to_owned());
         if self.features.mlst {
-            let lines = self
-                .timed(dir, async |ftp| ftp.mlsd(arg.as_deref()).await)
-                .await?;
+            let lines = self.listing(dir, arg.as_deref(), true).await?;
             Ok(lines
                 .iter()
                 .filter_map(|l| parse_mlsx(l))
                 .filter(|e| e.name != "." && e.name != "..")
                 .collect())
         } else {
-            let lines = self
-                .timed(dir, async |ftp| ftp.list(arg.as_deref()).await)
-                .await?;
+            let lines = self.listing(dir, arg.as_deref(), false).await?;
             Ok(lines
                 .iter()
                 .filter_map(|l| parse_list_line(l))
@@ -314,40 +436,63 @@ impl Transport for FtpTransport {
         if len == Some(0) {
             return Ok(0);
         }
-        let ranged = match len {
-            Some(l) if self.features.rang => {
-                let cmd = format!("RANG {offset} {}", offset + l - 1);
-                self.timed(path, async |ftp| {
-                    ftp.custom_command(cmd, &[Status::RequestFilePending]).await
-                })
-                .await?;
-                true
-            }
-            _ => {
-                if offset > 0 {
-                    let off = usize::try_from(offset)
-                        .map_err(|_| ClientError::remote(path, "offset too large"))?;
-                    self.timed(path, async |ftp| ftp.resume_transfer(off).await)
+        let rang = match len {
+            Some(l) if self.features.rang => Some(format!("RANG {offset} {}", offset + l - 1)),
+            _ => None,
+        };
+        let rest = match (&rang, offset) {
+            (None, 1..) => Some(
+                usize::try_from(offset)
+                    .map_err(|_| ClientError::remote(path, "offset too large"))?,
+            ),
+            _ => None,
+        };
+        let ranged = rang.is_some();
+        self.ensure_resumable_session().await?;
+        let mut tried_fresh_login = false;
+        let stream = loop {
+            let ftp = &mut self.ftp;
+            let outcome = tokio::time::timeout(self.timeout, async {
+                if let Some(cmd) = &rang {
+                    ftp.custom_command(cmd, &[Status::RequestFilePending])
                         .await?;
                 }
-                false
+                if let Some(off) = rest {
+                    ftp.resume_transfer(off).await?;
+                }
+                ftp.retr_as_stream(path).await
+            })
+            .await;
+            if let Some(stream) = self
+                .data_opened(path, outcome, &mut tried_fresh_login)
+                .await?
+            {
+                break stream;
             }
         };
-        let p = path.to_owned();
-        let stream = self
-            .timed(path, async |ftp| ftp.retr_as_stream(p).await)
-            .await?;
         self.copy_out(path, stream, len, ranged, sink).await
     }
 
     async fn write(&mut self, path: &str, offset: u64, source: Source<'_>) -> Result<u64> {
-        let p = path.to_owned();
-        let mut stream = if offset == 0 {
-            self.timed(path, async |ftp| ftp.put_with_stream(p).await)
+        self.ensure_resumable_session().await?;
+        let mut tried_fresh_login = false;
+        let resumes = self.data_connection_resumes();
+        let mut stream = loop {
+            let ftp = &mut self.ftp;
+            let outcome = tokio::time::timeout(self.timeout, async {
+                if offset == 0 {
+                    ftp.put_with_stream(path).await
+                } else {
+                    ftp.append_with_stream(path).await
+                }
+            })
+            .await;
+            if let Some(stream) = self
+                .data_opened(path, outcome, &mut tried_fresh_login)
                 .await?
-        } else {
-            self.timed(path, async |ftp| ftp.append_with_stream(p).await)
-                .await?
+            {
+                break stream;
+            }
         };
         let copied = copy_with_timeout(
             source,
@@ -358,22 +503,35 @@ impl Transport for FtpTransport {
             path,
         )
         .await;
-        let total = match copied {
-            Ok(n) => n,
+        let finished = match copied {
+            Ok(total) => {
+                async {
+                    stream
+                        .shutdown()
+                        .await
+                        .map_err(|e| ClientError::lost(path, e))?;
+                    tokio::time::timeout(self.timeout, stream.finish())
+                        .await
+                        .map_err(|_| {
+                            ClientError::lost(path, "timed out waiting for the end of the transfer")
+                        })?
+                        .map_err(|e| map_error(path, e))?;
+                    Ok(total)
+                }
+                .await
+            }
             Err(e) => {
                 drop(stream);
-                return Err(e);
+                Err(e)
             }
         };
-        stream
-            .shutdown()
-            .await
-            .map_err(|e| ClientError::lost(path, e))?;
-        tokio::time::timeout(self.timeout, stream.finish())
-            .await
-            .map_err(|_| ClientError::lost(path, "timed out waiting for the end of the transfer"))?
-            .map_err(|e| map_error(path, e))?;
-        Ok(total)
+        if finished.is_err() && resumes == Some(false) {
+            // An upload over a data connection that could not resume the TLS session failed: ProFTPD takes the
+            // handshake, then closes the connection (or answers 425) as it requires resumption. From now on a
+            // data connection is made resumable first; the retry sends the file again.
+            self.endpoint.set_ftps_requires_resumption().await;
+        }
+        finished
     }
 
     async fn remove_file(&mut self, path: &str) -> Result<()> {

@@ -163,6 +163,8 @@ struct EndpointState {
     password: Option<String>,
     /// The SFTP settings learnt by the first connection.
     sftp: Option<sftp::ResolvedAuth>,
+    /// The FTPS server refused a data connection that did not resume the control connection's TLS session.
+    ftps_requires_resumption: bool,
 }
 
 impl Endpoint {
@@ -178,7 +180,7 @@ impl Endpoint {
             options,
             state: tokio::sync::Mutex::new(EndpointState {
                 password,
-                sftp: None,
+                ..EndpointState::default()
             }),
         })
     }
@@ -205,6 +207,14 @@ impl Endpoint {
 
     async fn set_password(&self, password: String) {
         self.state.lock().await.password = Some(password);
+    }
+
+    async fn ftps_requires_resumption(&self) -> bool {
+        self.state.lock().await.ftps_requires_resumption
+    }
+
+    async fn set_ftps_requires_resumption(&self) {
+        self.state.lock().await.ftps_requires_resumption = true;
     }
 
     fn prompt_password(&self, target: &str) -> Option<String> {
