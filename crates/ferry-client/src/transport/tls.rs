@@ -1,8 +1,8 @@
 //! rustls client configuration for FTPS: the system's trust roots (plus `--ca-file`), or a pinned certificate
 //! fingerprint, or no verification at all with `--insecure`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::{
@@ -62,7 +62,7 @@ pub fn client_config(
 #[derive(Debug)]
 pub struct SessionStore {
     inner: ClientSessionMemoryCache,
-    tls13_tickets: Mutex<usize>,
+    tls13_tickets: AtomicUsize,
     tls12_session: AtomicBool,
 }
 
@@ -73,7 +73,7 @@ impl Default for SessionStore {
     fn default() -> SessionStore {
         SessionStore {
             inner: ClientSessionMemoryCache::new(16),
-            tls13_tickets: Mutex::new(0),
+            tls13_tickets: AtomicUsize::new(0),
             tls12_session: AtomicBool::new(false),
         }
     }
@@ -82,8 +82,7 @@ impl Default for SessionStore {
 impl SessionStore {
     /// Whether a new connection could resume a session (the store serves one server).
     pub fn can_resume(&self) -> bool {
-        self.tls12_session.load(Ordering::Relaxed)
-            || self.tls13_tickets.lock().map_or(true, |n| *n > 0)
+        self.tls12_session.load(Ordering::Relaxed) || self.tls13_tickets.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -115,9 +114,11 @@ impl ClientSessionStore for SessionStore {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        if let Ok(mut n) = self.tls13_tickets.lock() {
-            *n = (*n + 1).min(TLS13_TICKETS_KEPT);
-        }
+        let _ = self
+            .tls13_tickets
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some((n + 1).min(TLS13_TICKETS_KEPT))
+            });
         self.inner.insert_tls13_ticket(server_name, value);
     }
 
@@ -126,13 +127,15 @@ impl ClientSessionStore for SessionStore {
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
         let ticket = self.inner.take_tls13_ticket(server_name);
-        if let Ok(mut n) = self.tls13_tickets.lock() {
-            *n = if ticket.is_some() {
-                n.saturating_sub(1)
-            } else {
-                0
-            };
-        }
+        let _ = self
+            .tls13_tickets
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                Some(if ticket.is_some() {
+                    n.saturating_sub(1)
+                } else {
+                    0
+                })
+            });
         ticket
     }
 }
