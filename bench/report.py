@@ -116,6 +116,9 @@ def render(info, results):
     # The reference for one transfer stream: the copy between two processes, as between client and server.
     single_raw = med(copies) or in_process
 
+    writes = [r["report"] for r in results if r["scenario"] == "write" and r["report"]]
+    write_limit = med([w["mib_per_sec"] for w in writes])
+
     d.p("## Summary against the targets")
     d.p()
     summary_at = len(d.lines)
@@ -129,6 +132,9 @@ def render(info, results):
                      spread(copies) + " MiB/s"))
     rows += [(f"loopback TCP within one process, {k} stream{'s' if k > 1 else ''} × {size_text(size)}",
               spread(v) + " MiB/s") for (k, size), v in sorted(raw.items())]
+    if writes:
+        rows.append((f"local write of the same bytes, replacing a file of that size (O_TRUNC open, 256 KiB writes, "
+                     f"close), 1 × {mode['transfer_size']}", spread([w["mib_per_sec"] for w in writes]) + " MiB/s"))
     if info["cipher_mib_s"]:
         rows.append(("AES-128-GCM alone, one core, 32 KiB blocks (`openssl speed -evp aes-128-gcm`)",
                      f"{fmt(info['cipher_mib_s'])} MiB/s"))
@@ -140,6 +146,17 @@ def render(info, results):
         "CPU cache, which no client and server can do, so its figure varies widely from run to run. The "
         "single-stream targets below are taken against the copy between two processes (and the share of the "
         "copy within one process is shown beside it). All ends share the 2 cores, as client and server do.")
+    if writes:
+        d.p("An upload has a second limit: the file system has to take the bytes. The local write is one process "
+            "writing them from memory into the page cache, replacing the file it wrote in the repetition before, "
+            "as each STOR below replaces the file of the one before (the runner measures it before each "
+            "repetition of the single-stream uploads, after the same `sync`; on this virtual disk it varies "
+            "widely from one repetition to the next, see the range). Its median time splits into "
+            f"{fmt(med([w['open_seconds'] for w in writes]), 2)} s for the truncating open (freeing the old file's "
+            f"cached pages and blocks), {fmt(med([w['write_seconds'] for w in writes]), 2)} s of writes and "
+            f"{fmt(med([w['close_seconds'] for w in writes]), 2)} s for the close (ext4 allocates the blocks of a "
+            "file truncated to zero and starts writing it back when it is closed). Every FTP server pays the "
+            "same three when it replaces a file.")
     d.p()
 
     # --- single stream
@@ -158,12 +175,18 @@ def render(info, results):
                      fmt(med([r["download"]["server_cpu_seconds"] for r in v]), 2)))
     d.table(["server", "STOR MiB/s", "RETR MiB/s", "STOR % of TCP", "RETR % of TCP", "server CPU s (STOR)",
              "server CPU s (RETR)"], rows)
+    if write_limit:
+        d.p("STOR as a share of the local write of the same bytes (medians): " +
+            ", ".join(f"{s} {pct(up[s], write_limit)}" for s, _ in ordered(single)) + ".")
+        d.p()
     for label, values in (("STOR", up), ("RETR", down)):
         b, who = best_peer(values, FTP_PEERS)
         d.p(f"- {label}: ferry / best peer ({who}) = {ratio(values.get('ferry'), b)}")
+        local = (f"; {pct(values.get('ferry'), write_limit)} of the local write, {fmt(write_limit)} MiB/s"
+                 if label == "STOR" and write_limit else "")
         targets.append((f"single-stream {label} of {size} ≥ 90% of loopback TCP",
                         f"{pct(values.get('ferry'), single_raw)} ({fmt(values.get('ferry'))} of {fmt(single_raw)} MiB/s; "
-                        f"{pct(values.get('ferry'), in_process)} of the copy within one process)",
+                        f"{pct(values.get('ferry'), in_process)} of the copy within one process{local})",
                         ok(values.get("ferry"), single_raw and 0.9 * single_raw)))
     d.p()
 
@@ -379,7 +402,7 @@ def render(info, results):
     d.p("```")
     seen = []
     for r in results:
-        if r["scenario"] == "iperf3":
+        if r["scenario"] in ("iperf3", "write"):
             continue
         url = {"tcp": "", "ftp": " ftp://USER:PASSWORD@127.0.0.1:PORT/", "ftps": " ftps://USER:PASSWORD@127.0.0.1:PORT/",
                "sftp": " sftp://USER:PASSWORD@127.0.0.1:PORT/"}[r["protocol"]]

@@ -387,6 +387,46 @@ class Runner:
             f"{error if error else format(report['mib_per_sec'], '.0f') + ' MiB/s'}")
         return record
 
+    def local_write(self, size):
+        """The other limit of an upload: one process writes the same bytes to a file on the servers' file system,
+        replacing the file it wrote before as an upload replaces the previous one (open with O_TRUNC, 256 KiB
+        writes, close). Truncating a file whose pages are cached and closing a truncated file (ext4 starts writing
+        it back then) are part of every server's STOR of an existing file, so they are timed here too."""
+        path = DATA / "local-write.bin"
+        n = parse_size(size)
+        chunk = memoryview(bytes(range(256)) * 1024)
+
+        def write(fd):
+            done = 0
+            while done < n:
+                done += os.write(fd, chunk[:min(len(chunk), n - done)])
+
+        started = time.monotonic()
+        try:
+            if not path.exists() or path.stat().st_size != n:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                write(fd)
+                os.close(fd)
+            os.sync()
+            t0 = time.perf_counter()
+            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            t1 = time.perf_counter()
+            write(fd)
+            t2 = time.perf_counter()
+            os.close(fd)
+            t3 = time.perf_counter()
+            report = dict(size=n, mib_per_sec=n / (t3 - t0) / 2**20, open_seconds=t1 - t0, write_seconds=t2 - t1,
+                          close_seconds=t3 - t2)
+            error = None
+        except OSError as e:
+            report, error = None, str(e)
+        record = dict(server="local", protocol="file", scenario="write", args=["--size", size], cipher=None,
+                      report=report, error=error, wall=time.monotonic() - started)
+        self.results.append(record)
+        log(f"  local      write     {size:<40} "
+            f"{error if error else format(report['mib_per_sec'], '.0f') + ' MiB/s'}")
+        return record
+
     def ftp_servers(self):
         return [s for s in self.servers if s.protocol == "ftp"]
 
@@ -407,8 +447,9 @@ class Runner:
             self.iperf3(m["transfer_size"])
         self.cipher_speed = openssl_speed()
 
-        log("== transfer: one stream, plain FTP")
+        log("== transfer: one stream, plain FTP (and the local write of the same bytes)")
         for rep in range(m["reps"]):
+            self.local_write(m["transfer_size"])
             for s in self.rotation(ftp, rep):
                 self.bench(s, "transfer", "--size", m["transfer_size"], "--streams", "1", *pids(s))
         log("== transfer: one stream, FTPS (explicit TLS, PROT P)")
