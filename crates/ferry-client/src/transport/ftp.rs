@@ -11,8 +11,10 @@
 //! session (rustls uses each TLS 1.3 session ticket once; ProFTPD, which requires resumption, issues two per
 //! control connection and none on upload data connections, so a third upload on one connection is refused).
 
+use std::future::Future;
 use std::io;
 use std::ops::Range;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -33,6 +35,10 @@ const BUFFER: usize = 256 * 1024;
 
 /// The underlying stream type; plain FTP uses it without TLS.
 type Stream = suppaftp::tokio::AsyncRustlsStream;
+
+/// One run of a control-connection exchange that opens a data connection (see [`FtpTransport::open_data`]).
+type DataExchange<'a, T> =
+    Pin<Box<dyn Future<Output = std::result::Result<T, FtpError>> + Send + 'a>>;
 
 /// A logged-in FTP or FTPS control connection.
 pub struct FtpTransport {
@@ -244,6 +250,26 @@ impl FtpTransport {
         }
     }
 
+    /// Runs `exchange`, which opens a data connection, with the reply timeout, as many times as
+    /// [`FtpTransport::data_opened`] asks (a retry runs on a fresh login). Each run sends any `REST` or `RANG` it
+    /// needs itself; its future may borrow only the control connection, so it owns everything else it uses.
+    async fn open_data<T: Send>(
+        &mut self,
+        path: &str,
+        mut exchange: impl for<'a> FnMut(&'a mut AsyncRustlsFtpStream) -> DataExchange<'a, T> + Send,
+    ) -> Result<T> {
+        let mut tried_fresh_login = false;
+        loop {
+            let outcome = tokio::time::timeout(self.timeout, exchange(&mut self.ftp)).await;
+            if let Some(opened) = self
+                .data_opened(path, outcome, &mut tried_fresh_login)
+                .await?
+            {
+                return Ok(opened);
+            }
+        }
+    }
+
     /// Runs one control-connection exchange with the reply timeout, mapping errors to `path`.
     async fn timed<T>(
         &mut self,
@@ -259,24 +285,18 @@ impl FtpTransport {
     /// The lines of `MLSD` (or `LIST`) of `arg`.
     async fn listing(&mut self, dir: &str, arg: Option<&str>, mlsd: bool) -> Result<Vec<String>> {
         self.ensure_resumable_session().await?;
-        let mut tried_fresh_login = false;
-        loop {
-            let ftp = &mut self.ftp;
-            let outcome = tokio::time::timeout(self.timeout, async {
+        let arg = arg.map(str::to_owned);
+        self.open_data(dir, move |ftp| {
+            let arg = arg.clone();
+            Box::pin(async move {
                 if mlsd {
-                    ftp.mlsd(arg).await
+                    ftp.mlsd(arg.as_deref()).await
                 } else {
-                    ftp.list(arg).await
+                    ftp.list(arg.as_deref()).await
                 }
             })
-            .await;
-            if let Some(lines) = self
-                .data_opened(dir, outcome, &mut tried_fresh_login)
-                .await?
-            {
-                return Ok(lines);
-            }
-        }
+        })
+        .await
     }
 
     async fn mlst(&mut self, path: &str) -> Result<Option<Entry>> {
@@ -449,51 +469,41 @@ impl Transport for FtpTransport {
         };
         let ranged = rang.is_some();
         self.ensure_resumable_session().await?;
-        let mut tried_fresh_login = false;
-        let stream = loop {
-            let ftp = &mut self.ftp;
-            let outcome = tokio::time::timeout(self.timeout, async {
-                if let Some(cmd) = &rang {
-                    ftp.custom_command(cmd, &[Status::RequestFilePending])
-                        .await?;
-                }
-                if let Some(off) = rest {
-                    ftp.resume_transfer(off).await?;
-                }
-                ftp.retr_as_stream(path).await
+        let remote = path.to_owned();
+        let stream = self
+            .open_data(path, move |ftp| {
+                let (rang, remote) = (rang.clone(), remote.clone());
+                Box::pin(async move {
+                    if let Some(cmd) = &rang {
+                        ftp.custom_command(cmd, &[Status::RequestFilePending])
+                            .await?;
+                    }
+                    if let Some(off) = rest {
+                        ftp.resume_transfer(off).await?;
+                    }
+                    ftp.retr_as_stream(remote).await
+                })
             })
-            .await;
-            if let Some(stream) = self
-                .data_opened(path, outcome, &mut tried_fresh_login)
-                .await?
-            {
-                break stream;
-            }
-        };
+            .await?;
         self.copy_out(path, stream, len, ranged, sink).await
     }
 
     async fn write(&mut self, path: &str, offset: u64, source: Source<'_>) -> Result<u64> {
         self.ensure_resumable_session().await?;
-        let mut tried_fresh_login = false;
         let resumes = self.data_connection_resumes();
-        let mut stream = loop {
-            let ftp = &mut self.ftp;
-            let outcome = tokio::time::timeout(self.timeout, async {
-                if offset == 0 {
-                    ftp.put_with_stream(path).await
-                } else {
-                    ftp.append_with_stream(path).await
-                }
+        let remote = path.to_owned();
+        let mut stream = self
+            .open_data(path, move |ftp| {
+                let remote = remote.clone();
+                Box::pin(async move {
+                    if offset == 0 {
+                        ftp.put_with_stream(remote).await
+                    } else {
+                        ftp.append_with_stream(remote).await
+                    }
+                })
             })
-            .await;
-            if let Some(stream) = self
-                .data_opened(path, outcome, &mut tried_fresh_login)
-                .await?
-            {
-                break stream;
-            }
-        };
+            .await?;
         let copied = copy_with_timeout(
             source,
             &mut stream,
