@@ -250,14 +250,16 @@ impl FtpTransport {
         }
     }
 
-    /// Runs `exchange`, which opens a data connection, with the reply timeout, as many times as
-    /// [`FtpTransport::data_opened`] asks (a retry runs on a fresh login). Each run sends any `REST` or `RANG` it
-    /// needs itself; its future may borrow only the control connection, so it owns everything else it uses.
+    /// Runs `exchange`, which opens a data connection, with the reply timeout, after
+    /// [`FtpTransport::ensure_resumable_session`] and as many times as [`FtpTransport::data_opened`] asks (a retry
+    /// runs on a fresh login). Each run sends any `REST` or `RANG` it needs itself; its future may borrow only the
+    /// control connection, so it owns everything else it uses.
     async fn open_data<T: Send>(
         &mut self,
         path: &str,
         mut exchange: impl for<'a> FnMut(&'a mut AsyncRustlsFtpStream) -> DataExchange<'a, T> + Send,
     ) -> Result<T> {
+        self.ensure_resumable_session().await?;
         let mut tried_fresh_login = false;
         loop {
             let outcome = tokio::time::timeout(self.timeout, exchange(&mut self.ftp)).await;
@@ -284,7 +286,6 @@ impl FtpTransport {
 
     /// The lines of `MLSD` (or `LIST`) of `arg`.
     async fn listing(&mut self, dir: &str, arg: Option<&str>, mlsd: bool) -> Result<Vec<String>> {
-        self.ensure_resumable_session().await?;
         let arg = arg.map(str::to_owned);
         self.open_data(dir, move |ftp| {
             let arg = arg.clone();
@@ -468,7 +469,6 @@ impl Transport for FtpTransport {
             _ => None,
         };
         let ranged = rang.is_some();
-        self.ensure_resumable_session().await?;
         let remote = path.to_owned();
         let stream = self
             .open_data(path, move |ftp| {
@@ -489,7 +489,8 @@ impl Transport for FtpTransport {
     }
 
     async fn write(&mut self, path: &str, offset: u64, source: Source<'_>) -> Result<u64> {
-        self.ensure_resumable_session().await?;
+        // Taken before `open_data` makes sure a session is left to resume: that logs in again only once the server
+        // is known to require resumption, which is all a failure below would record.
         let resumes = self.data_connection_resumes();
         let remote = path.to_owned();
         let mut stream = self
