@@ -23,7 +23,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     init_logging(config.log_format);
     raise_open_file_limit();
-    return_large_blocks_to_the_os();
+    tune_malloc();
 
     create_private_dir(&config.data_dir)?;
     create_private_dir(&config.data_dir.join("files"))?;
@@ -178,12 +178,21 @@ fn init_logging(format: LogFormat) {
 /// glibc's malloc raises its mmap threshold to the largest block freed so far (up to 32 MiB). After the first
 /// login, argon2id's 19 MiB working memory would then come from the heap of whichever blocking-pool thread ran it
 /// and stay there. A fixed threshold (which also turns the dynamic one off) keeps blocks of 4 MiB and more in
-/// their own mappings, returned to the system when freed; transfer buffers (256 KiB) stay below it.
-fn return_large_blocks_to_the_os() {
+/// their own mappings, returned to the system when freed; transfer buffers (256 KiB, 1 MiB) stay below it.
+///
+/// Turning the dynamic threshold off also leaves the trim threshold at its initial 128 KiB (the dynamic rule
+/// would have raised it to twice the mmap threshold), so every freed upload buffer (1 MiB) made its arena give
+/// its top back to the kernel: an `madvise(MADV_DONTNEED)`, a TLB flush on the other cores, and page faults for
+/// the next upload, after most small STORs. Setting the trim threshold to what the dynamic rule would have
+/// chosen, 8 MiB, lets an arena keep that much free memory at its top. One client storing 3,000 files of 4 KiB
+/// (alternating runs, server CPU time): 0.89-1.01 s before, 0.82-1.03 s after (medians 0.92 and 0.85 s, five runs
+/// each), and 0.95-1.01 against 0.77-1.01 s with the same threshold set through `GLIBC_TUNABLES` (six runs each).
+fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes malloc's tuning parameters; it is safe to call at any time.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 8 << 20);
     }
 }
 
