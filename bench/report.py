@@ -98,10 +98,14 @@ def render(info, results):
     load_note = (f"Load average {lb['load'][0]:.2f} at the start and {la['load'][0]:.2f} at the end of the run (the "
                  "end includes the thousands of session processes of the forking peers being torn down).")
     busy = sorted({b for b in lb["busy"] + la["busy"] if b.split()[-1] != "ps"})
-    if busy or lb["load"][0] > 1.0:
+    if busy:
         load_note += (" **The machine was shared**: other processes were busy during the run "
-                      f"({'; '.join(busy) if busy else 'see load'}), so absolute figures are lower and noisier "
-                      "than on an idle machine; servers ran alternately, so the comparisons stay fair.")
+                      f"({'; '.join(busy)}), so absolute figures are lower and noisier than on an idle machine; "
+                      "servers ran alternately, so the comparisons stay fair.")
+    elif lb["load"][0] > 1.0:
+        # The one-minute average decays slowly: a build of ferry just before the run raises it on its own.
+        load_note += (" The load at the start is a one-minute average that includes the build of ferry and anything "
+                      "else in the minute before the run; `ps` showed no process using 5% of a CPU or more at its start.")
     d.p(load_note)
     d.p()
 
