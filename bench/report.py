@@ -231,8 +231,7 @@ def render(info, results):
 
     # --- small files
     small = pick(results, "small", "ftp")
-    d.p(f"## Small files: {mode['small_files']} × 4 KiB, {mode['small_clients']} clients, one data connection each, "
-        f"{mode.get('small_reps', mode['reps'])} repetitions")
+    d.p(f"## Small files: {mode['small_files']} × 4 KiB, {mode['small_clients']} clients, one data connection each")
     d.p()
     stor = {s: med([r["stor_ops_per_sec"] for r in v]) for s, v in small.items()}
     retr = {s: med([r["retr_ops_per_sec"] for r in v]) for s, v in small.items()}

@@ -40,12 +40,12 @@ FALLBACK_CIPHER = "aes256-gcm@openssh.com"
 # more processes than pid_max (32,768) allows. They log in at 100-200 sessions/s here, so they are measured once
 # per N (their memory per session is that of a process, the same at every N); ferry and pyftpdlib are repeated at
 # every N (a few hundred KiB of allocator state make single runs at 1,000 sessions vary by +-0.3 KiB per session),
-# and the median is reported; the targets are set at sessions_repeat_n. Small files are repeated more often than
-# the rest: a measurement lasts about half a second, and the machine's speed drifts by more than the difference
-# between the two fastest servers over minutes (one server's figure spread 3,256-4,990 files/s in three runs on
-# 2026-12-02). More files per run break peers: with 5,000, vsftpd ("500 OOPS: priv_sock_get_int") and pyftpdlib
-# (closed the control connection) failed from their second run on, as the data connections of earlier runs piled
-# up in TIME_WAIT.
+# and the median is reported; the targets are set at sessions_repeat_n. Small files are not repeated more often,
+# nor with more files, although one measurement lasts about half a second and the machine's speed drifts over
+# minutes: two peers fail when more runs follow one another. With five runs of 2,000 files, or from the second run
+# of 5,000, vsftpd answered PASV with "500 OOPS: priv_sock_get_int" and pyftpdlib closed the control connection
+# (2026-12-02; both take passive ports from the kernel, which the data connections of earlier runs, in TIME_WAIT,
+# are thought to have used up; not verified).
 FULL = dict(
     reps=3,
     transfer_size="1GiB",
@@ -53,7 +53,6 @@ FULL = dict(
     many_size="16MiB",
     small_files=2000,
     small_clients=10,
-    small_reps=5,
     list_entries=100_000,
     sessions_n=[1000, 5000, 10000, 19000],
     sessions_n_forking=[1000, 10000],
@@ -70,7 +69,6 @@ QUICK = dict(
     many_size="4MiB",
     small_files=300,
     small_clients=10,
-    small_reps=1,
     list_entries=10_000,
     sessions_n=[200, 1000],
     sessions_n_forking=[200, 1000],
@@ -469,7 +467,7 @@ class Runner:
             for s in self.rotation(ftp, rep):
                 self.bench(s, "transfer", "--size", m["many_size"], "--streams", str(m["many_streams"]), *pids(s))
         log("== small files")
-        for rep in range(m["small_reps"]):
+        for rep in range(m["reps"]):
             for s in self.rotation(ftp, rep):
                 self.bench(s, "small", "--files", str(m["small_files"]), "--size", "4KiB",
                            "--clients", str(m["small_clients"]), *pids(s))
