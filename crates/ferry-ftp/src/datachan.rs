@@ -81,9 +81,9 @@ impl PassivePorts {
         }
     }
 
-    /// Binds a listener on `ip`, trying the ports of the range from a random start until one is free. A port that
-    /// is taken is retried with the same socket, which a failed bind leaves unbound.
-    pub async fn bind(&self, ip: IpAddr) -> io::Result<TcpListener> {
+    /// Binds a listener on `ip`, trying the ports of the range from a random start until one is free, and returns
+    /// it with its port. A port that is taken is retried with the same socket, which a failed bind leaves unbound.
+    pub async fn bind(&self, ip: IpAddr) -> io::Result<(TcpListener, u16)> {
         let (first, last) = (*self.range.start(), *self.range.end());
         let count = u32::from(last - first) + 1;
         let start = rand::thread_rng().gen_range(0..count);
@@ -107,7 +107,7 @@ impl PassivePorts {
             }
             // Listening checks the port again; the socket is bound by then, so the next port needs a new one.
             match socket.listen(PASSIVE_BACKLOG) {
-                Ok(listener) => return Ok(listener),
+                Ok(listener) => return Ok((listener, port)),
                 Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                 Err(e) => return Err(e),
             }
@@ -164,7 +164,8 @@ pub fn active_target_allowed(target: SocketAddr, client_ip: IpAddr) -> bool {
 }
 
 /// Opens the data connection described by `setup` within `wait`, refusing connections from any address but
-/// `client_ip`, and wraps it in TLS when `tls` is given.
+/// `client_ip`, and wraps it in TLS when `tls` is given. Data connections send at once (`TCP_NODELAY`), so that
+/// the tail of a small file leaves without waiting for an acknowledgement.
 pub async fn establish(
     setup: DataSetup,
     client_ip: IpAddr,
@@ -238,8 +239,8 @@ mod tests {
     #[tokio::test]
     async fn passive_ports_stay_in_range() {
         let ports = PassivePorts::new(Some(40000..=40100));
-        let l = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
-        let port = l.local_addr().unwrap().port();
+        let (l, port) = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+        assert_eq!(l.local_addr().unwrap().port(), port);
         assert!((40000..=40100).contains(&port));
     }
 
@@ -264,8 +265,8 @@ mod tests {
             range: port - 1..=port,
             reserved: vec![port - 1..=port - 1],
         };
-        let l = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
-        assert_eq!(l.local_addr().unwrap().port(), port);
+        let (_l, bound) = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+        assert_eq!(bound, port);
     }
 
     #[tokio::test]
@@ -273,7 +274,7 @@ mod tests {
         // The server closes first, as after a download, so its side of the connection lingers on the port (in
         // TIME_WAIT once the client's close arrives).
         let ports = PassivePorts::new(None);
-        let first = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+        let (first, _) = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
         let addr = first.local_addr().unwrap();
         let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
         let (server_side, _) = first.accept().await.unwrap();
@@ -299,28 +300,29 @@ mod tests {
         }
         let ports = PassivePorts::new(Some(port..=next));
         for _ in 0..4 {
-            let l = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
-            assert_eq!(l.local_addr().unwrap().port(), next);
+            let (_l, bound) = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap();
+            assert_eq!(bound, next);
         }
     }
 
     #[tokio::test]
     async fn a_port_with_a_listener_is_not_shared() {
-        let taken = PassivePorts::new(None)
+        let (_taken, port) = PassivePorts::new(None)
             .bind("127.0.0.1".parse().unwrap())
             .await
             .unwrap();
-        let port = taken.local_addr().unwrap().port();
         let ports = PassivePorts::new(Some(port..=port));
         let err = ports.bind("127.0.0.1".parse().unwrap()).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
     }
 
     #[tokio::test]
-    async fn data_connection_from_the_client_is_accepted() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::spawn(tokio::net::TcpStream::connect(addr));
+    async fn data_connection_from_the_client_is_accepted_and_sends_at_once() {
+        let (listener, port) = PassivePorts::new(None)
+            .bind("127.0.0.1".parse().unwrap())
+            .await
+            .unwrap();
+        let client = tokio::spawn(tokio::net::TcpStream::connect(("127.0.0.1", port)));
         let setup = DataSetup::Passive(listener);
         let stream = establish(
             setup,
@@ -331,7 +333,24 @@ mod tests {
         .await
         .unwrap();
         assert!(!stream.is_tls());
+        assert!(stream.tcp().unwrap().nodelay().unwrap());
         client.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_active_data_connection_sends_at_once() {
+        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = client.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { client.accept().await });
+        let setup = DataSetup::Active {
+            target,
+            local_ip: "127.0.0.1".parse().unwrap(),
+        };
+        let stream = establish(setup, target.ip(), Duration::from_secs(5), None)
+            .await
+            .unwrap();
+        assert!(stream.tcp().unwrap().nodelay().unwrap());
+        accepted.await.unwrap().unwrap();
     }
 
     #[tokio::test]

@@ -773,11 +773,10 @@ impl FtpSession {
                 .send(Code::SyntaxError, "PASV needs IPv4; use EPSV")
                 .await;
         };
-        let listener = match self.shared.config.passive_ports.bind(self.local.ip()).await {
-            Ok(listener) => listener,
+        let (listener, port) = match self.shared.config.passive_ports.bind(self.local.ip()).await {
+            Ok(bound) => bound,
             Err(e) => return self.data_error(e).await,
         };
-        let port = listener.local_addr()?.port();
         self.data = Some(DataSetup::Passive(listener));
         let [a, b, c, d] = v4.octets();
         let text = format!(
@@ -798,11 +797,10 @@ impl FtpSession {
                 )
                 .await;
         }
-        let listener = match self.shared.config.passive_ports.bind(self.local.ip()).await {
-            Ok(listener) => listener,
+        let (listener, port) = match self.shared.config.passive_ports.bind(self.local.ip()).await {
+            Ok(bound) => bound,
             Err(e) => return self.data_error(e).await,
         };
-        let port = listener.local_addr()?.port();
         self.data = Some(DataSetup::Passive(listener));
         self.send(
             Code::EnteringExtendedPassive,
