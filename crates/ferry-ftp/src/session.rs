@@ -773,11 +773,9 @@ impl FtpSession {
                 .send(Code::SyntaxError, "PASV needs IPv4; use EPSV")
                 .await;
         };
-        let (listener, port) = match self.shared.config.passive_ports.bind(self.local.ip()).await {
-            Ok(bound) => bound,
-            Err(e) => return self.data_error(e).await,
+        let Some(port) = self.listen_passive().await? else {
+            return Ok(());
         };
-        self.data = Some(DataSetup::Passive(listener));
         let [a, b, c, d] = v4.octets();
         let text = format!(
             "Entering Passive Mode ({a},{b},{c},{d},{},{})",
@@ -797,11 +795,9 @@ impl FtpSession {
                 )
                 .await;
         }
-        let (listener, port) = match self.shared.config.passive_ports.bind(self.local.ip()).await {
-            Ok(bound) => bound,
-            Err(e) => return self.data_error(e).await,
+        let Some(port) = self.listen_passive().await? else {
+            return Ok(());
         };
-        self.data = Some(DataSetup::Passive(listener));
         self.send(
             Code::EnteringExtendedPassive,
             format!("Entering Extended Passive Mode (|||{port}|)"),
@@ -831,10 +827,20 @@ impl FtpSession {
         self.send(Code::Ok, "PORT command successful").await
     }
 
-    async fn data_error(&mut self, e: io::Error) -> io::Result<()> {
-        tracing::error!(peer = %self.peer, error = %e, "cannot open a passive data port");
-        self.send(Code::CantOpenData, "Cannot open a data port")
-            .await
+    /// Opens the passive listener of the next transfer and returns its port, or replies why it cannot (`None`).
+    async fn listen_passive(&mut self) -> io::Result<Option<u16>> {
+        match self.shared.config.passive_ports.bind(self.local.ip()).await {
+            Ok((listener, port)) => {
+                self.data = Some(DataSetup::Passive(listener));
+                Ok(Some(port))
+            }
+            Err(e) => {
+                tracing::error!(peer = %self.peer, error = %e, "cannot open a passive data port");
+                self.send(Code::CantOpenData, "Cannot open a data port")
+                    .await?;
+                Ok(None)
+            }
+        }
     }
 
     /// Takes the data connection setup for a transfer, or replies why there is none.
