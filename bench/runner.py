@@ -392,12 +392,13 @@ class Runner:
             f"{error if error else format(report['mib_per_sec'], '.0f') + ' MiB/s'}")
         return record
 
-    def local_write(self, size):
-        """The other limit of an upload: one process writes the same bytes to a file on the servers' file system,
-        replacing the file it wrote before as an upload replaces the previous one (open with O_TRUNC, 256 KiB
-        writes, close). Truncating a file whose pages are cached and closing a truncated file (ext4 starts writing
-        it back then) are part of every server's STOR of an existing file, so they are timed here too."""
-        path = DATA / "local-write.bin"
+    def local_write(self, size, replace):
+        """The other limit of an upload: one process writes the same bytes from memory into a file on the servers'
+        file system (256 KiB writes, then close). As a new file (the old one unlinked first, untimed), which is
+        what each upload of `ferry bench transfer` creates; and, for comparison, replacing the file written before
+        (open with O_TRUNC): freeing the old file's cached pages and blocks, and ext4 writing back a file truncated
+        to zero when it is closed, are what any server's STOR over a large existing file costs on top."""
+        path = DATA / ("local-replace.bin" if replace else "local-write.bin")
         n = parse_size(size)
         chunk = memoryview(bytes(range(256)) * 1024)
 
@@ -408,13 +409,15 @@ class Runner:
 
         started = time.monotonic()
         try:
-            if not path.exists() or path.stat().st_size != n:
+            if replace and (not path.exists() or path.stat().st_size != n):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
                 write(fd)
                 os.close(fd)
+            elif not replace:
+                path.unlink(missing_ok=True)
             os.sync()
             t0 = time.perf_counter()
-            fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+            fd = os.open(path, os.O_WRONLY | (os.O_TRUNC if replace else os.O_CREAT | os.O_EXCL), 0o644)
             t1 = time.perf_counter()
             write(fd)
             t2 = time.perf_counter()
@@ -425,10 +428,14 @@ class Runner:
             error = None
         except OSError as e:
             report, error = None, str(e)
-        record = dict(server="local", protocol="file", scenario="write", args=["--size", size], cipher=None,
+        finally:
+            if not replace:
+                path.unlink(missing_ok=True)
+        scenario = "replace" if replace else "write"
+        record = dict(server="local", protocol="file", scenario=scenario, args=["--size", size], cipher=None,
                       report=report, error=error, wall=time.monotonic() - started)
         self.results.append(record)
-        log(f"  local      write     {size:<40} "
+        log(f"  local      {scenario:<9} {size:<40} "
             f"{error if error else format(report['mib_per_sec'], '.0f') + ' MiB/s'}")
         return record
 
@@ -454,7 +461,8 @@ class Runner:
 
         log("== transfer: one stream, plain FTP (and the local write of the same bytes)")
         for rep in range(m["reps"]):
-            self.local_write(m["transfer_size"])
+            self.local_write(m["transfer_size"], replace=False)
+            self.local_write(m["transfer_size"], replace=True)
             for s in self.rotation(ftp, rep):
                 self.bench(s, "transfer", "--size", m["transfer_size"], "--streams", "1", *pids(s))
         log("== transfer: one stream, FTPS (explicit TLS, PROT P)")

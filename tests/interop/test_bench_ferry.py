@@ -2,6 +2,8 @@
 that its JSON has the shape bench/runner.py reads. Nothing here looks at how fast anything was."""
 import json
 
+import pytest
+
 from conftest import run_ferry
 
 
@@ -38,7 +40,20 @@ def test_transfer_uploads_then_downloads_every_stream(ferry):
     for phase in ("upload", "download"):
         assert report[phase]["bytes"] == 2 * 1024 * 1024
         assert report[phase]["mib_per_sec"] > 0
-    assert (ferry.home("alice") / "bench" / "ferry-bench-transfer-1.bin").stat().st_size == 1024 * 1024
+    # The files are deleted at the end; the directory stays.
+    assert list((ferry.home("alice") / "bench").iterdir()) == []
+
+
+@pytest.mark.parametrize("scheme", ["ftp", "sftp"])
+def test_transfer_uploads_new_files_instead_of_replacing_old_ones(ferry, scheme):
+    # A file left at a stream's name is deleted, not truncated: a hard link to it keeps the old bytes.
+    home = ferry.home("alice")
+    (home / "ferry-bench-transfer-0.bin").write_bytes(b"old")
+    (home / "keep.bin").hardlink_to(home / "ferry-bench-transfer-0.bin")
+    report = bench("transfer", url(ferry, scheme), "--size", "64KiB")
+    assert report["upload"]["bytes"] == report["download"]["bytes"] == 65536
+    assert (home / "keep.bin").read_bytes() == b"old"
+    assert not (home / "ferry-bench-transfer-0.bin").exists()
 
 
 def test_transfer_over_ftps(ferry):

@@ -96,6 +96,18 @@ impl Connection {
         }
     }
 
+    /// Deletes the file `path` if the server lets it, for a scenario that must start without it; a refusal (no
+    /// such file, or not allowed) is not an error, since FTP answers both with the same 550.
+    pub async fn remove_if_present(&mut self, path: &str) -> Result<()> {
+        match self {
+            Connection::Ftp(c) => c.remove_if_present(path).await,
+            Connection::Sftp(c) => {
+                c.remove_if_present(path).await;
+                Ok(())
+            }
+        }
+    }
+
     /// Creates `path`; an existing directory is fine.
     pub async fn make_dir(&mut self, path: &str) -> Result<()> {
         match self {

@@ -166,6 +166,13 @@ impl Control {
             .map(drop)
     }
 
+    /// DELE, accepting a refusal.
+    pub async fn remove_if_present(&mut self, path: &str) -> Result<()> {
+        self.command(&format!("DELE {path}"), &[2, 5])
+            .await
+            .map(drop)
+    }
+
     /// Uploads `size` bytes to `path`, writing `chunk` over and over.
     pub async fn store(&mut self, path: &str, size: u64, chunk: &[u8]) -> Result<()> {
         let tcp = self.open_data().await?;

@@ -121,6 +121,11 @@ impl SftpConnection {
         Ok(self.sftp.read_dir(path).await?.count() as u64)
     }
 
+    /// Removes the file `path`, ignoring an error (it may not exist).
+    pub async fn remove_if_present(&self, path: &str) {
+        let _ = self.sftp.remove_file(path).await;
+    }
+
     /// Creates `path`, ignoring an error (it may exist).
     pub async fn make_dir(&self, path: &str) {
         let _ = self.sftp.create_dir(path).await;

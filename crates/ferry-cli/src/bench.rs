@@ -27,7 +27,8 @@ pub struct BenchArgs {
 enum Scenario {
     /// Open N logged-in sessions, hold them, report the login rate and server memory (PSS) per session.
     Sessions(SessionsArgs),
-    /// Upload then download K parallel streams of S bytes each; report the throughput.
+    /// Upload then download K parallel streams of S bytes each; report the throughput. Each upload creates its
+    /// file (ferry-bench-transfer-I.bin, deleted before, untimed, and at the end).
     Transfer(TransferArgs),
     /// Store then retrieve F small files from C clients; report files per second.
     Small(SmallArgs),
