@@ -1,11 +1,13 @@
 """The FTP data path's fast paths: sendfile for binary downloads over plain TCP (warm and cold page cache, REST,
-RANG, ABOR, byte counts), filled buffers handed to the file for uploads (many buffers in order, resumption, quota
-cut-off), and passive ports bound again and again."""
+RANG, ABOR, byte counts), uploads from filled buffers and, while the client is ahead, spliced from the socket into
+the file (many buffers in order, resumption, quota cut-off, ABOR while data streams in), and passive ports bound
+again and again."""
 import io
 import os
 import socket
+import threading
 
-from helpers_files import random_bytes, sha256_bytes
+from helpers_files import random_bytes, sha256_bytes, wait_until
 from helpers_ftp import ftp_login, retrieve, store, upload_expecting_failure
 from test_policy_passive import free_port_range
 from test_policy_server import check_xferlog_line, xferlog_lines
@@ -125,6 +127,41 @@ def test_multi_megabyte_uploads_land_in_order_whole_and_resumed(ferry):
     ftp.storbinary("APPE appe.bin", io.BytesIO(data[cut:]))
     for name in ("fast.bin", "pieces.bin", "rest.bin", "appe.bin"):
         assert sha256_bytes((ferry.home("alice") / name).read_bytes()) == sha256_bytes(data), name
+    ftp.quit()
+
+
+def test_abor_while_a_fast_upload_streams_in_keeps_what_arrived_in_order(ferry):
+    # The client is still sending when ABOR comes, so the upload is being moved by the kernel (the client is ahead of
+    # the file) when it is cut off; what was stored is a prefix of what was sent, and the session goes on.
+    block = random_bytes(MB, seed=510)
+    ftp = ftp_login(ferry)
+    ftp.voidcmd("TYPE I")
+    conn = ftp.transfercmd("STOR stream.bin")
+    stop = threading.Event()
+
+    def send():
+        try:
+            while not stop.is_set():
+                conn.sendall(block)
+        except OSError:
+            pass  # the server closed the data connection
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    path = ferry.home("alice") / "stream.bin"
+    wait_until(lambda: path.exists() and path.stat().st_size >= 16 * MB, message="16 MiB stored")
+    reply = ftp.abort()
+    stop.set()
+    if reply.startswith("426"):
+        assert ftp.getresp().startswith("226")
+    sender.join(timeout=10)
+    conn.close()
+    stored = path.read_bytes()
+    assert len(stored) >= 16 * MB
+    for at in range(0, len(stored), MB):
+        piece = stored[at:at + MB]
+        assert piece == block[:len(piece)], f"stored bytes differ at {at}"
+    assert ftp.voidcmd("NOOP").startswith("200")
     ftp.quit()
 
 

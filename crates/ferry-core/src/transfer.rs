@@ -15,6 +15,9 @@ use crate::session::Session;
 use crate::storage::{sendfile, FileReader, FileWriter, WriteMode};
 use crate::vpath::VirtualPath;
 
+mod pump;
+pub use pump::{PumpEnd, PumpError};
+
 /// How uploads that start from zero reach their final name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum UploadMode {
@@ -475,7 +478,7 @@ mod tests {
     use crate::store::SqliteAccountStore;
 
     /// A session for an account with `permissions` and a byte quota of `max_bytes`.
-    async fn session(
+    pub(super) async fn session(
         tmp: &tempfile::TempDir,
         permissions: Permissions,
         max_bytes: Option<u64>,
@@ -499,7 +502,7 @@ mod tests {
         core.login("u", "pw", &client).await.unwrap()
     }
 
-    fn path(s: &str) -> VirtualPath {
+    pub(super) fn path(s: &str) -> VirtualPath {
         VirtualPath::parse(s).unwrap()
     }
 

@@ -1,7 +1,7 @@
 //! Data transfers (RETR, STOR/APPE/STOU, listings) running in their own task, so that the control connection
 //! stays responsive: ABOR cancels a transfer, STAT reports its progress.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 use ferry_core::error::CoreError;
 use ferry_core::session::Session;
 use ferry_core::storage::{DirEntry, DirStream};
-use ferry_core::transfer::{Download, Upload};
+use ferry_core::transfer::{Download, PumpEnd, PumpError, Upload};
 use ferry_core::vpath::VirtualPath;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
@@ -137,8 +137,19 @@ pub async fn run(
         },
         Job::Upload { upload, ascii } => {
             let mut low_water = LowWater::new(stream.tcp().map(AsRawFd::as_raw_fd));
-            io.receive_file(upload, ascii, &mut stream, &mut low_water, &mut cancel)
-                .await
+            let direct = match &stream {
+                MaybeTls::Plain(tcp) if !ascii => Some(tcp.as_raw_fd()),
+                _ => None,
+            };
+            io.receive_file(
+                upload,
+                ascii,
+                &mut stream,
+                direct,
+                &mut low_water,
+                &mut cancel,
+            )
+            .await
         }
         Job::Listing { source, format } => {
             io.send_listing(source, format, &mut stream, &mut cancel)
@@ -331,11 +342,15 @@ impl Io {
         (false, None)
     }
 
+    /// Receives an upload into its file. `direct` is the data connection's socket when it is plain TCP carrying a
+    /// binary upload: once a whole buffer was waiting (the client is ahead), the data goes from it to the file
+    /// inside the kernel while it keeps coming (see [`Upload::pump`]), else from buffers.
     async fn receive_file<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut upload: Upload,
         ascii: bool,
         stream: &mut S,
+        direct: Option<RawFd>,
         low_water: &mut LowWater,
         cancel: &mut oneshot::Receiver<()>,
     ) -> Result<u64, TransferError> {
@@ -347,6 +362,7 @@ impl Io {
             while !end {
                 let (ended, broken) = self.fill(stream, &mut buf, low_water, cancel).await;
                 end = ended;
+                let client_ahead = buf.len() == buf.capacity();
                 // What arrived before an abort or a broken connection is kept, for a resumed upload to build on.
                 if ascii {
                     decoder.decode(&buf, &mut converted);
@@ -360,6 +376,11 @@ impl Io {
                 }
                 if let Some(e) = broken {
                     return Err(e);
+                }
+                if let Some(fd) = direct.filter(|_| client_ahead && !end) {
+                    // SAFETY: `fd` is the socket of `stream`, which outlives this call.
+                    let socket = unsafe { BorrowedFd::borrow_raw(fd) };
+                    end = self.pump(&mut upload, socket, low_water, cancel).await?;
                 }
             }
             if ascii && decoder.pending_cr {
@@ -375,6 +396,36 @@ impl Io {
                 upload.fail(&e).await;
                 Err(e)
             }
+        }
+    }
+
+    /// Pumps the upload from `socket` (see [`Upload::pump`]); returns whether the data connection ended, in which
+    /// case the file has been closed.
+    async fn pump(
+        &self,
+        upload: &mut Upload,
+        socket: BorrowedFd<'_>,
+        low_water: &mut LowWater,
+        cancel: &mut oneshot::Receiver<()>,
+    ) -> Result<bool, TransferError> {
+        let progress = Arc::clone(&self.progress);
+        match upload
+            .pump(socket, low_water::PATIENCE, progress, cancel)
+            .await
+        {
+            Ok(PumpEnd::Ended) => {
+                upload.write_last(Vec::new()).await?;
+                Ok(true)
+            }
+            Ok(PumpEnd::Idle) => {
+                // The client fell behind: take what it sends as it comes again.
+                low_water.lower();
+                Ok(false)
+            }
+            Ok(PumpEnd::Unavailable) => Ok(false),
+            Ok(PumpEnd::Cancelled) => Err(TransferError::Aborted),
+            Err(PumpError::Socket(e)) => Err(TransferError::ConnectionLost(e)),
+            Err(PumpError::Core(e)) => Err(e.into()),
         }
     }
 

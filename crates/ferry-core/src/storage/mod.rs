@@ -6,6 +6,7 @@ mod cached_read;
 pub mod local;
 mod local_listing;
 pub mod sendfile;
+pub(crate) mod splice;
 mod write_behind;
 
 use std::collections::VecDeque;
@@ -123,6 +124,13 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {
     async fn write_last(&mut self, data: Vec<u8>) -> io::Result<()> {
         self.write_all(&data).await?;
         self.flush().await
+    }
+
+    /// The local file this writer writes at the file's own position, once the writes before have ended, for data
+    /// to be moved into it by the kernel (see [`crate::transfer::Upload::pump`]); writes through this writer go on
+    /// at the position such moves leave. `None` (the default): the storage has no such file.
+    async fn direct_file(&mut self) -> io::Result<Option<Arc<std::fs::File>>> {
+        Ok(None)
     }
 }
 

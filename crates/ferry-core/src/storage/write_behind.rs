@@ -127,6 +127,11 @@ impl FileWriter for WriteBehind {
         poll_fn(|cx| self.poll_idle(cx)).await?;
         self.start(data, true)
     }
+
+    async fn direct_file(&mut self) -> io::Result<Option<Arc<File>>> {
+        poll_fn(|cx| self.poll_idle(cx)).await?;
+        Ok(Some(Arc::clone(self.file.as_ref().ok_or_else(closed)?)))
+    }
 }
 
 impl AsyncWrite for WriteBehind {
