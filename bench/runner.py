@@ -627,10 +627,14 @@ def machine():
 
 
 def busy_processes():
-    """Processes using the most CPU right now (other engineers' builds, for instance)."""
-    out = subprocess.run(["ps", "-eo", "pcpu,comm", "--sort=-pcpu", "--no-headers"], capture_output=True,
+    """Processes using the most CPU right now (other engineers' builds, for instance), leaving out this runner and
+    bench/run, whose share (CPU time over their short lifetime) is high at the start although they wait."""
+    out = subprocess.run(["ps", "-eo", "pid,pcpu,comm", "--sort=-pcpu", "--no-headers"], capture_output=True,
                          text=True).stdout.splitlines()
-    return [l.strip() for l in out[:5] if l.strip() and float(l.split()[0]) >= 5.0]
+    own = {os.getpid(), os.getppid()}
+    rows = [l.split(None, 2) for l in out if l.strip()]
+    busy = [f"{pcpu} {comm}" for pid, pcpu, comm in rows if int(pid) not in own and float(pcpu) >= 5.0]
+    return busy[:5]
 
 
 def versions(ferry_bin):
