@@ -89,12 +89,13 @@ pub(crate) fn wait_readable(socket: BorrowedFd<'_>, timeout: Duration) -> io::Re
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::net::{TcpListener, TcpStream};
     use std::os::fd::AsFd;
 
-    fn connected() -> (TcpStream, TcpStream) {
+    /// A connected pair: the client end, and the server end non-blocking as the runtime's sockets are.
+    pub(crate) fn connected() -> (TcpStream, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (server, _) = listener.accept().unwrap();

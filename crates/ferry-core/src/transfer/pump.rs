@@ -176,21 +176,24 @@ impl Upload {
 #[cfg(test)]
 mod tests {
     use std::io::Write;
-    use std::net::{TcpListener, TcpStream};
+    use std::net::TcpStream;
 
     use super::super::tests::{path, session};
     use super::*;
     use crate::account::Permissions;
     use crate::session::Session;
+    use crate::storage::splice::tests::connected;
     use crate::storage::WriteMode;
 
-    /// A connected pair: the client end, and the server end non-blocking as the runtime's sockets are.
-    fn connected() -> (TcpStream, TcpStream) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (server, _) = listener.accept().unwrap();
-        server.set_nonblocking(true).unwrap();
-        (client, server)
+    /// Pumps from `server` with a fresh progress counter and nothing to cancel it.
+    async fn pump(
+        up: &mut Upload,
+        server: &TcpStream,
+        idle: Duration,
+    ) -> Result<PumpEnd, PumpError> {
+        let progress = Arc::new(AtomicU64::new(0));
+        up.pump(server.as_fd(), idle, progress, std::future::pending::<()>())
+            .await
     }
 
     async fn upload(max_bytes: Option<u64>) -> (tempfile::TempDir, Session, Upload) {
@@ -243,13 +246,8 @@ mod tests {
         let (tmp, _session, mut up) = upload(None).await;
         let (mut client, server) = connected();
         client.write_all(b"abc").unwrap();
-        let progress = Arc::new(AtomicU64::new(0));
-        let idle = Duration::from_millis(100);
-        let end = up
-            .pump(server.as_fd(), idle, progress, std::future::pending::<()>())
-            .await
-            .unwrap();
-        assert_eq!(end, PumpEnd::Idle);
+        let end = pump(&mut up, &server, Duration::from_millis(100)).await;
+        assert_eq!(end.unwrap(), PumpEnd::Idle);
         up.write(b"def").await.unwrap();
         up.finish().await.unwrap();
         assert_eq!(std::fs::read(tmp.path().join("home/f")).unwrap(), b"abcdef");
@@ -261,11 +259,7 @@ mod tests {
         let (mut client, server) = connected();
         client.write_all(b"0123456789abcdef").unwrap();
         drop(client);
-        let progress = Arc::new(AtomicU64::new(0));
-        let e = up
-            .pump(server.as_fd(), LONG, progress, std::future::pending::<()>())
-            .await
-            .unwrap_err();
+        let e = pump(&mut up, &server, LONG).await.unwrap_err();
         assert!(
             matches!(e, PumpError::Core(CoreError::QuotaExceeded(_))),
             "{e}"
@@ -298,11 +292,7 @@ mod tests {
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(client);
-        let progress = Arc::new(AtomicU64::new(0));
-        let e = up
-            .pump(server.as_fd(), LONG, progress, std::future::pending::<()>())
-            .await
-            .unwrap_err();
+        let e = pump(&mut up, &server, LONG).await.unwrap_err();
         assert!(matches!(e, PumpError::Socket(_)), "{e}");
     }
 }
