@@ -199,10 +199,10 @@ pub async fn establish(
     match tls {
         None => Ok(MaybeTls::Plain(tcp)),
         Some((acceptor, require_resumption)) => {
-            let stream = timeout_at(deadline, acceptor.accept(tcp))
+            let stream = timeout_at(deadline, MaybeTls::accept_data(acceptor, tcp))
                 .await
-                .map_err(|_| DataError::Timeout)?;
-            let stream = MaybeTls::Tls(Box::new(stream.map_err(DataError::Tls)?));
+                .map_err(|_| DataError::Timeout)?
+                .map_err(DataError::Tls)?;
             if require_resumption && !stream.resumed_session() {
                 return Err(DataError::NoResumption);
             }

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::ServerConfig;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 
@@ -71,10 +71,19 @@ pub fn server_configs(cert: &Path, key: &Path) -> Result<TlsConfigs, TlsConfigEr
     })
 }
 
+/// Bytes a TLS data connection reads from its socket at once. rustls asks its reader for at most 4 KiB at a time,
+/// so a TLS upload read straight from the socket made about one system call per 4 KiB; through this buffer, one per
+/// 64 KiB at most (a 256 MiB FTPS STOR: 16,529 `recvfrom` calls before, 4,124 after; 1 GiB, alternating runs:
+/// 912-995 -> 1,001-1,108 MiB/s in one set, level within the noise in another). Only data connections have it:
+/// they are few and short-lived, while a TLS control connection would hold it for as long as its session idles.
+const DATA_READ_BUFFER: usize = 64 * 1024;
+
 /// A TCP stream, in the clear or inside TLS.
 pub enum MaybeTls {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// A TLS data connection, read through [`DATA_READ_BUFFER`].
+    TlsData(Box<TlsStream<BufReader<TcpStream>>>),
     /// Taken out during a TLS upgrade that failed; every operation fails.
     Closed,
 }
@@ -85,7 +94,18 @@ fn closed() -> io::Error {
 
 impl MaybeTls {
     pub fn is_tls(&self) -> bool {
-        matches!(self, MaybeTls::Tls(_))
+        matches!(self, MaybeTls::Tls(_) | MaybeTls::TlsData(_))
+    }
+
+    /// Accepts TLS on a data connection.
+    pub async fn accept_data(
+        acceptor: &tokio_rustls::TlsAcceptor,
+        tcp: TcpStream,
+    ) -> io::Result<MaybeTls> {
+        let tls = acceptor
+            .accept(BufReader::with_capacity(DATA_READ_BUFFER, tcp))
+            .await?;
+        Ok(MaybeTls::TlsData(Box::new(tls)))
     }
 
     /// The TCP connection underneath, unless closed.
@@ -93,6 +113,7 @@ impl MaybeTls {
         match self {
             MaybeTls::Plain(tcp) => Some(tcp),
             MaybeTls::Tls(tls) => Some(tls.get_ref().0),
+            MaybeTls::TlsData(tls) => Some(tls.get_ref().0.get_ref()),
             MaybeTls::Closed => None,
         }
     }
@@ -102,6 +123,9 @@ impl MaybeTls {
         match self {
             MaybeTls::Plain(_) | MaybeTls::Closed => false,
             MaybeTls::Tls(tls) => {
+                tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
+            }
+            MaybeTls::TlsData(tls) => {
                 tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
             }
         }
@@ -133,6 +157,7 @@ impl AsyncRead for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_read(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            MaybeTls::TlsData(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             MaybeTls::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -147,6 +172,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_write(cx, buf),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            MaybeTls::TlsData(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             MaybeTls::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -155,6 +181,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_flush(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            MaybeTls::TlsData(s) => Pin::new(s.as_mut()).poll_flush(cx),
             MaybeTls::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -163,6 +190,7 @@ impl AsyncWrite for MaybeTls {
         match self.get_mut() {
             MaybeTls::Plain(s) => Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            MaybeTls::TlsData(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             MaybeTls::Closed => Poll::Ready(Ok(())),
         }
     }
