@@ -45,7 +45,8 @@ impl Pipe {
     }
 
     /// Writes the `len` bytes the pipe holds to `file` at its position (blocking). A file that refuses splice
-    /// (`EINVAL`: opened to append, or a file system without it) gets them read out and written instead.
+    /// (`EINVAL`: opened to append, or a file system without it) gets them read out and written instead; uploads
+    /// to append do not pump (see [`crate::storage::FileWriter::direct_file`]), so this is the rare case.
     pub(crate) fn drain_into(&self, file: &File, mut len: usize) -> io::Result<()> {
         while len > 0 {
             match rustix::pipe::splice(&self.read, None, file, None, len, SpliceFlags::MOVE) {

@@ -130,7 +130,12 @@ impl FileWriter for WriteBehind {
 
     async fn direct_file(&mut self) -> io::Result<Option<Arc<File>>> {
         poll_fn(|cx| self.poll_idle(cx)).await?;
-        Ok(Some(Arc::clone(self.file.as_ref().ok_or_else(closed)?)))
+        let file = self.file.as_ref().ok_or_else(closed)?;
+        // A file open to append writes at its end, not at its position (and splice(2) refuses it).
+        if rustix::fs::fcntl_getfl(&**file)?.contains(rustix::fs::OFlags::APPEND) {
+            return Ok(None);
+        }
+        Ok(Some(Arc::clone(file)))
     }
 }
 
@@ -174,6 +179,7 @@ fn closed() -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Seek;
     use tokio::io::AsyncWriteExt;
 
     fn temp_writer() -> (tempfile::TempDir, std::path::PathBuf, WriteBehind) {
@@ -245,6 +251,27 @@ mod tests {
             io::ErrorKind::BrokenPipe
         );
         assert_eq!(std::fs::read(&path).unwrap(), b"abcdef");
+    }
+
+    #[tokio::test]
+    async fn only_a_file_written_at_its_position_is_given_for_direct_writes() {
+        let (_tmp, path, mut w) = temp_writer();
+        w.write_owned(b"abc".to_vec()).await.unwrap();
+        let file = w
+            .direct_file()
+            .await
+            .unwrap()
+            .expect("a file at its position");
+        assert_eq!((&*file).stream_position().unwrap(), 3);
+        let appending = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        assert!(WriteBehind::new(appending)
+            .direct_file()
+            .await
+            .unwrap()
+            .is_none());
     }
 
     #[cfg(target_os = "linux")]
