@@ -120,15 +120,12 @@ impl MaybeTls {
 
     /// Whether the TLS handshake resumed an earlier session.
     pub fn resumed_session(&self) -> bool {
-        match self {
-            MaybeTls::Plain(_) | MaybeTls::Closed => false,
-            MaybeTls::Tls(tls) => {
-                tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-            }
-            MaybeTls::TlsData(tls) => {
-                tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
-            }
-        }
+        let kind = match self {
+            MaybeTls::Plain(_) | MaybeTls::Closed => return false,
+            MaybeTls::Tls(tls) => tls.get_ref().1.handshake_kind(),
+            MaybeTls::TlsData(tls) => tls.get_ref().1.handshake_kind(),
+        };
+        kind == Some(rustls::HandshakeKind::Resumed)
     }
 
     /// Replaces a plain stream by its TLS upgrade (AUTH TLS). On failure the stream is closed.
