@@ -829,7 +829,7 @@ impl FtpSession {
 
     /// Opens the passive listener of the next transfer and returns its port, or replies why it cannot (`None`).
     async fn listen_passive(&mut self) -> io::Result<Option<u16>> {
-        match self.shared.config.passive_ports.bind(self.local.ip()).await {
+        match self.shared.config.passive_ports.bind(self.local.ip()) {
             Ok((listener, port)) => {
                 self.data = Some(DataSetup::Passive(listener));
                 Ok(Some(port))
