@@ -108,6 +108,14 @@ def render(info, results):
                       "else in the minute before the run; `ps` showed no process using 5% of a CPU or more at its start.")
     d.p(load_note)
     d.p()
+    stolen = [r for r in results if r.get("steal") is not None]
+    if stolen:
+        worst = max(stolen, key=lambda r: r["steal"])
+        d.p(f"Time stolen by the hypervisor (the CPUs' time in which it ran something else on this virtual machine, "
+            f"from `/proc/stat`): {med([r['steal'] for r in stolen]):.1%} over a median measurement, at most "
+            f"{worst['steal']:.1%} (during {worst['server']}'s `{worst['scenario']}`). Measurements with much "
+            "stolen time run slower and vary more; it rises when the disk is written to.")
+        d.p()
 
     # --- physical limits
     raw = {}

@@ -339,7 +339,7 @@ class Runner:
             # do not take CPU in the middle of this measurement (one file system for every server; here a sync of
             # 1 GiB takes about 0.4 s, and the 1 GiB uploads of every server varied 2x within a run without it).
             os.sync()
-        started = time.monotonic()
+        started, ticks = time.monotonic(), cpu_ticks()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, preexec_fn=raise_nofile)
             lines = [l for l in proc.stdout.splitlines() if l.startswith("{")]
@@ -350,10 +350,12 @@ class Runner:
         except (RuntimeError, subprocess.TimeoutExpired, json.JSONDecodeError) as e:
             report, error = None, str(e)
         record = dict(server=server.name if server else "loopback", protocol=url.split(":")[0] if url else "tcp",
-                      scenario=scenario, args=without_pids(args),
-                      cipher=cipher, report=report, error=error, wall=time.monotonic() - started)
+                      scenario=scenario, args=without_pids(args), cipher=cipher, report=report, error=error,
+                      wall=time.monotonic() - started, steal=stolen_since(ticks))
         self.results.append(record)
         summary = error if error else summarize(scenario, report)
+        if (record["steal"] or 0) >= 0.05:
+            summary += f" ({record['steal']:.0%} of the CPUs' time stolen by the hypervisor)"
         log(f"  {record['server']:<10} {scenario:<9} {' '.join(args):<40} {summary}")
         return record
 
@@ -367,7 +369,7 @@ class Runner:
         server = subprocess.Popen([str(DEBROOT / "usr/bin/iperf3"), "-s", "-B", "127.0.0.1", "-p", str(port)],
                                   env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
-        started = time.monotonic()
+        started, ticks = time.monotonic(), cpu_ticks()
         try:
             # Not wait_port: iperf3 would take a probing connection for a test client.
             if not wait_listening(port, timeout=10):
@@ -386,7 +388,8 @@ class Runner:
                 os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         record = dict(server="loopback", protocol="tcp", scenario="iperf3", args=["-n", iperf_size(size)],
-                      cipher=None, report=report, error=error, wall=time.monotonic() - started)
+                      cipher=None, report=report, error=error, wall=time.monotonic() - started,
+                      steal=stolen_since(ticks))
         self.results.append(record)
         log(f"  loopback   iperf3    -n {iperf_size(size):<37} "
             f"{error if error else format(report['mib_per_sec'], '.0f') + ' MiB/s'}")
@@ -407,7 +410,7 @@ class Runner:
             while done < n:
                 done += os.write(fd, chunk[:min(len(chunk), n - done)])
 
-        started = time.monotonic()
+        started, ticks = time.monotonic(), cpu_ticks()
         try:
             if replace and (not path.exists() or path.stat().st_size != n):
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -433,7 +436,7 @@ class Runner:
                 path.unlink(missing_ok=True)
         scenario = "replace" if replace else "write"
         record = dict(server="local", protocol="file", scenario=scenario, args=["--size", size], cipher=None,
-                      report=report, error=error, wall=time.monotonic() - started)
+                      report=report, error=error, wall=time.monotonic() - started, steal=stolen_since(ticks))
         if keep:
             self.results.append(record)
         log(f"  local      {scenario if keep else 'settle':<9} {size:<40} "
@@ -643,6 +646,22 @@ def machine():
         pid_max=Path("/proc/sys/kernel/pid_max").read_text().strip(),
         somaxconn=Path("/proc/sys/net/core/somaxconn").read_text().strip(),
     )
+
+
+def cpu_ticks():
+    """(stolen, total) jiffies of all CPUs from /proc/stat. Stolen time is time in which the hypervisor ran something
+    else on this virtual machine's CPUs: on 2026-12-02 vmstat showed 30-46% stolen while the small-file scenario
+    wrote files (the host's side of the virtual disk competes with the guest), and the figures of those minutes
+    swung 2x between repetitions. Each measurement records its share."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (values[7] if len(values) == 8 else 0), sum(values)
+
+
+def stolen_since(start):
+    """The share of the CPUs' time stolen by the hypervisor since `start` (a `cpu_ticks()` reading)."""
+    steal, total = cpu_ticks()
+    elapsed = total - start[1]
+    return round((steal - start[0]) / elapsed, 3) if elapsed > 0 else None
 
 
 def busy_processes():
