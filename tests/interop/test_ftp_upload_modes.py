@@ -108,6 +108,45 @@ def test_direct_aborted_upload_keeps_the_partial_file(ferry):
     close_quietly(ftp)
 
 
+def test_direct_aborted_upload_over_a_longer_file_keeps_only_what_arrived(ferry):
+    d = home(ferry)
+    (d / "replaced.bin").write_bytes(b"o" * 3_000_000)
+    data = os.urandom(1_000_000)
+    ftp = connect(ferry)
+    conn = start_upload(ftp, "replaced.bin", data[:400_000])
+    abort_upload(ftp, conn)
+    kept = (d / "replaced.bin").read_bytes()
+    assert len(kept) <= 400_000 and data.startswith(kept)
+    close_quietly(ftp)
+
+
+def test_a_file_being_replaced_keeps_its_old_contents_until_the_new_ones_arrive(ferry):
+    """A replaced file is emptied with its first write, not when STOR opens it; an upload that arrives whole is
+    written over the old bytes and cut at its end, so readers never see an empty file in between."""
+    d = home(ferry)
+    (d / "page.html").write_bytes(b"<old page>" * 1000)
+    ftp = connect(ferry)
+    conn = ftp.transfercmd("STOR page.html")
+    assert (d / "page.html").read_bytes() == b"<old page>" * 1000
+    conn.sendall(b"<new page>")
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert (d / "page.html").read_bytes() == b"<new page>"
+    close_quietly(ftp)
+
+
+@pytest.mark.parametrize("size", [0, 10, 3_000_000])
+def test_stor_replaces_a_file_of_any_length_with_exactly_the_new_bytes(ferry, size):
+    d = home(ferry)
+    data = os.urandom(size)
+    ftp = connect(ferry)
+    for old in (b"", b"x" * 100, b"y" * 5_000_000):
+        (d / "r.bin").write_bytes(old)
+        ftp.storbinary("STOR r.bin", io.BytesIO(data))
+        assert (d / "r.bin").read_bytes() == data, (len(old), size)
+    close_quietly(ftp)
+
+
 def test_upload_events_report_failure_and_success(ferry):
     ftp = connect(ferry)
     conn = start_upload(ftp, "ev.bin", b"x" * 100_000)

@@ -148,24 +148,31 @@ fn open_cached(_root: &Dir, _path: &str) -> Option<(std::fs::File, Metadata)> {
     None
 }
 
-/// Opens `path` for writing as `mode` says (blocking).
-fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<std::fs::File> {
+/// Opens `path` for writing as `mode` says (blocking). A file replaced from its start (`Truncate`) is not truncated
+/// here: its writer empties it (see [`WriteBehind::replacing`]).
+fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBehind> {
     let mut options = OpenOptions::new();
     options.write(true);
     match mode {
-        WriteMode::Truncate => options.create(true).truncate(true),
+        WriteMode::Truncate => options.create(true),
         WriteMode::CreateNew => options.create_new(true),
         WriteMode::At { .. } => options.create(true),
         WriteMode::Append => options.create(true).append(true),
     };
     let mut file = dir.open_with(path, &options)?.into_std();
-    if let WriteMode::At { offset, truncate } = mode {
-        if truncate {
-            file.set_len(offset)?;
+    match mode {
+        WriteMode::Truncate if file.metadata()?.len() > 0 => {
+            return Ok(WriteBehind::replacing(file));
         }
-        file.seek(SeekFrom::Start(offset))?;
+        WriteMode::At { offset, truncate } => {
+            if truncate {
+                file.set_len(offset)?;
+            }
+            file.seek(SeekFrom::Start(offset))?;
+        }
+        _ => {}
     }
-    Ok(file)
+    Ok(WriteBehind::new(file))
 }
 
 #[async_trait]
@@ -233,8 +240,8 @@ impl Storage for LocalStorage {
 
     async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>> {
         let path = rel(path).to_owned();
-        let file = self.run(move |d| open_for_write(d, &path, mode)).await?;
-        Ok(Box::new(WriteBehind::new(file)))
+        let writer = self.run(move |d| open_for_write(d, &path, mode)).await?;
+        Ok(Box::new(writer))
     }
 
     async fn open_write_planned(
@@ -243,7 +250,7 @@ impl Storage for LocalStorage {
         plan: WritePlanner,
     ) -> io::Result<Box<dyn FileWriter>> {
         let path = rel(path).to_owned();
-        let file = self
+        let writer = self
             .run(move |d| {
                 let existing = match d.metadata(path) {
                     Ok(meta) => Some(convert_metadata(&meta)),
@@ -254,7 +261,7 @@ impl Storage for LocalStorage {
                 open_for_write(d, rel(&target.path), target.mode)
             })
             .await?;
-        Ok(Box::new(WriteBehind::new(file)))
+        Ok(Box::new(writer))
     }
 
     async fn create_dir(&self, path: &str) -> io::Result<()> {
