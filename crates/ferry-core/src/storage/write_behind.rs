@@ -112,14 +112,14 @@ impl WriteBehind {
         Ok(())
     }
 
-    /// Empties the file, if its old data is still there, once the writes before have ended.
-    async fn empty_now(&mut self) -> io::Result<()> {
-        poll_fn(|cx| self.poll_idle(cx)).await?;
+    /// Waits for the running write, then empties the file if its old data is still there (nothing was written),
+    /// and waits for that too.
+    fn poll_emptied(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.emptying {
+            ready!(self.poll_idle(cx))?;
             self.start(Vec::new(), false)?;
-            poll_fn(|cx| self.poll_idle(cx)).await?;
         }
-        Ok(())
+        self.poll_idle(cx)
     }
 
     /// Copies up to [`MAX_COPIED_WRITE`] bytes of `bufs` into the spare buffer and starts writing them.
@@ -161,7 +161,7 @@ impl FileWriter for WriteBehind {
     }
 
     async fn direct_file(&mut self) -> io::Result<Option<Arc<File>>> {
-        self.empty_now().await?;
+        poll_fn(|cx| self.poll_emptied(cx)).await?;
         let file = self.file.as_ref().ok_or_else(closed)?;
         // A file open to append writes at its end, not at its position (and splice(2) refuses it).
         if rustix::fs::fcntl_getfl(&**file)?.contains(rustix::fs::OFlags::APPEND) {
@@ -197,13 +197,8 @@ impl AsyncWrite for WriteBehind {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.emptying {
-            // Nothing was written: the file ends up empty, as after O_TRUNC.
-            ready!(this.poll_idle(cx))?;
-            this.start(Vec::new(), false)?;
-        }
-        this.poll_idle(cx)
+        // Nothing written: the file ends up empty, as after O_TRUNC.
+        self.get_mut().poll_emptied(cx)
     }
 }
 
