@@ -115,6 +115,19 @@ def render(info, results):
             f"from `/proc/stat`): {med([r['steal'] for r in stolen]):.1%} over a median measurement, at most "
             f"{worst['steal']:.1%} (during {worst['server']}'s `{worst['scenario']}`). Measurements with much "
             "stolen time run slower and vary more; it rises when the disk is written to.")
+        repeated = [r for r in results if r.get("discarded_steal")]
+        if repeated:
+            discarded = [x for r in repeated for x in r["discarded_steal"]]
+            by_server = {}
+            for r in repeated:
+                by_server[r["server"]] = by_server.get(r["server"], 0) + 1
+            d.p(f"{len(repeated)} measurements had 10% or more stolen and were taken again (at most twice more, for "
+                "every server alike); the attempt with the least stolen time is the one reported, chosen by stolen "
+                f"time alone, never by its figure. The {len(discarded)} discarded attempts had "
+                f"{min(discarded):.0%}–{max(discarded):.0%} stolen; repeated: "
+                f"{', '.join(f'{k} {v}' for k, v in sorted(by_server.items()))}.")
+        elif any("discarded_steal" in r for r in results):
+            d.p("No measurement had 10% or more of the CPUs' time stolen, so none was taken again.")
         d.p()
 
     # --- physical limits
