@@ -35,12 +35,13 @@ PASSWORD = "bench-Pw-4711"
 CIPHER = "aes128-gcm@openssh.com"
 FALLBACK_CIPHER = "aes256-gcm@openssh.com"
 # A measurement during which the hypervisor took this share of the CPUs' time or more is taken again (see
-# Runner.keep_calmest): at most EXTRA_ATTEMPTS more times, and RETRY_BUDGET repetitions in the whole run. Not
+# Runner.keep_calmest): at most EXTRA_ATTEMPTS more times, and RETRY_BUDGET repetitions in each section of the run
+# (a budget for the whole run was spent in its first sections on 2026-12-03, leaving none for the later ones). Not
 # one that took RETRY_MAX_WALL seconds or more: its stolen time is an average over long enough, and a repetition
 # (a forking server's 10,000 logins take a minute) would stretch the run.
 STEAL_LIMIT = 0.10
 EXTRA_ATTEMPTS = 2
-RETRY_BUDGET = 20
+RETRY_BUDGET = 8
 RETRY_MAX_WALL = 30
 
 # What each mode runs. Forking servers (vsftpd, pure-ftpd, ProFTPD, sshd) stop at 10,000 sessions: at about
@@ -339,8 +340,8 @@ class Runner:
 
     def keep_calmest(self, measure, before=None):
         """Runs one measurement and records it. When the hypervisor stole at least STEAL_LIMIT of the CPUs' time
-        during it, the measurement is taken again (EXTRA_ATTEMPTS times at most, RETRY_BUDGET times in the whole
-        run; not after an attempt of RETRY_MAX_WALL seconds or more) and the attempt with the least stolen time is
+        during it, the measurement is taken again (EXTRA_ATTEMPTS times at most, RETRY_BUDGET times in a section of
+        the run; not after an attempt of RETRY_MAX_WALL seconds or more) and the attempt with the least stolen time is
         the one recorded. The choice is made by stolen time alone, never by the figure, and the same rule applies
         to every server; the stolen times of the discarded attempts are kept in the record. `before` (a restart,
         say) runs before each attempt."""
@@ -359,6 +360,11 @@ class Runner:
         kept["discarded_steal"] = [r["steal"] for r in attempts if r is not kept]
         self.results.append(kept)
         return kept
+
+    def section(self, title):
+        """Starts a section of the run: logs its title and gives it its own budget of repetitions."""
+        log(f"== {title}")
+        self.retries_left = RETRY_BUDGET
 
     def bench(self, server, scenario, *args, cipher=None, before=None):
         """Runs one `ferry bench` scenario and records its JSON (or its error)."""
@@ -511,7 +517,7 @@ class Runner:
     def run(self, ferry):
         m = self.mode
         ftp = self.ftp_servers()
-        log("== raw loopback TCP and the cipher alone (the physical limits)")
+        self.section("raw loopback TCP and the cipher alone (the physical limits)")
         for rep in range(m["reps"]):
             self.bench(None, "raw-tcp", "--size", m["transfer_size"], "--streams", "1")
             self.bench(None, "raw-tcp", "--size", m["many_size"], "--streams", str(m["many_streams"]))
@@ -519,28 +525,28 @@ class Runner:
             self.iperf3(m["transfer_size"])
         self.cipher_speed = openssl_speed()
 
-        log("== transfer: one stream, plain FTP (and the local write of the same bytes)")
+        self.section("transfer: one stream, plain FTP (and the local write of the same bytes)")
         self.settle(m["transfer_size"])
         for rep in range(m["reps"]):
             self.local_write(m["transfer_size"], replace=False)
             self.local_write(m["transfer_size"], replace=True)
             for s in self.rotation(ftp, rep):
                 self.bench(s, "transfer", "--size", m["transfer_size"], "--streams", "1")
-        log("== transfer: one stream, FTPS (explicit TLS, PROT P)")
+        self.section("transfer: one stream, FTPS (explicit TLS, PROT P)")
         ftps = [s for s in ftp if s.name in ("ferry", "vsftpd", "pure-ftpd")]
         for rep in range(m["reps"]):
             for s in self.rotation(ftps, rep):
                 self.bench(TlsView(s), "transfer", "--size", m["transfer_size"], "--streams", "1")
-        log(f"== transfer: {m['many_streams']} streams at once")
+        self.section(f"transfer: {m['many_streams']} streams at once")
         for rep in range(m["reps"]):
             for s in self.rotation(ftp, rep):
                 self.bench(s, "transfer", "--size", m["many_size"], "--streams", str(m["many_streams"]))
-        log("== small files")
+        self.section("small files")
         for rep in range(m["reps"]):
             for s in self.rotation(ftp, rep):
                 self.bench(s, "small", "--files", str(m["small_files"]), "--size", "4KiB",
                            "--clients", str(m["small_clients"]))
-        log(f"== list {m['list_entries']} entries")
+        self.section(f"list {m['list_entries']} entries")
         for rep in range(m["reps"]):
             for s in self.rotation(ftp, rep):
                 self.bench(s, "list", "--entries", str(m["list_entries"]), "--local-dir", str(s.home),
@@ -550,7 +556,7 @@ class Runner:
 
     def run_sftp(self, ferry):
         m = self.mode
-        log("== SFTP")
+        self.section("SFTP")
         sftp = [ferry.sftp_view(), self.sshd]
         cipher = CIPHER
         probe = self.bench_once(sftp[0], "transfer", "--size", "1MiB", "--streams", "1", cipher=CIPHER)
@@ -569,7 +575,7 @@ class Runner:
 
     def run_sessions(self):
         m = self.mode
-        log("== idle sessions (each server restarted before each measurement)")
+        self.section("idle sessions (each server restarted before each measurement)")
         plan = []
         for n in sorted(set(m["sessions_n"]) | set(m["sessions_n_forking"])):
             plan.append((n, 0))
