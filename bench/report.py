@@ -1,6 +1,7 @@
 """Turns the results of one `bench/run` into docs/benchmarks.md (tables, ratios, targets, machine, versions, exact
 peer configurations) and an SVG plot of memory per idle session and login rate versus the number of sessions."""
 import statistics
+from collections import Counter
 from pathlib import Path
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
@@ -118,9 +119,7 @@ def render(info, results):
         repeated = [r for r in results if r.get("discarded_steal")]
         if repeated:
             discarded = [x for r in repeated for x in r["discarded_steal"]]
-            by_server = {}
-            for r in repeated:
-                by_server[r["server"]] = by_server.get(r["server"], 0) + 1
+            by_server = Counter(r["server"] for r in repeated)
             d.p(f"{len(repeated)} measurements had 10% or more stolen and were taken again (at most twice more, for "
                 "every server alike); the attempt with the least stolen time is the one reported, chosen by stolen "
                 f"time alone, never by its figure. The {len(discarded)} discarded attempts had "
