@@ -26,6 +26,26 @@ def test_put_get_with_password_and_key(ferry, tmp_path):
     assert sha256_file(home / "k.bin") == digest
 
 
+def test_get_of_a_large_file_asks_for_every_block_at_once(ferry, tmp_path):
+    """paramiko's get prefetches: it sends a READ for every 32 KiB block of the file before reading any reply (1,024
+    requests here, far past the server's in-flight budget of 64). The server must go on reading them while its
+    replies wait for the channel (it hung here, each side waiting for the other)."""
+    size = 32 * 1024 * 1024
+    digest = write_random(ferry.home("alice") / "big.bin", size, seed=7)
+    result = {}
+
+    def get():
+        with sftp_client(ferry) as sftp:
+            sftp.get("big.bin", str(tmp_path / "big.bin"))
+            result["done"] = True
+
+    worker = threading.Thread(target=get, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert result.get("done"), "paramiko get did not finish within 120 s"
+    assert sha256_file(tmp_path / "big.bin") == digest
+
+
 def test_listdir_attr_and_stat(ferry):
     home = ferry.home("alice")
     (home / "d").mkdir(parents=True)

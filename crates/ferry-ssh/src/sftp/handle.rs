@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::attrs;
 use super::status::Status;
-use super::wire;
+use super::{wire, Reply};
 
 /// Entries sent in one READDIR reply (as OpenSSH does).
 const NAMES_PER_READDIR: usize = 100;
@@ -52,7 +52,7 @@ pub(crate) enum OpenHandle {
 pub(crate) async fn run(
     mut handle: OpenHandle,
     mut jobs: mpsc::Receiver<Job>,
-    replies: mpsc::Sender<Bytes>,
+    replies: mpsc::UnboundedSender<Reply>,
     max_read: u32,
 ) {
     let mut held = None;
@@ -69,8 +69,8 @@ pub(crate) async fn run(
             request,
             permit,
         } = job;
-        // A failed send of a reply means the session is over; the handle still has to be wound up. Permits go
-        // back once the reply is queued.
+        // A failed send of a reply means the session is over; the handle still has to be wound up. Permits travel
+        // with the replies and go back once these are written.
         match (&mut handle, request) {
             (OpenHandle::File(file), HandleRequest::Write { offset, data }) => {
                 // The file takes a write once the one before reached the storage: wait for that first, so that
@@ -84,14 +84,19 @@ pub(crate) async fn run(
                         break;
                     }
                 }
-                let reply = file.write_batch(&batch, earlier).await;
-                let _ = replies.send(reply).await;
+                let bytes = file.write_batch(&batch, earlier).await;
+                let _ = replies.send(Reply {
+                    bytes,
+                    permit: Some(batch.permit),
+                });
             }
             (handle, request) => {
                 let closing = matches!(request, HandleRequest::Close);
-                let reply = handle.serve(id, request, max_read).await;
-                let _ = replies.send(reply).await;
-                drop(permit);
+                let bytes = handle.serve(id, request, max_read).await;
+                let _ = replies.send(Reply {
+                    bytes,
+                    permit: Some(permit),
+                });
                 if closing {
                     return;
                 }
@@ -104,10 +109,10 @@ pub(crate) async fn run(
 }
 
 /// Consecutive WRITE requests to one handle, each written where the one before ended (or all at the end, with
-/// APPEND), with their shares of the in-flight budget.
+/// APPEND), with their shares of the in-flight budget (merged into one permit).
 struct WriteBatch {
     writes: Vec<(u32, u64, Bytes)>,
-    _permits: Vec<OwnedSemaphorePermit>,
+    permit: OwnedSemaphorePermit,
     len: usize,
 }
 
@@ -116,7 +121,7 @@ impl WriteBatch {
         WriteBatch {
             len: data.len(),
             writes: vec![(id, offset, data)],
-            _permits: vec![permit],
+            permit,
         }
     }
 
@@ -137,7 +142,8 @@ impl WriteBatch {
             HandleRequest::Write { offset, data } if append || Some(offset) == self.end() => {
                 self.len += data.len();
                 self.writes.push((id, offset, data));
-                self._permits.push(permit);
+                // Every permit of a session comes from its one in-flight semaphore, as `merge` requires.
+                self.permit.merge(permit);
                 None
             }
             request => Some(Job {

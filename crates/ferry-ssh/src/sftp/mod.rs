@@ -4,15 +4,19 @@
 //!
 //! Requests are read as fast as the client pipelines them. Requests on an open handle go to that handle's own task
 //! and are served in order; different handles are served in parallel; requests by path are served in order as they
-//! arrive. The number of requests in flight is bounded, so a client that sends faster than files can be written is
-//! slowed down by the SSH channel's flow control instead of filling memory.
+//! arrive. The number of requests being served is bounded (`max_in_flight`); requests beyond it wait, read, in a
+//! queue of their own. The channel is never left unread while replies wait to go out: russh passes incoming data
+//! to the channel and sends outgoing data from one task, and it reopens the client's window as data arrives rather
+//! than as it is read, so a reader that stopped until replies had gone out would wait for them forever (paramiko's
+//! `get` asks for every block of a file at once). The waiting queue is bounded in bytes; a client that goes past it
+//! has its session ended.
 
 mod attrs;
 mod handle;
 mod status;
 mod wire;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -59,13 +63,22 @@ impl Default for SftpLimits {
     }
 }
 
-/// Replies waiting for the channel.
-const REPLY_QUEUE: usize = 16;
 /// Replies shorter than this are gathered with others that are ready into one write to the channel (the size of an
 /// SSH packet with OpenSSH's usual limit).
 const GATHER_REPLIES: usize = 32 * 1024;
-/// Requests waiting in one handle's queue (beyond the in-flight budget, which bounds them all).
-const HANDLE_QUEUE: usize = 64;
+/// Bytes of requests read beyond the in-flight budget that may wait to be served. paramiko's `get` of a 20 GiB file
+/// asks for its 655,360 blocks at once, about 30 MiB of READ requests.
+const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
+/// Waiting requests shorter than this are copied out of the read buffer they arrived in, so that a few bytes of
+/// request cannot hold a whole buffer.
+const COPY_WAITING_BELOW: usize = 4 * 1024;
+
+/// A reply, with the in-flight budget its request held: the budget goes back once the reply is written, so that the
+/// replies waiting for the channel never outnumber it (their queue needs no bound of its own).
+pub(crate) struct Reply {
+    pub bytes: Bytes,
+    pub permit: Option<OwnedSemaphorePermit>,
+}
 
 /// The extensions announced in the VERSION reply, with their versions.
 const EXTENSIONS: [(&str, &str); 7] = [
@@ -85,7 +98,7 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (replies, queue) = mpsc::channel(REPLY_QUEUE);
+    let (replies, queue) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_replies(output, queue));
     let mut server = Server {
         session,
@@ -107,26 +120,32 @@ where
 
 /// Writes replies to the channel. Small replies that are ready together go out in one write, so that a burst of
 /// write acknowledgements costs one SSH packet instead of one each.
-async fn write_replies<W: AsyncWrite + Unpin>(mut output: W, mut queue: mpsc::Receiver<Bytes>) {
+async fn write_replies<W: AsyncWrite + Unpin>(
+    mut output: W,
+    mut queue: mpsc::UnboundedReceiver<Reply>,
+) {
+    let mut written: Vec<OwnedSemaphorePermit> = Vec::new();
     let mut next = queue.recv().await;
     while let Some(reply) = next.take() {
-        let mut out = reply;
+        written.extend(reply.permit);
+        let mut out = reply.bytes;
         if out.len() < GATHER_REPLIES {
             let mut gathered: Option<BytesMut> = None;
             while let Ok(more) = queue.try_recv() {
-                if out.len() + gathered.as_ref().map_or(0, BytesMut::len) + more.len()
+                if out.len() + gathered.as_ref().map_or(0, BytesMut::len) + more.bytes.len()
                     > GATHER_REPLIES
                 {
                     next = Some(more);
                     break;
                 }
+                written.extend(more.permit);
                 gathered
                     .get_or_insert_with(|| {
                         let mut buf = BytesMut::with_capacity(GATHER_REPLIES);
                         buf.extend_from_slice(&out);
                         buf
                     })
-                    .extend_from_slice(&more);
+                    .extend_from_slice(&more.bytes);
             }
             if let Some(gathered) = gathered {
                 out = gathered.freeze();
@@ -135,12 +154,50 @@ async fn write_replies<W: AsyncWrite + Unpin>(mut output: W, mut queue: mpsc::Re
         if output.write_all(&out).await.is_err() {
             break;
         }
+        written.clear();
         if next.is_none() {
             next = queue.recv().await;
         }
     }
-    // Keep draining so that handle tasks never block on a dead channel.
+    // Keep draining (and giving the budget back) so that nothing waits on a dead channel.
+    drop(written);
+    drop(next);
     while queue.recv().await.is_some() {}
+}
+
+/// Requests read beyond the in-flight budget, in arrival order, bounded in bytes.
+#[derive(Default)]
+struct Waiting {
+    requests: VecDeque<Bytes>,
+    bytes: usize,
+}
+
+impl Waiting {
+    fn push(&mut self, raw: Bytes) -> std::io::Result<()> {
+        if self.bytes + raw.len() > MAX_WAITING_BYTES {
+            return Err(protocol_error(
+                "more requests waiting for replies than the server holds",
+            ));
+        }
+        self.bytes += raw.len();
+        let raw = if raw.len() < COPY_WAITING_BELOW {
+            Bytes::copy_from_slice(&raw)
+        } else {
+            raw
+        };
+        self.requests.push_back(raw);
+        Ok(())
+    }
+
+    fn pop(&mut self) -> Option<Bytes> {
+        let raw = self.requests.pop_front()?;
+        self.bytes -= raw.len();
+        Some(raw)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.requests.is_empty()
+    }
 }
 
 struct HandleEntry {
@@ -154,7 +211,7 @@ struct Server {
     handles: HashMap<String, HandleEntry>,
     next_handle: u64,
     in_flight: Arc<Semaphore>,
-    replies: mpsc::Sender<Bytes>,
+    replies: mpsc::UnboundedSender<Reply>,
     limits: SftpLimits,
 }
 
@@ -177,47 +234,68 @@ impl Server {
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
         };
-        self.reply(wire::packet(0, Packet::Version(version))).await;
+        self.reply(wire::packet(0, Packet::Version(version)), None);
+        let mut waiting = Waiting::default();
+        let mut open = true;
         loop {
-            let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
-                return Ok(());
-            };
-            let Some(raw) = input.next().await? else {
-                return Ok(());
-            };
-            // WRITE, the request that carries the most data, is decoded here without copying the data.
-            if let Some(write) = wire::write_request(&raw) {
-                let request = HandleRequest::Write {
-                    offset: write.offset,
-                    data: write.data,
-                };
-                match std::str::from_utf8(&write.handle) {
-                    Ok(handle) => self.send_to_handle(write.id, handle, request, permit).await,
-                    Err(_) => self.invalid_handle(write.id).await,
-                }
-                continue;
-            }
-            let id = wire::request_id(&raw).unwrap_or(0);
-            match Packet::try_from(&mut raw.clone()) {
-                Ok(Packet::Init(_)) => return Err(protocol_error("a second SSH_FXP_INIT")),
-                Ok(packet) => self.dispatch(id, packet, permit).await,
-                Err(e) => {
-                    let status = match raw.first() {
-                        Some(1..=20 | 200) => {
-                            Status::bad_message(format!("malformed request: {e}"))
-                        }
-                        _ => Status::unsupported("unknown request type"),
+            tokio::select! {
+                biased;
+                permit = Arc::clone(&self.in_flight).acquire_owned(), if !waiting.is_empty() => {
+                    let (Ok(permit), Some(raw)) = (permit, waiting.pop()) else {
+                        return Ok(());
                     };
-                    self.reply(wire::status(id, status.code, &status.message))
-                        .await;
+                    self.serve_raw(raw, permit).await?;
                 }
+                raw = input.next(), if open => match raw? {
+                    Some(raw) => {
+                        let free = waiting
+                            .is_empty()
+                            .then(|| Arc::clone(&self.in_flight).try_acquire_owned().ok())
+                            .flatten();
+                        match free {
+                            Some(permit) => self.serve_raw(raw, permit).await?,
+                            None => waiting.push(raw)?,
+                        }
+                    }
+                    None => open = false,
+                },
+                else => return Ok(()),
             }
         }
     }
 
-    async fn reply(&self, reply: Bytes) {
+    /// Serves one request packet with its share of the in-flight budget.
+    async fn serve_raw(&mut self, raw: Bytes, permit: OwnedSemaphorePermit) -> std::io::Result<()> {
+        // WRITE, the request that carries the most data, is decoded here without copying the data.
+        if let Some(write) = wire::write_request(&raw) {
+            let request = HandleRequest::Write {
+                offset: write.offset,
+                data: write.data,
+            };
+            match std::str::from_utf8(&write.handle) {
+                Ok(handle) => self.send_to_handle(write.id, handle, request, permit).await,
+                Err(_) => self.invalid_handle(write.id, permit),
+            }
+            return Ok(());
+        }
+        let id = wire::request_id(&raw).unwrap_or(0);
+        match Packet::try_from(&mut raw.clone()) {
+            Ok(Packet::Init(_)) => return Err(protocol_error("a second SSH_FXP_INIT")),
+            Ok(packet) => self.dispatch(id, packet, permit).await,
+            Err(e) => {
+                let status = match raw.first() {
+                    Some(1..=20 | 200) => Status::bad_message(format!("malformed request: {e}")),
+                    _ => Status::unsupported("unknown request type"),
+                };
+                self.reply(wire::status(id, status.code, &status.message), Some(permit));
+            }
+        }
+        Ok(())
+    }
+
+    fn reply(&self, bytes: Bytes, permit: Option<OwnedSemaphorePermit>) {
         // Fails only when the writer stopped because the channel is gone; the read loop ends soon after.
-        let _ = self.replies.send(reply).await;
+        let _ = self.replies.send(Reply { bytes, permit });
     }
 
     /// Routes a request: handle requests to the handle's task, the rest served here, in order.
@@ -246,13 +324,13 @@ impl Server {
                     Some(handle) => Some((handle, HandleRequest::Fsync)),
                     None => {
                         let s = Status::bad_message("fsync needs a handle");
-                        return self.reply(wire::status(id, s.code, &s.message)).await;
+                        return self.reply(wire::status(id, s.code, &s.message), Some(permit));
                     }
                 }
             }
             other => {
                 let reply = self.serve_path_request(id, other).await;
-                self.reply(reply).await;
+                self.reply(reply, Some(permit));
                 return;
             }
         };
@@ -274,22 +352,23 @@ impl Server {
             self.handles.get(handle).map(|entry| entry.jobs.clone())
         };
         let Some(jobs) = jobs else {
-            return self.invalid_handle(id).await;
+            return self.invalid_handle(id, permit);
         };
         let job = Job {
             id,
             request,
             permit,
         };
-        if jobs.send(job).await.is_err() {
+        // Never waits: a handle's queue holds the whole in-flight budget.
+        if let Err(mpsc::error::SendError(job)) = jobs.send(job).await {
             let s = Status::failure("handle is gone");
-            self.reply(wire::status(id, s.code, &s.message)).await;
+            self.reply(wire::status(id, s.code, &s.message), Some(job.permit));
         }
     }
 
-    async fn invalid_handle(&self, id: u32) {
+    fn invalid_handle(&self, id: u32, permit: OwnedSemaphorePermit) {
         let s = Status::failure("invalid handle");
-        self.reply(wire::status(id, s.code, &s.message)).await;
+        self.reply(wire::status(id, s.code, &s.message), Some(permit));
     }
 
     async fn serve_path_request(&mut self, id: u32, packet: Packet) -> Bytes {
@@ -379,7 +458,7 @@ impl Server {
         let is_dir = matches!(handle, OpenHandle::Dir(_));
         let name = self.next_handle.to_string();
         self.next_handle += 1;
-        let (jobs, queue) = mpsc::channel(HANDLE_QUEUE);
+        let (jobs, queue) = mpsc::channel(self.limits.max_in_flight.max(1));
         tokio::spawn(handle::run(
             handle,
             queue,
