@@ -145,6 +145,17 @@ def test_rang_1_0_resets_to_the_whole_file(data, ftp):
     assert m.group("hex").lower() == hashlib.sha256(data).hexdigest()
 
 
+def test_rang_to_the_largest_offset_covers_the_rest_of_the_file(data, ftp):
+    """`RANG 0 18446744073709551615` counts 2^64 bytes, one more than a u64 holds: it means the whole file."""
+    assert code(send(ftp, "RANG 0 18446744073709551615")) == 350
+    m = _hash(ftp, "hashme.bin")
+    assert (int(m.group("start")), int(m.group("end"))) == (0, len(data) - 1)
+    assert m.group("hex").lower() == hashlib.sha256(data).hexdigest()
+    ftp.voidcmd("TYPE I")
+    assert code(send(ftp, "RANG 0 18446744073709551615")) == 350
+    assert transfer_raw(ftp, "RETR hashme.bin") == data
+
+
 def test_rang_with_start_after_end_gets_501(ftp):
     assert code(send(ftp, "RANG 10 5")) == 501
 

@@ -7,6 +7,7 @@ import ssl
 
 import pytest
 
+from helpers_files import wait_until
 from helpers_ftplib import (
     TIMEOUT,
     ImplicitFTP_TLS,
@@ -220,6 +221,31 @@ def test_implicit_ftps_port_does_not_speak_plain_ftp(implicit):
         except socket.timeout:
             first = b""
     assert not first.startswith(b"220"), "implicit FTPS listener sent a plaintext greeting"
+
+
+def test_implicit_ftps_connections_count_against_the_cap_before_their_handshake(ferry_factory):
+    """Connections that never start TLS hold a slot: past --max-connections-per-ip the next one is closed at once,
+    and a slot freed by closing one lets a real client in."""
+    server = ferry_factory("--ftps", "127.0.0.1:0", "--max-connections-per-ip", "2", "--failed-login-delay-ms", "0")
+    server.add_user("alice", "secret")
+    silent = [socket.create_connection(server.addresses["ftps"], timeout=TIMEOUT) for _ in range(2)]
+    with socket.create_connection(server.addresses["ftps"], timeout=TIMEOUT) as third:
+        third.settimeout(TIMEOUT)
+        assert third.recv(100) == b"", "a connection over the cap must be closed"
+    for s in silent:
+        s.close()
+
+    def logged_in():
+        try:
+            client = connect(server, login=False, address=server.addresses["ftps"], cls=ImplicitFTP_TLS,
+                             context=tls_client_context())
+        except (OSError, EOFError):
+            return None
+        return client
+
+    client = wait_until(logged_in, timeout=10, interval=0.1, message="an implicit FTPS connection")
+    assert code(client.login("alice", "secret")) == 230
+    close_quietly(client)
 
 
 def test_plain_listener_still_works_next_to_implicit_ftps(implicit):

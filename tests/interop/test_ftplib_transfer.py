@@ -160,6 +160,21 @@ def test_rest_marker_applies_to_one_transfer_only(ferry, ftp):
     assert retr_bytes(ftp, "once.bin") == data
 
 
+def test_a_rest_marker_is_used_up_by_a_transfer_command_that_fails(ferry, ftp):
+    """REST 1000, then STOR refused for want of a data connection (425): the marker must not carry over to the
+    next STOR, which would cut the file at 1000 bytes and write from there."""
+    (home(ferry) / "second.bin").write_bytes(os.urandom(5000))
+    ftp.voidcmd("TYPE I")
+    assert code(send(ftp, "REST 1000")) == 350
+    assert code(send(ftp, "STOR first.bin")) == 425
+    data = os.urandom(3000)
+    stor_bytes(ftp, "second.bin", data)
+    assert (home(ferry) / "second.bin").read_bytes() == data
+    assert code(send(ftp, "REST 1000")) == 350
+    assert code(send(ftp, "LIST")) == 425
+    assert retr_bytes(ftp, "second.bin") == data
+
+
 def test_rest_beyond_end_of_file_then_retr_is_rejected(ferry, ftp):
     (home(ferry) / "short.bin").write_bytes(b"x" * 1000)
     ftp.voidcmd("TYPE I")

@@ -193,6 +193,24 @@ def test_dir_perm_can_take_away_rights(ferry):
     assert sorted(p.name for p in (home / "archive").iterdir()) == ["old.txt"]
 
 
+def test_a_directory_with_rules_inside_cannot_be_moved_out_from_under_them(ferry):
+    """Permissions follow paths: renaming /projects (which holds the read-only /projects/archive) to /p2 would let
+    the archive be changed as /p2/archive. Such a rename is refused, over FTP as over SFTP (same core)."""
+    home = ferry.add_user("mover", "moverpw", "--perm", "all", "--dir-perm", "/projects/archive=list,download")
+    put_file(home / "projects/archive/old.txt", b"old\n")
+    put_file(home / "projects/plain/a.txt", b"a\n")
+    ftp = ftp_login(ferry, "mover", "moverpw")
+    assert_refused(expect_error("550", ftp.rename, "/projects", "/p2"))
+    assert_refused(expect_error("550", ftp.rename, "/projects/archive", "/archive2"))
+    # Directories without rules inside still move, and so do files.
+    ftp.rename("/projects/plain", "/plain2")
+    ftp.rename("/plain2/a.txt", "/plain2/b.txt")
+    assert_refused(expect_error("550", ftp.delete, "/projects/archive/old.txt"))
+    ftp.quit()
+    assert (home / "projects/archive/old.txt").read_bytes() == b"old\n"
+    assert (home / "plain2/b.txt").read_bytes() == b"a\n"
+
+
 def test_no_list_permission_refuses_listing(ferry):
     home = ferry.add_user("blind", "blindpw", "--perm", "download")
     populate(home)

@@ -1304,7 +1304,7 @@ fn long_line(e: &Entry) -> String {
     let time = e
         .mtime
         .map(|t| {
-            time::OffsetDateTime::from(t)
+            ferry_core::datetime::utc(t)
                 .format(time::macros::format_description!(
                     "[year]-[month]-[day] [hour]:[minute]"
                 ))

@@ -84,7 +84,8 @@ pub struct ServeArgs {
     /// Seconds from connecting to a successful login [default: 60].
     #[arg(long, env = "FERRY_LOGIN_TIMEOUT")]
     pub login_timeout: Option<u64>,
-    /// Seconds to open a data connection, and that a data connection may stall [default: 60].
+    /// Seconds to open a data connection, that a data connection may stall, and that a client may leave a reply
+    /// untaken before its control connection is closed [default: 60].
     #[arg(long, env = "FERRY_DATA_TIMEOUT")]
     pub data_timeout: Option<u64>,
     /// Milliseconds of delay after a failed login [default: 1000].

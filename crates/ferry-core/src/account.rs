@@ -238,6 +238,12 @@ impl Account {
             .any(|d| d.path != *dir && d.path.starts_with(dir))
     }
 
+    /// Whether `dir` itself or some directory inside it has permissions configured: renaming `dir` would carry
+    /// entries out from under their rules.
+    pub fn has_permissions_within(&self, dir: &VirtualPath) -> bool {
+        self.dir_permissions.iter().any(|d| d.path.starts_with(dir))
+    }
+
     pub fn ip_allowed(&self, ip: IpAddr) -> bool {
         let ip = canonical_ip(ip);
         self.allowed_ips.is_empty() || self.allowed_ips.iter().any(|net| net.contains(&ip))

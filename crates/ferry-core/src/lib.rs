@@ -22,6 +22,7 @@
 pub mod account;
 pub mod auth;
 pub mod checksum;
+pub mod datetime;
 pub mod error;
 pub mod events;
 pub mod limits;

@@ -16,7 +16,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Time allowed from connect to a successful login.
     pub login_timeout: Duration,
-    /// Time allowed to establish a data connection, and for a data connection to make progress.
+    /// Time allowed to establish a data connection, for a data connection to make progress, and for a client to
+    /// take a reply on its control connection.
     pub data_timeout: Duration,
     /// Pause after each failed login, to slow password guessing.
     pub failed_login_delay: Duration,

@@ -274,11 +274,10 @@ impl Session {
             kept
         };
         let temp = if atomic {
-            Some(path.parent().join(&format!(
-                ".{}.ferry-upload-{}",
-                path.file_name().unwrap_or("file"),
-                self.client().session_id
-            ))?)
+            Some(
+                path.parent()
+                    .join(&temp_name(path.file_name().unwrap_or("file")))?,
+            )
         } else {
             None
         };
@@ -383,7 +382,10 @@ impl Session {
         }
         self.check(Permission::Rename, from)?;
         self.check(Permission::Rename, to)?;
-        self.storage().symlink_metadata(from.relative()).await?;
+        let source = self.storage().symlink_metadata(from.relative()).await?;
+        if source.is_dir() && self.inner.account.has_permissions_within(from) {
+            return Err(CoreError::AccessDenied);
+        }
         let replaced = match self.storage().symlink_metadata(to.relative()).await {
             Ok(meta) if meta.is_dir() => return Err(CoreError::AlreadyExists),
             Ok(meta) => {
@@ -657,9 +659,11 @@ impl WritePlan {
     /// What the storage opens: the temporary file of an atomic upload (created afresh), or the file itself.
     fn target(&self, path: &VirtualPath, mode: WriteMode) -> WriteTarget {
         match &self.temp {
+            // Created, never opened: an entry already at the name (a symlink to another file, say) makes the
+            // upload fail rather than write through it.
             Some(temp) => WriteTarget {
                 path: temp.relative().to_owned(),
-                mode: WriteMode::Truncate,
+                mode: WriteMode::CreateNew,
             },
             None => WriteTarget {
                 path: path.relative().to_owned(),
@@ -667,6 +671,20 @@ impl WritePlan {
             },
         }
     }
+}
+
+/// The hidden name an atomic upload of `name` is written under until it completes: random, so that no one can
+/// place anything at it beforehand, and short enough for any file system (the name is cut to 200 bytes).
+fn temp_name(name: &str) -> String {
+    let mut end = name.len().min(200);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        ".{}.ferry-upload-{:016x}",
+        name.get(..end).unwrap_or("file"),
+        rand::random::<u64>()
+    )
 }
 
 /// Reading or hashing from `offset` needs the offset within the file.

@@ -1,6 +1,7 @@
 //! The control connection: bounded line reading (with Telnet sequences removed, as RFC 959 asks) and replies.
 
 use std::io;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,15 +32,19 @@ pub struct Control {
     max_line: usize,
     /// Skipping the rest of an overlong line.
     discarding: bool,
+    /// Longest wait for a reply to be taken by the client: a client that sends commands and reads no replies
+    /// would otherwise hold its session, and its connection slot, forever.
+    write_timeout: Duration,
 }
 
 impl Control {
-    pub fn new(stream: MaybeTls, max_line: usize) -> Self {
+    pub fn new(stream: MaybeTls, max_line: usize, write_timeout: Duration) -> Self {
         Control {
             stream,
             buf: Vec::new(),
             max_line,
             discarding: false,
+            write_timeout,
         }
     }
 
@@ -95,10 +100,17 @@ impl Control {
         self.write_raw(reply.to_wire().as_bytes()).await
     }
 
-    /// Writes preformatted reply text (for replies streamed line by line).
+    /// Writes preformatted reply text (for replies streamed line by line). Fails with `TimedOut` when the client
+    /// has not taken it within the write timeout.
     pub async fn write_raw(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await?;
-        self.stream.flush().await
+        let stream = &mut self.stream;
+        let write = async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        };
+        tokio::time::timeout(self.write_timeout, write)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the client takes no replies"))?
     }
 
     pub async fn shutdown(&mut self) {
@@ -168,13 +180,27 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_reply_the_client_never_takes_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let mut control = Control::new(MaybeTls::Plain(server), 16, Duration::from_millis(200));
+        // More than the socket buffers of both ends hold.
+        let reply = vec![b'x'; 64 * 1024 * 1024];
+        let error = control.write_raw(&reply).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
     async fn overlong_lines_are_refused_even_when_complete() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let mut control = Control::new(MaybeTls::Plain(server), 16);
+        let mut control = Control::new(MaybeTls::Plain(server), 16, Duration::from_secs(5));
         client
             .write_all(format!("MKD {}\r\nNOOP\r\n", "x".repeat(40)).as_bytes())
             .await

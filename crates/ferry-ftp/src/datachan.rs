@@ -220,12 +220,15 @@ pub async fn establish(
     let tcp = match setup {
         DataSetup::Passive(listener) => listener.accept_from(client_ip, deadline).await?,
         DataSetup::Active { target, local_ip } => {
+            // A listener on `[::]` sees IPv4 clients at IPv4-mapped addresses (`::ffff:a.b.c.d`): connect and bind
+            // in the family of the plain address, which is the one PORT names.
+            let target = SocketAddr::new(canonical_ip(target.ip()), target.port());
             let socket = if target.is_ipv4() {
                 TcpSocket::new_v4()?
             } else {
                 TcpSocket::new_v6()?
             };
-            socket.bind(SocketAddr::new(local_ip, 0))?;
+            socket.bind(SocketAddr::new(canonical_ip(local_ip), 0))?;
             timeout_at(deadline, socket.connect(target))
                 .await
                 .map_err(|_| DataError::Timeout)??
@@ -451,6 +454,22 @@ mod tests {
             .await
             .unwrap();
         assert!(stream.tcp().unwrap().nodelay().unwrap());
+        accepted.await.unwrap().unwrap();
+    }
+
+    /// An IPv4 client of a listener on `[::]`: the control connection's local address is IPv4-mapped.
+    #[tokio::test]
+    async fn an_active_connection_from_an_ipv4_mapped_address_connects() {
+        let client = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = client.local_addr().unwrap();
+        let accepted = tokio::spawn(async move { client.accept().await });
+        let setup = DataSetup::Active {
+            target,
+            local_ip: "::ffff:127.0.0.1".parse().unwrap(),
+        };
+        establish(setup, target.ip(), Duration::from_secs(5), None)
+            .await
+            .unwrap();
         accepted.await.unwrap().unwrap();
     }
 }

@@ -5,8 +5,8 @@ use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::account::{Permission, Permissions};
+use ferry_core::datetime::utc;
 use ferry_core::storage::{FileKind, Metadata};
-use time::OffsetDateTime;
 
 /// About six months: older entries show the year instead of the time, as `ls -l` does.
 const RECENT: Duration = Duration::from_secs(182 * 24 * 3600);
@@ -66,11 +66,9 @@ fn mode_string(mode: u32) -> String {
 }
 
 fn ls_time(t: SystemTime, now: SystemTime) -> String {
-    let dt = OffsetDateTime::from(t);
-    let recent = now
-        .duration_since(t)
-        .map(|age| age < RECENT)
-        .unwrap_or(true);
+    let dt = utc(t);
+    // A time in the future shows its year, as vsftpd and `ls -l` show it.
+    let recent = now.duration_since(t).is_ok_and(|age| age < RECENT);
     let format = if recent {
         time::macros::format_description!("[month repr:short] [day] [hour]:[minute]")
     } else {
@@ -107,7 +105,7 @@ fn push_time_val(out: &mut String, t: SystemTime) {
         _ => {
             let format =
                 time::macros::format_description!("[year][month][day][hour][minute][second]");
-            match OffsetDateTime::from(t).format(&format) {
+            match utc(t).format(&format) {
                 Ok(text) => out.push_str(&text),
                 Err(_) => out.push_str("19700101000000"),
             }
@@ -232,6 +230,8 @@ fn push_perm_fact(out: &mut String, kind: FileKind, p: Permissions) {
 
 #[cfg(test)]
 mod tests {
+    use time::OffsetDateTime;
+
     use super::*;
 
     fn meta(kind: FileKind, size: u64, mode: u32) -> Metadata {
@@ -289,6 +289,16 @@ mod tests {
             &facts[..1],
         );
         assert_eq!(dir, "type=cdir; .");
+    }
+
+    /// btrfs and tmpfs keep such times as set (ext4 clamps them to 2446).
+    #[test]
+    fn times_past_the_year_9999_are_shown_as_its_end() {
+        let mut far = meta(FileKind::File, 1, 0o644);
+        far.modified = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert!(list_line("f", &far, None, now).ends_with("Dec 31  9999 f"));
+        assert_eq!(time_val(far.modified), "99991231235959");
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use ferry_core::limits::LimitError;
+use ferry_core::limits::{ConnectionSlot, LimitError};
 use ferry_core::server::ServerCore;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -100,15 +100,30 @@ impl FtpServer {
                     Err(_) => continue,
                 },
             };
+            // The slot is taken before any TLS handshake, so that connections that never finish one count
+            // against the caps like any other.
+            let slot = match self.shared.core.connect(peer.ip()) {
+                Ok(slot) => slot,
+                Err(e) if implicit_tls => {
+                    // There is no TLS yet to say why in; a handshake per refused connection is work a cap is there
+                    // to spare.
+                    tracing::warn!(%peer, error = %e, "connection refused");
+                    continue;
+                }
+                Err(e) => {
+                    tokio::spawn(refuse(MaybeTls::Plain(tcp), peer, e));
+                    continue;
+                }
+            };
             let shared = Arc::clone(&self.shared);
             if implicit_tls {
                 tokio::spawn(async move {
                     if let Some(stream) = implicit_handshake(&shared, tcp, peer).await {
-                        start_session(shared, stream, peer, local);
+                        start_session(shared, stream, peer, local, slot);
                     }
                 });
             } else {
-                start_session(shared, MaybeTls::Plain(tcp), peer, local);
+                start_session(shared, MaybeTls::Plain(tcp), peer, local, slot);
             }
         }
     }
@@ -127,18 +142,17 @@ fn prepare_listener(listener: &TcpListener) -> io::Result<Option<SocketAddr>> {
     Ok((!local.ip().is_unspecified()).then_some(local))
 }
 
-/// Spawns the session of a new connection (or turns it away over a connection cap). The task runs the session
-/// and nothing else, so that an idle session's future holds only the session's own waits.
-fn start_session(shared: Arc<Shared>, stream: MaybeTls, peer: SocketAddr, local: SocketAddr) {
-    match shared.core.connect(peer.ip()) {
-        Ok(slot) => {
-            let session = FtpSession::new(Arc::clone(&shared), stream, peer, local, slot);
-            tokio::spawn(Box::new(session).run());
-        }
-        Err(e) => {
-            tokio::spawn(refuse(stream, peer, e));
-        }
-    }
+/// Spawns the session of a new connection. The task runs the session and nothing else, so that an idle session's
+/// future holds only the session's own waits.
+fn start_session(
+    shared: Arc<Shared>,
+    stream: MaybeTls,
+    peer: SocketAddr,
+    local: SocketAddr,
+    slot: ConnectionSlot,
+) {
+    let session = FtpSession::new(Arc::clone(&shared), stream, peer, local, slot);
+    tokio::spawn(Box::new(session).run());
 }
 
 async fn implicit_handshake(shared: &Shared, tcp: TcpStream, peer: SocketAddr) -> Option<MaybeTls> {

@@ -87,10 +87,11 @@ impl FtpSession {
         local: SocketAddr,
         slot: ConnectionSlot,
     ) -> Self {
-        let max_line = shared.core.limits().max_line_len;
+        let limits = shared.core.limits();
+        let control = Control::new(stream, limits.max_line_len, limits.data_timeout);
         FtpSession {
             shared,
-            control: Control::new(stream, max_line),
+            control,
             peer,
             local,
             pending_user: None,
@@ -373,7 +374,7 @@ impl FtpSession {
             Command::Prot(level) => self.prot(level).await?,
             Command::Hash(path) => {
                 let range = self.hash_range.take();
-                let (start, len) = range.map_or((0, None), |(s, e)| (s, Some(e - s + 1)));
+                let (start, len) = range.map_or((0, None), |r| (r.0, range_len(r)));
                 self.hash(&path, self.hash_algorithm, start, len, HashReply::Draft)
                     .await?
             }
@@ -843,6 +844,12 @@ impl FtpSession {
         }
     }
 
+    /// Takes the restart marker (REST) and range (RANG) for the data transfer command being handled: they apply to
+    /// that command only, whether it starts a transfer or fails before (no data connection, a refused path).
+    fn take_restart(&mut self) -> (u64, Option<(u64, u64)>) {
+        (std::mem::take(&mut self.rest), self.hash_range.take())
+    }
+
     /// Takes the data connection setup for a transfer, or replies why there is none.
     async fn take_data_setup(&mut self) -> io::Result<Option<DataSetup>> {
         if self.shared.config.require_tls && self.prot != ProtLevel::Private {
@@ -1054,6 +1061,7 @@ impl FtpSession {
     }
 
     async fn list(&mut self, input: Option<&str>, kind: ListKind) -> io::Result<()> {
+        self.take_restart();
         let Some(setup) = self.take_data_setup().await? else {
             return Ok(());
         };
@@ -1138,13 +1146,11 @@ impl FtpSession {
     }
 
     async fn retr(&mut self, input: &str) -> io::Result<()> {
+        let (rest, range) = self.take_restart();
         let Some(setup) = self.take_data_setup().await? else {
             return Ok(());
         };
-        let rest = std::mem::take(&mut self.rest);
-        let range = self.hash_range.take();
-        let (offset, limit) =
-            range.map_or((rest, None), |(start, end)| (start, Some(end - start + 1)));
+        let (offset, limit) = range.map_or((rest, None), |r| (r.0, range_len(r)));
         let result = self
             .with_path(input, |s, p| async move { s.open_read(&p, offset).await })
             .await;
@@ -1177,11 +1183,11 @@ impl FtpSession {
     /// STOR (or APPE with `append`): `REST n` writes from n on, dropping the old data after it; a `RANG` range
     /// writes from its start, keeping the rest of the file.
     async fn store(&mut self, input: &str, append: bool) -> io::Result<()> {
+        let (offset, range) = self.take_restart();
         let Some(setup) = self.take_data_setup().await? else {
             return Ok(());
         };
-        let offset = std::mem::take(&mut self.rest);
-        let mode = match (self.hash_range.take(), offset, append) {
+        let mode = match (range, offset, append) {
             (Some((start, _)), _, _) => WriteMode::At {
                 offset: start,
                 truncate: false,
@@ -1214,10 +1220,10 @@ impl FtpSession {
     }
 
     async fn stou(&mut self) -> io::Result<()> {
+        self.take_restart();
         let Some(setup) = self.take_data_setup().await? else {
             return Ok(());
         };
-        self.rest = 0;
         let cwd = self.cwd.clone();
         let stem = format!("ferry.{}", rand::random::<u32>());
         let result = match self.core() {
@@ -1322,6 +1328,12 @@ pub(crate) fn error_reply(e: &CoreError) -> Reply {
         }
     };
     Reply::new(code, text)
+}
+
+/// The bytes of a RANG range, both ends included; `None` (to the end of the file) when there are more than a u64
+/// counts (`RANG 0 18446744073709551615`).
+fn range_len((start, end): (u64, u64)) -> Option<u64> {
+    end.saturating_sub(start).checked_add(1)
 }
 
 /// An invalid offset after REST is reported with 554 (RFC 3659 section 5.4).

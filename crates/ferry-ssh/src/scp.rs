@@ -364,7 +364,10 @@ where
                 };
                 match header {
                     Header::Times { mtime, .. } => {
-                        times = Some(UNIX_EPOCH + Duration::from_secs(mtime));
+                        let Some(time) = UNIX_EPOCH.checked_add(Duration::from_secs(mtime)) else {
+                            return Err(self.fatal("modification time out of range").await);
+                        };
+                        times = Some(time);
                         self.ok().await?;
                     }
                     Header::EndDir => {

@@ -16,7 +16,7 @@ use std::io;
 use std::ops::Range;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use suppaftp::tokio::{AsyncRustlsConnector, AsyncRustlsFtpStream, TransferStream};
@@ -566,7 +566,9 @@ impl Transport for FtpTransport {
     }
 
     async fn set_mtime(&mut self, path: &str, mtime: SystemTime) -> Result<bool> {
-        let stamp = format_mdtm(mtime);
+        let Some(stamp) = format_mdtm(mtime) else {
+            return Ok(false);
+        };
         let cmd = if self.features.mfmt {
             format!("MFMT {stamp} {path}")
         } else if self.features.mdtm {
@@ -952,9 +954,16 @@ fn parse_mdtm(value: &str) -> Option<SystemTime> {
     Some(SystemTime::from(t.assume_utc()))
 }
 
-fn format_mdtm(t: SystemTime) -> String {
-    let t = OffsetDateTime::from(t);
-    format!(
+/// `YYYYMMDDHHMMSS` in UTC; `None` for a time outside the years 1 to 9999, which the format cannot hold.
+fn format_mdtm(t: SystemTime) -> Option<String> {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_secs()).ok()?,
+        Err(before) => -i64::try_from(before.duration().as_secs()).ok()?,
+    };
+    let t = OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .filter(|t| t.year() >= 1)?;
+    Some(format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}",
         t.year(),
         u8::from(t.month()),
@@ -962,7 +971,7 @@ fn format_mdtm(t: SystemTime) -> String {
         t.hour(),
         t.minute(),
         t.second()
-    )
+    ))
 }
 
 #[cfg(test)]
@@ -1050,7 +1059,9 @@ mod tests {
         assert_eq!(e.kind, EntryKind::File);
         assert_eq!(e.size, 1234);
         assert_eq!(e.mode, Some(0o644));
-        assert_eq!(format_mdtm(e.mtime.unwrap()), "20240102030405");
+        assert_eq!(format_mdtm(e.mtime.unwrap()).unwrap(), "20240102030405");
+        let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        assert_eq!(format_mdtm(far), None);
         let d = parse_mlsx("type=dir;modify=20240102030405; sub").unwrap();
         assert!(d.is_dir());
         assert_eq!(parse_mlsx("type=cdir; /x").unwrap().name, ".");

@@ -71,8 +71,9 @@ fn unix_seconds(t: SystemTime) -> u32 {
 }
 
 fn listing_time(t: SystemTime, now: SystemTime) -> String {
-    let dt = time::OffsetDateTime::from(t);
-    let recent = now.duration_since(t).map_or(true, |age| age < RECENT);
+    let dt = ferry_core::datetime::utc(t);
+    // A time in the future shows its year, as OpenSSH's sftp-server shows it.
+    let recent = now.duration_since(t).is_ok_and(|age| age < RECENT);
     let formatted = if recent {
         dt.format(time::macros::format_description!(
             "[month repr:short] [day padding:space] [hour]:[minute]"
@@ -125,6 +126,17 @@ mod tests {
             old.starts_with("drwxr-xr-x") && old.contains("Jan  1  1970 d"),
             "{old}"
         );
+    }
+
+    #[test]
+    fn far_future_times_show_a_year_and_do_not_panic() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let far = UNIX_EPOCH + Duration::from_secs(300_000_000_000);
+        let line = long_name("f", &meta(FileKind::File, 0o644, far), "alice", now);
+        assert!(line.ends_with("Dec 31  9999 f"), "{line}");
+        let soon = now + Duration::from_secs(3600);
+        let line = long_name("g", &meta(FileKind::File, 0o644, soon), "alice", now);
+        assert!(line.ends_with("Nov 14  2023 g"), "{line}");
     }
 
     #[test]
