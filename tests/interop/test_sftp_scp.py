@@ -85,6 +85,20 @@ def test_legacy_directory_without_r_is_refused(ferry, tmp_path, bob):
     assert "not a regular file" in p.stderr, p.stderr
 
 
+def test_legacy_recursive_download_skips_a_link_back_to_a_directory_above(ferry, tmp_path, bob):
+    """`loop -> .` inside the tree: the download sends the tree once, warns about the link, and ends (it used to
+    descend 64 levels, holding every level's names)."""
+    home, key = bob
+    (home / "t" / "sub").mkdir(parents=True)
+    (home / "t" / "sub" / "f.txt").write_bytes(b"f\n")
+    os.symlink(".", home / "t" / "sub" / "loop")
+    p = scp(ferry, tmp_path, key, "-r", "bob@HOST:t", "back", legacy=True, check=False)
+    assert p.returncode != 0, "a skipped entry makes the exit status non-zero"
+    assert "a link to a directory above it" in p.stderr, p.stderr
+    assert (tmp_path / "back" / "sub" / "f.txt").read_bytes() == b"f\n"
+    assert not (tmp_path / "back" / "sub" / "loop").exists()
+
+
 def test_legacy_upload_into_a_missing_directory_fails(ferry, tmp_path, bob):
     home, key = bob
     (tmp_path / "f").write_bytes(b"data")

@@ -17,7 +17,7 @@ use ferry_core::vpath::VirtualPath;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::exec::{error_text, resolve_path, EXIT_FAILURE};
-use crate::shell_words::{glob_match, Word};
+use crate::shell_words::{Glob, Word};
 
 /// Longest header line accepted, in bytes (OpenSSH's scp uses a 2 KiB buffer).
 pub const MAX_LINE: usize = 2048;
@@ -25,6 +25,9 @@ pub const MAX_LINE: usize = 2048;
 pub const MAX_DEPTH: usize = 64;
 /// Size of the chunks file data is moved in.
 const CHUNK: usize = 64 * 1024;
+/// Names a recursive download holds at once, over all the directories it is inside (each directory's names are
+/// read before its entries are sent, so that no directory stays open meanwhile).
+const MAX_HELD_NAMES: usize = 1_000_000;
 
 const OK: u8 = 0;
 const WARNING: u8 = 1;
@@ -190,6 +193,8 @@ where
         input,
         output,
         failed: false,
+        sending: Vec::new(),
+        held_names: 0,
     };
     let result = match args.direction {
         Direction::Sink => scp.sink().await,
@@ -233,6 +238,10 @@ struct Scp<'s, R, W> {
     output: W,
     /// Whether an item failed (the exit status is then non-zero).
     failed: bool,
+    /// The directories a recursive download is inside, by identity: a link back to one of them is a cycle.
+    sending: Vec<u128>,
+    /// Names read and not yet sent, in all the directories being sent.
+    held_names: usize,
 }
 
 impl<'s, R, W> Scp<'s, R, W>
@@ -646,22 +655,64 @@ where
         meta: &Metadata,
         depth: usize,
     ) -> Result<(), Stop> {
+        if self.sending.contains(&meta.unique_id) {
+            return self
+                .warn(&format!("{path}: a link to a directory above it, skipped"))
+                .await;
+        }
+        let names = match self.read_names(path).await? {
+            Some(names) => names,
+            None => return Ok(()),
+        };
+        let held = names.len();
+        self.held_names += held;
+        self.sending.push(meta.unique_id);
+        let result = self.send_dir_entries(path, name, meta, depth, names).await;
+        self.sending.pop();
+        self.held_names -= held;
+        result
+    }
+
+    /// The names in directory `path`, counted against [`MAX_HELD_NAMES`]; `None` (after a warning) if it cannot be
+    /// listed or holds too many.
+    async fn read_names(&mut self, path: &VirtualPath) -> Result<Option<Vec<String>>, Stop> {
         // Names only, so that no directory handle stays open while the files below it are sent.
         let mut names = Vec::new();
-        match self.session.list(path).await {
-            Ok(mut entries) => {
-                while let Some(entry) = entries.next().await {
-                    match entry {
-                        Ok(entry) => names.push(entry.name),
-                        Err(e) => {
-                            let e = CoreError::from(e);
-                            self.warn(&format!("{path}: {}", error_text(&e))).await?;
-                        }
-                    }
+        let mut entries = match self.session.list(path).await {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.warn(&format!("{path}: {}", error_text(&e))).await?;
+                return Ok(None);
+            }
+        };
+        while let Some(entry) = entries.next().await {
+            match entry {
+                Ok(entry) => names.push(entry.name),
+                Err(e) => {
+                    let e = CoreError::from(e);
+                    self.warn(&format!("{path}: {}", error_text(&e))).await?;
                 }
             }
-            Err(e) => return self.warn(&format!("{path}: {}", error_text(&e))).await,
+            if self.held_names + names.len() > MAX_HELD_NAMES {
+                self.warn(&format!(
+                    "{path}: too many entries in the directories being sent"
+                ))
+                .await?;
+                return Ok(None);
+            }
         }
+        Ok(Some(names))
+    }
+
+    /// Sends directory `path` (named `name`), whose entries are `names`.
+    async fn send_dir_entries(
+        &mut self,
+        path: &VirtualPath,
+        name: &str,
+        meta: &Metadata,
+        depth: usize,
+        mut names: Vec<String>,
+    ) -> Result<(), Stop> {
         if self.args.preserve {
             if let Reply::Skip = self.send_times(meta).await? {
                 return Ok(());
@@ -700,6 +751,12 @@ async fn expand(session: &Session, pattern: &str) -> Result<Vec<VirtualPath>, Co
         ),
         None => ("", pattern),
     };
+    let glob = Glob::new(name).ok_or_else(|| {
+        CoreError::InvalidArgument(format!(
+            "a pattern of more than {} characters",
+            crate::shell_words::MAX_PATTERN
+        ))
+    })?;
     let dir = unescape_directory(dir)?;
     let dir = if dir.is_empty() && pattern.starts_with('/') {
         VirtualPath::root()
@@ -710,7 +767,7 @@ async fn expand(session: &Session, pattern: &str) -> Result<Vec<VirtualPath>, Co
     let mut matched = Vec::new();
     while let Some(entry) = entries.next().await {
         let entry = entry?;
-        if glob_match(name, &entry.name) {
+        if glob.matches(&entry.name) {
             matched.push(dir.join(&entry.name)?);
         }
     }

@@ -135,40 +135,69 @@ pub fn split(line: &str) -> Result<Vec<Word>, SplitError> {
     Ok(words)
 }
 
-/// Whether `name` matches the glob `pattern`: `*`, `?`, `[...]` (with `!` or `^` to negate, and ranges), `\` to
-/// escape. As in a shell, a leading `.` in `name` must be matched by a `.` in the pattern.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    if name.starts_with('.') && !pattern.starts_with('.') {
-        return false;
-    }
-    let pattern: Vec<char> = pattern.chars().collect();
-    let name: Vec<char> = name.chars().collect();
-    let (mut p, mut n) = (0, 0);
-    // Where the last `*` was, and how much of the name it has taken so far.
-    let mut star: Option<(usize, usize)> = None;
-    loop {
-        let token = token(&pattern, p);
-        match (token, name.get(n)) {
-            (Some((Token::Star, next)), _) => {
-                star = Some((next, n));
-                p = next;
-                continue;
-            }
-            (Some((t, next)), Some(&c)) if t.matches(c) => {
-                p = next;
-                n += 1;
-                continue;
-            }
-            (None, None) => return true,
-            _ => {}
+/// Longest glob pattern accepted, in characters (a file name has at most 255 bytes). Matching costs up to the
+/// pattern's length for each character of each name listed, and runs on the session's task.
+pub const MAX_PATTERN: usize = 1024;
+
+/// A glob pattern, parsed once: `*`, `?`, `[...]` (with `!` or `^` to negate, and ranges), `\` to escape. As in a
+/// shell, a leading `.` in a name must be matched by a `.` in the pattern.
+pub struct Glob {
+    tokens: Vec<Token>,
+    /// The pattern starts with a literal `.`, the only way to match a hidden name.
+    dot: bool,
+}
+
+impl Glob {
+    /// `None` for a pattern longer than [`MAX_PATTERN`] characters.
+    pub fn new(pattern: &str) -> Option<Glob> {
+        let chars: Vec<char> = pattern.chars().collect();
+        if chars.len() > MAX_PATTERN {
+            return None;
         }
-        match star {
-            Some((after_star, taken)) if taken < name.len() => {
-                star = Some((after_star, taken + 1));
-                p = after_star;
-                n = taken + 1;
+        let mut tokens = Vec::new();
+        let mut at = 0;
+        while let Some((token, next)) = token(&chars, at) {
+            tokens.push(token);
+            at = next;
+        }
+        Some(Glob {
+            tokens,
+            dot: pattern.starts_with('.'),
+        })
+    }
+
+    /// Whether `name` matches.
+    pub fn matches(&self, name: &str) -> bool {
+        if name.starts_with('.') && !self.dot {
+            return false;
+        }
+        let name: Vec<char> = name.chars().collect();
+        let (mut p, mut n) = (0, 0);
+        // Where the last `*` was, and how much of the name it has taken so far.
+        let mut star: Option<(usize, usize)> = None;
+        loop {
+            match (self.tokens.get(p), name.get(n)) {
+                (Some(Token::Star), _) => {
+                    star = Some((p + 1, n));
+                    p += 1;
+                    continue;
+                }
+                (Some(t), Some(&c)) if t.matches(c) => {
+                    p += 1;
+                    n += 1;
+                    continue;
+                }
+                (None, None) => return true,
+                _ => {}
             }
-            _ => return false,
+            match star {
+                Some((after_star, taken)) if taken < name.len() => {
+                    star = Some((after_star, taken + 1));
+                    p = after_star;
+                    n = taken + 1;
+                }
+                _ => return false,
+            }
         }
     }
 }
@@ -249,6 +278,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn glob_match(pattern: &str, name: &str) -> bool {
+        Glob::new(pattern).is_some_and(|glob| glob.matches(name))
+    }
+
     fn words(line: &str) -> Vec<String> {
         split(line).unwrap().into_iter().map(|w| w.text).collect()
     }
@@ -326,6 +359,17 @@ mod tests {
         ] {
             assert!(!glob_match(pattern, name), "{pattern} {name}");
         }
+    }
+
+    #[test]
+    fn long_patterns_are_refused_and_unclosed_brackets_stay_cheap() {
+        let too_long = "a".repeat(MAX_PATTERN + 1);
+        assert!(Glob::new(&too_long).is_none());
+        // The worst a pattern within the limit does: a thousand unclosed brackets after a star.
+        let brackets = format!("*{}", "[".repeat(MAX_PATTERN - 1));
+        let glob = Glob::new(&brackets).unwrap();
+        assert!(!glob.matches(&"x".repeat(255)));
+        assert!(glob.matches(&format!("x{}", "[".repeat(MAX_PATTERN - 1))));
     }
 
     proptest! {
