@@ -1,14 +1,33 @@
 //! Live quota accounting. One [`QuotaTracker`] per account is shared by all of that account's sessions, so that
 //! concurrent uploads reserve space atomically and can never overrun the quota together.
+//!
+//! # Files that uploads have open
+//!
+//! An upload counts only what it adds beyond the size it believes its file has: writing over data that is already
+//! counted costs nothing. Another operation that shrinks or deletes that file (SFTP SETSTAT or REMOVE, FTP DELE, a
+//! rename over it, a truncating upload) would give the file's bytes back at once, and the upload, still believing
+//! the old size, would then write them again for free. So the tracker keeps the identities
+//! ([`crate::storage::Metadata::unique_id`]) of the files uploads have open: while a file has one, those operations
+//! leave its bytes and its file counted, and note that it changed. The last upload of a changed file compares what
+//! was counted for it with the file itself when it ends, and gives back the difference (everything, file included,
+//! when the file has been deleted). An upload that writes at another offset reopens its file by identity, never
+//! creating one (see [`crate::storage::Storage::reopen_write`]).
+//!
+//! What is counted for an open file only ever errs high: where a race leaves it unclear whether bytes were given
+//! back, the file stays counted (a rescan sets it right), and no write is ever charged nothing for bytes that are not
+//! counted. One such race: an upload sizes its file when it opens it, before it is registered, so a release in
+//! between could go unnoticed; the tracker numbers its releases, and an upload that saw the number change looks at
+//! its file again once registered.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use crate::account::{Account, AccountStore, Quota, QuotaUsage};
 use crate::error::{CoreError, CoreResult};
 use crate::registry::MadeOnce;
 use crate::storage::local::LocalStorage;
-use crate::storage::Storage;
+use crate::storage::{FileState, Storage};
 
 /// Usage and limits of one account while it has sessions. Limits of `u64::MAX` mean unlimited.
 pub struct QuotaTracker {
@@ -16,6 +35,52 @@ pub struct QuotaTracker {
     files: AtomicU64,
     max_bytes: AtomicU64,
     max_files: AtomicU64,
+    /// Files that uploads have open (see the module's documentation). Taken when an upload starts and ends and by
+    /// operations that shrink or delete files, never while data is written.
+    open: Mutex<OpenFiles>,
+}
+
+#[derive(Default)]
+struct OpenFiles {
+    files: HashMap<u128, OpenFile>,
+    /// How many times bytes or files of an existing file have been given back.
+    releases: u64,
+}
+
+/// A file that uploads have open.
+struct OpenFile {
+    uploads: usize,
+    /// Counted for the file when its first upload started (after that upload's truncation); at most what the
+    /// tracker holds for it.
+    base: u64,
+    /// Growth counted by the file's uploads that have ended.
+    grown: u64,
+    /// Uploads that have joined the file (for [`QuotaTracker::leave_upload`]).
+    joins: u64,
+    /// The first upload is looking at the file again ([`QuotaTracker::settle_upload`]); `base` is 0 until then.
+    settling: bool,
+    /// The file may now differ from what was counted for it: the last upload to leave compares them.
+    changed: bool,
+    /// Deleted while open, its counts left standing: files to give back with its bytes once it is found deleted.
+    unlinked_files: u64,
+}
+
+/// How an upload joined the accounts of its file ([`QuotaTracker::join_upload`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Joined {
+    /// The size the upload may believe the file has: writes within it are already counted.
+    pub believed: u64,
+    /// Bytes its truncation gave back.
+    pub released: u64,
+    /// The upload must look at its file again and call [`QuotaTracker::settle_upload`].
+    pub settle: bool,
+}
+
+/// What the last upload of a file gave back when it left.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Released {
+    pub bytes: u64,
+    pub files: u64,
 }
 
 impl QuotaTracker {
@@ -25,6 +90,7 @@ impl QuotaTracker {
             files: AtomicU64::new(usage.files),
             max_bytes: AtomicU64::new(u64::MAX),
             max_files: AtomicU64::new(u64::MAX),
+            open: Mutex::default(),
         };
         tracker.set_quota(quota);
         tracker
@@ -79,6 +145,208 @@ impl QuotaTracker {
 
     pub fn release_file(&self) {
         release(&self.files, 1);
+    }
+
+    /// Counts one more file even past the file quota: a file that exists and was not counted (an upload found a
+    /// new file where it planned to write to an existing one).
+    pub(crate) fn add_file(&self) {
+        self.files.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The number of releases so far; an upload reads it before it looks at its file (see
+    /// [`QuotaTracker::join_upload`]).
+    pub(crate) fn releases(&self) -> u64 {
+        self.open().releases
+    }
+
+    /// Registers an upload of the file `unique_id`, which it found `size` bytes long when it opened it, of which
+    /// it keeps `kept` (the rest it truncates). `releases` is [`QuotaTracker::releases`] from before that look.
+    ///
+    /// The first upload of a file gives the truncated bytes back and believes `kept`, unless a release happened
+    /// since it looked: then it believes nothing until it has looked again and settled. An upload joining others
+    /// leaves their counts as they are (its truncation is given back when the last one leaves) and believes no more
+    /// than is counted for the file.
+    pub(crate) fn join_upload(
+        &self,
+        unique_id: u128,
+        size: u64,
+        kept: u64,
+        releases: u64,
+    ) -> Joined {
+        let mut open = self.open();
+        let changed = open.releases != releases;
+        let kept = kept.min(size);
+        if let Some(file) = open.files.get_mut(&unique_id) {
+            file.uploads += 1;
+            file.joins += 1;
+            file.changed = true;
+            let counted = if file.settling { 0 } else { file.base } + file.grown;
+            return Joined {
+                believed: kept.min(counted),
+                released: 0,
+                settle: false,
+            };
+        }
+        let (base, released) = if changed { (0, 0) } else { (kept, size - kept) };
+        open.files.insert(
+            unique_id,
+            OpenFile {
+                uploads: 1,
+                base,
+                grown: 0,
+                joins: 0,
+                settling: changed,
+                changed: false,
+                unlinked_files: 0,
+            },
+        );
+        self.give_back(&mut open, released, 0);
+        Joined {
+            believed: base,
+            released,
+            settle: changed,
+        }
+    }
+
+    /// Settles the first upload of `unique_id` after [`QuotaTracker::join_upload`] asked it to, with `now`, the
+    /// state of its file looked at after it joined (`None` if that failed): the file is counted as the smaller of
+    /// the two looks, or as nothing where that is unclear (another upload wrote meanwhile, or the file was deleted
+    /// and given back before the upload joined). Gives the truncation back as `join_upload` does.
+    pub(crate) fn settle_upload(
+        &self,
+        unique_id: u128,
+        size: u64,
+        kept: u64,
+        now: Option<FileState>,
+    ) -> Joined {
+        let mut open = self.open();
+        let Some(file) = open.files.get_mut(&unique_id) else {
+            return Joined {
+                believed: 0,
+                released: 0,
+                settle: false,
+            };
+        };
+        file.settling = false;
+        let base = match now {
+            Some(now)
+                if file.uploads == 1
+                    && file.grown == 0
+                    && now.unique_id == unique_id
+                    && (now.nlink > 0 || file.unlinked_files > 0) =>
+            {
+                size.min(now.size)
+            }
+            _ => 0,
+        };
+        let released = base - kept.min(base);
+        file.base = base - released;
+        let believed = file.base;
+        self.give_back(&mut open, released, 0);
+        Joined {
+            believed,
+            released,
+            settle: false,
+        }
+    }
+
+    /// Whether the file `unique_id`, which an upload has open, changed behind it (so that its last upload will
+    /// look at it when it leaves).
+    pub(crate) fn upload_changed(&self, unique_id: u128) -> bool {
+        self.open()
+            .files
+            .get(&unique_id)
+            .is_some_and(|file| file.changed)
+    }
+
+    /// Whether the upload of `unique_id` that is about to leave is the last one of a file that changed, and must
+    /// therefore say how its file is now: `Some(token)` to hand to [`QuotaTracker::leave_upload`] with the state.
+    pub(crate) fn leave_needs_state(&self, unique_id: u128) -> Option<u64> {
+        let open = self.open();
+        let file = open.files.get(&unique_id)?;
+        (file.uploads == 1 && file.changed).then_some(file.joins)
+    }
+
+    /// Ends an upload of `unique_id` that counted `grown` bytes of growth. The last upload of a file that changed
+    /// hands in `now`, the state of its file looked at after [`QuotaTracker::leave_needs_state`] gave the token,
+    /// and gives back what is counted beyond it; a state from before another upload joined is not trusted, and
+    /// nothing is given back without one.
+    pub(crate) fn leave_upload(
+        &self,
+        unique_id: u128,
+        grown: u64,
+        now: Option<(u64, FileState)>,
+    ) -> Released {
+        let mut open = self.open();
+        let Some(file) = open.files.get_mut(&unique_id) else {
+            return Released::default();
+        };
+        file.grown = file.grown.saturating_add(grown);
+        file.uploads = file.uploads.saturating_sub(1);
+        if file.uploads > 0 {
+            return Released::default();
+        }
+        let Some(file) = open.files.remove(&unique_id) else {
+            return Released::default();
+        };
+        let released = match now {
+            Some((token, now)) if file.changed && token == file.joins => {
+                let counted = file.base.saturating_add(file.grown);
+                if now.nlink == 0 {
+                    Released {
+                        bytes: counted,
+                        files: file.unlinked_files,
+                    }
+                } else {
+                    Released {
+                        bytes: counted.saturating_sub(now.size),
+                        files: 0,
+                    }
+                }
+            }
+            _ => Released::default(),
+        };
+        self.give_back(&mut open, released.bytes, released.files);
+        released
+    }
+
+    /// Gives back `bytes` that a file of `unique_id` no longer holds (it was shrunk), unless an upload has it open:
+    /// then they stay counted until the upload ends. Returns whether they were given back.
+    pub(crate) fn release_shrunk(&self, unique_id: u128, bytes: u64) -> bool {
+        self.release_or_defer(unique_id, bytes, 0)
+    }
+
+    /// Gives back the `bytes` and `files` (0 or 1) of a file of `unique_id` that a name no longer leads to (it was
+    /// deleted, or replaced by a rename), unless an upload has it open: then they stay counted until the last
+    /// upload ends and finds the file deleted. Returns whether they were given back.
+    pub(crate) fn release_unlinked(&self, unique_id: u128, bytes: u64, files: u64) -> bool {
+        self.release_or_defer(unique_id, bytes, files)
+    }
+
+    fn release_or_defer(&self, unique_id: u128, bytes: u64, files: u64) -> bool {
+        let mut open = self.open();
+        if let Some(file) = open.files.get_mut(&unique_id) {
+            file.changed = true;
+            file.unlinked_files = file.unlinked_files.max(files);
+            return false;
+        }
+        self.give_back(&mut open, bytes, files);
+        true
+    }
+
+    /// Releases counts of existing files, numbering the release, with `open` locked.
+    fn give_back(&self, open: &mut OpenFiles, bytes: u64, files: u64) {
+        if bytes == 0 && files == 0 {
+            return;
+        }
+        open.releases += 1;
+        self.release_bytes(bytes);
+        release(&self.files, files);
+    }
+
+    fn open(&self) -> MutexGuard<'_, OpenFiles> {
+        // Nothing that can panic runs with the lock held; take the state even if a thread did.
+        self.open.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -154,5 +422,117 @@ mod tests {
         t.reserve_file().unwrap();
         assert!(t.reserve_file().is_err());
         assert_eq!(QuotaTracker::unlimited().remaining_bytes(), None);
+    }
+
+    fn state(unique_id: u128, size: u64, nlink: u64) -> FileState {
+        FileState {
+            unique_id,
+            size,
+            nlink,
+        }
+    }
+
+    fn tracker_holding(bytes: u64, files: u64) -> QuotaTracker {
+        QuotaTracker::new(Quota::default(), QuotaUsage { bytes, files })
+    }
+
+    #[test]
+    fn a_file_deleted_under_two_uploads_is_given_back_once_when_the_last_leaves() {
+        let t = tracker_holding(100, 2);
+        let releases = t.releases();
+        let first = t.join_upload(1, 50, 50, releases);
+        assert_eq!(
+            (first.believed, first.released, first.settle),
+            (50, 0, false)
+        );
+        // A truncating upload beside it gives nothing back and believes the file empty.
+        let second = t.join_upload(1, 50, 0, releases);
+        assert_eq!((second.believed, second.released), (0, 0));
+        assert!(!t.release_unlinked(1, 50, 1));
+        assert!(!t.release_shrunk(1, 50));
+        assert_eq!(
+            t.usage(),
+            QuotaUsage {
+                bytes: 100,
+                files: 2
+            }
+        );
+        assert_eq!(t.leave_needs_state(1), None);
+        assert_eq!(t.leave_upload(1, 10, None), Released::default());
+        let token = t
+            .leave_needs_state(1)
+            .expect("the last upload of a changed file");
+        let released = t.leave_upload(1, 5, Some((token, state(1, 65, 0))));
+        assert_eq!(
+            released,
+            Released {
+                bytes: 65,
+                files: 1
+            }
+        );
+        assert_eq!(
+            t.usage(),
+            QuotaUsage {
+                bytes: 35,
+                files: 1
+            }
+        );
+        // Unregistered now: given back at once.
+        assert!(t.release_unlinked(1, 35, 1));
+        assert_eq!(t.usage(), QuotaUsage::default());
+    }
+
+    #[test]
+    fn a_state_from_before_another_upload_joined_is_not_trusted() {
+        let t = tracker_holding(50, 1);
+        t.join_upload(1, 50, 50, t.releases());
+        assert!(!t.release_shrunk(1, 50));
+        let token = t.leave_needs_state(1).unwrap();
+        let other = t.join_upload(1, 0, 0, t.releases());
+        assert_eq!(other.believed, 0);
+        t.leave_upload(1, 20, None);
+        assert_eq!(
+            t.leave_upload(1, 0, Some((token, state(1, 0, 1)))),
+            Released::default()
+        );
+        assert_eq!(t.usage().bytes, 50);
+    }
+
+    #[test]
+    fn an_upload_that_opened_its_file_during_a_release_believes_only_what_it_sees_after() {
+        let t = tracker_holding(60, 1);
+        let releases = t.releases();
+        // Between the upload's look at its file (60 bytes) and its registration, the file is cut to 0 and given
+        // back.
+        assert!(t.release_shrunk(1, 60));
+        let joined = t.join_upload(1, 60, 60, releases);
+        assert_eq!((joined.believed, joined.settle), (0, true));
+        let settled = t.settle_upload(1, 60, 60, Some(state(1, 0, 1)));
+        assert_eq!((settled.believed, settled.released), (0, 0));
+        t.leave_upload(1, 0, None);
+        // A file deleted before the upload registered was given back by its deletion, not again.
+        let releases = t.releases();
+        assert!(t.release_unlinked(2, 0, 1));
+        t.join_upload(2, 0, 0, releases);
+        t.settle_upload(2, 0, 0, Some(state(2, 0, 0)));
+        assert!(!t.release_shrunk(2, 0));
+        let token = t.leave_needs_state(2).unwrap();
+        assert_eq!(
+            t.leave_upload(2, 7, Some((token, state(2, 7, 0)))),
+            Released { bytes: 7, files: 0 }
+        );
+    }
+
+    #[test]
+    fn an_unchanged_release_number_lets_the_first_upload_truncate_at_once() {
+        let t = tracker_holding(80, 1);
+        let joined = t.join_upload(1, 80, 30, t.releases());
+        assert_eq!(
+            (joined.believed, joined.released, joined.settle),
+            (30, 50, false)
+        );
+        assert_eq!(t.usage().bytes, 30);
+        assert_eq!(t.leave_needs_state(1), None);
+        assert_eq!(t.leave_upload(1, 10, None), Released::default());
     }
 }

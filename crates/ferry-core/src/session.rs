@@ -176,6 +176,7 @@ impl Session {
             return Err(CoreError::IsADirectory);
         }
         self.check(Permission::Upload, path)?;
+        let releases = self.quota().releases();
         // The plan is made where the storage looks at the file, in the same trip as the open; it comes back here,
         // or the reason the upload is refused does.
         let decision: Arc<Mutex<Option<CoreResult<WritePlan>>>> = Arc::default();
@@ -193,7 +194,7 @@ impl Session {
             .open_write_planned(path.relative(), planner)
             .await;
         let decided = lock(&decision).take();
-        let (writer, plan) = match (opened, decided) {
+        let (mut writer, plan) = match (opened, decided) {
             (Ok(writer), Some(Ok(plan))) => (writer, plan),
             (_, Some(Err(refusal))) => return Err(refusal),
             (Err(e), Some(Ok(plan))) => {
@@ -205,14 +206,29 @@ impl Session {
             (Err(e), None) => return Err(e.into()),
             (Ok(_), None) => return Err(CoreError::Io(io::Error::other("upload was not planned"))),
         };
-        let size = plan.existing.unwrap_or(0);
-        // Data dropped by truncation is freed at once; an atomic upload frees the old file when it replaces it.
-        let (start_size, bytes_delta) = if plan.temp.is_some() {
-            (0, 0)
-        } else {
-            self.quota().release_bytes(size - plan.kept);
-            (plan.kept, -((size - plan.kept) as i64))
+        // The file is registered with the quota tracker for as long as the upload runs (see `crate::quota`), as
+        // the writer found it: the smaller of the two looks, should the file have shrunk in between. Data dropped
+        // by truncation is freed there; an atomic upload frees the old file when it replaces it.
+        let opened = writer.opened();
+        let quota = self.quota();
+        let mut files_delta = plan.files_delta;
+        let (size, kept) = match plan.temp {
+            Some(_) => (0, 0),
+            None => {
+                if plan.existing_id.is_some_and(|id| id != opened.unique_id) {
+                    // What was planned for was replaced before the open: this may be a new file, not yet counted.
+                    quota.add_file();
+                    files_delta += 1;
+                }
+                let size = plan.existing.unwrap_or(0).min(opened.size);
+                (size, plan.kept.min(size))
+            }
         };
+        let mut joined = quota.join_upload(opened.unique_id, size, kept, releases);
+        if joined.settle {
+            let now = writer.state().await.ok().flatten();
+            joined = quota.settle_upload(opened.unique_id, size, kept, now);
+        }
         let temp = plan.temp.map(|temp| TempTarget {
             temp,
             replaced_size: plan.existing,
@@ -223,10 +239,11 @@ impl Session {
             path: path.clone(),
             temp,
             position: plan.position,
-            size: start_size,
+            size: joined.believed,
+            file_id: opened.unique_id,
             overwrite_floor: plan.overwrite_floor,
-            bytes_delta,
-            files_delta: plan.files_delta,
+            bytes_delta: -(joined.released as i64),
+            files_delta,
         }))
     }
 
@@ -241,6 +258,7 @@ impl Session {
         if existing.is_some_and(Metadata::is_dir) {
             return Err(CoreError::IsADirectory);
         }
+        let existing_id = existing.map(|meta| meta.unique_id);
         let existing = existing.map(|meta| meta.size);
         let size = existing.unwrap_or(0);
         let (position, kept) = match mode {
@@ -289,6 +307,7 @@ impl Session {
         };
         Ok(WritePlan {
             existing,
+            existing_id,
             position,
             kept,
             overwrite_floor,
@@ -330,9 +349,8 @@ impl Session {
             return Err(CoreError::IsADirectory);
         }
         self.storage().remove_file(path.relative()).await?;
-        if meta.is_file() {
-            self.quota().release_bytes(meta.size);
-            self.quota().release_file();
+        // A file an upload has open stays counted until the upload ends (see `crate::quota`).
+        if meta.is_file() && self.quota().release_unlinked(meta.unique_id, meta.size, 1) {
             self.persist_usage(-(meta.size as i64), -1).await;
         }
         Ok(())
@@ -397,10 +415,12 @@ impl Session {
         self.storage()
             .rename(from.relative(), to.relative())
             .await?;
-        if let Some(meta) = replaced.filter(|m| m.is_file()) {
-            self.quota().release_bytes(meta.size);
-            self.quota().release_file();
-            self.persist_usage(-(meta.size as i64), -1).await;
+        // Renaming a name onto another name of the same file (hard links) changes nothing.
+        let replaced = replaced.filter(|m| m.is_file() && m.unique_id != source.unique_id);
+        if let Some(meta) = replaced {
+            if self.quota().release_unlinked(meta.unique_id, meta.size, 1) {
+                self.persist_usage(-(meta.size as i64), -1).await;
+            }
         }
         Ok(())
     }
@@ -493,7 +513,8 @@ impl Session {
         result
     }
 
-    /// Truncates or extends a file to `len` bytes.
+    /// Truncates or extends a file to `len` bytes. Bytes cut from a file that an upload has open stay counted until
+    /// the upload ends (see `crate::quota`).
     pub async fn set_len(&self, path: &VirtualPath, len: u64) -> CoreResult<()> {
         self.check(Permission::Overwrite, path)?;
         let meta = self.storage().metadata(path.relative()).await?;
@@ -509,10 +530,11 @@ impl Session {
             }
             return Err(e.into());
         }
-        if len < meta.size {
-            self.quota().release_bytes(meta.size - len);
+        let released =
+            len < meta.size && self.quota().release_shrunk(meta.unique_id, meta.size - len);
+        if len > meta.size || released {
+            self.persist_usage(len as i64 - meta.size as i64, 0).await;
         }
-        self.persist_usage(len as i64 - meta.size as i64, 0).await;
         Ok(())
     }
 
@@ -645,6 +667,8 @@ impl Drop for SessionInner {
 struct WritePlan {
     /// The size of the file that was there, if one was.
     existing: Option<u64>,
+    /// Its identity.
+    existing_id: Option<u128>,
     position: u64,
     /// Bytes of the existing file that the upload keeps.
     kept: u64,

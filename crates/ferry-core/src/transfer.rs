@@ -1,5 +1,7 @@
 //! Uploads and downloads in progress. An [`Upload`] reserves quota for every chunk before writing it, so an upload
 //! is cut off at the quota instead of overrunning it; both publish their event when they end, however they end.
+//! While it runs, an upload's file is registered with the account's [`crate::quota::QuotaTracker`], so that
+//! other operations on the file cannot give back bytes the upload believes counted.
 
 use std::fmt;
 use std::io::{self, IoSlice};
@@ -12,7 +14,7 @@ use crate::account::Permission;
 use crate::error::{CoreError, CoreResult};
 use crate::events::EventKind;
 use crate::session::Session;
-use crate::storage::{sendfile, FileReader, FileWriter, WriteMode};
+use crate::storage::{sendfile, FileReader, FileState, FileWriter, Metadata};
 use crate::vpath::VirtualPath;
 
 mod pump;
@@ -49,8 +51,12 @@ struct UploadState {
     path: VirtualPath,
     temp: Option<TempTarget>,
     position: u64,
-    /// The file's length as far as this upload knows it.
+    /// The file's length as far as this upload knows it: writes within it are counted already.
     size: u64,
+    /// The identity of the file written, as registered with the quota tracker.
+    file_id: u128,
+    /// Bytes this upload counted for growing the file.
+    grown: u64,
     /// Bytes at the start of the file that existed before the upload and that it may not overwrite (0 when the
     /// account may overwrite here).
     overwrite_floor: u64,
@@ -68,6 +74,8 @@ pub(crate) struct UploadParts {
     pub temp: Option<TempTarget>,
     pub position: u64,
     pub size: u64,
+    /// Registered with the quota tracker ([`crate::quota::QuotaTracker::join_upload`]); the upload leaves it.
+    pub file_id: u128,
     pub overwrite_floor: u64,
     pub bytes_delta: i64,
     pub files_delta: i64,
@@ -83,6 +91,8 @@ impl Upload {
                 temp: p.temp,
                 position: p.position,
                 size: p.size,
+                file_id: p.file_id,
+                grown: 0,
                 overwrite_floor: p.overwrite_floor,
                 bytes_delta: p.bytes_delta,
                 files_delta: p.files_delta,
@@ -131,7 +141,13 @@ impl Upload {
         let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
         let len = data.len() as u64;
         let growth = s.reserve_growth(len)?;
-        if let Err(e) = s.writer.write_last(data).await {
+        // The file of a changed upload stays open, to be looked at when the upload ends.
+        let written = if s.session.quota().upload_changed(s.file_id) {
+            s.writer.write_owned(data).await.map(drop)
+        } else {
+            s.writer.write_last(data).await
+        };
+        if let Err(e) = written {
             s.session.quota().release_bytes(growth);
             return Err(e.into());
         }
@@ -172,15 +188,12 @@ impl Upload {
             }
             // Buffered data must reach the file before another handle writes to it.
             s.writer.shutdown().await?;
+            // The same file, or an error: never a new file, nor one whose bytes this upload does not hold counted.
             let target = s.temp.as_ref().map_or(&s.path, |t| &t.temp);
-            let mode = WriteMode::At {
-                offset,
-                truncate: false,
-            };
             s.writer = s
                 .session
                 .storage()
-                .open_write(target.relative(), mode)
+                .reopen_write(target.relative(), offset, s.file_id)
                 .await?;
             s.position = offset;
         }
@@ -202,7 +215,7 @@ impl Upload {
         let result = complete(&mut s).await;
         let transferred = s.transferred;
         let error = result.as_ref().err().map(ToString::to_string);
-        record(s, error).await;
+        record(s, error, None).await;
         result.map(|()| transferred)
     }
 
@@ -230,7 +243,28 @@ impl UploadState {
         self.position += len;
         self.size = self.size.max(self.position);
         self.bytes_delta += growth as i64;
+        self.grown += growth;
         self.transferred += len;
+    }
+
+    /// Leaves the quota tracker's registration of the file, giving back what it counts beyond the file if this was
+    /// the file's last upload and the file changed meanwhile. `known`: the file's state, when the caller knows it
+    /// (it deleted the file); otherwise it is looked at if needed.
+    async fn leave(&mut self, known: Option<FileState>) {
+        let quota = self.session.quota();
+        let now = match quota.leave_needs_state(self.file_id) {
+            Some(token) => {
+                let state = match known {
+                    Some(state) => Some(state),
+                    None => self.writer.state().await.ok().flatten(),
+                };
+                state.map(|state| (token, state))
+            }
+            None => None,
+        };
+        let released = quota.leave_upload(self.file_id, self.grown, now);
+        self.bytes_delta -= released.bytes as i64;
+        self.files_delta -= released.files as i64;
     }
 }
 
@@ -269,13 +303,35 @@ where
 async fn complete(s: &mut UploadState) -> CoreResult<()> {
     s.writer.shutdown().await?;
     if let Some(temp) = s.temp.take() {
-        s.session
-            .storage()
+        let storage = s.session.storage();
+        // What is replaced now, which need not be what was there when the upload started.
+        let replaced = match temp.replaced_size {
+            Some(_) => storage
+                .symlink_metadata(s.path.relative())
+                .await
+                .ok()
+                .filter(Metadata::is_file),
+            None => None,
+        };
+        storage
             .rename(temp.temp.relative(), s.path.relative())
             .await?;
-        if let Some(old) = temp.replaced_size {
-            s.session.quota().release_bytes(old);
-            s.bytes_delta -= old as i64;
+        match (replaced, temp.replaced_size) {
+            // The new file takes the old one's place in the file count.
+            (Some(old), _) => {
+                if s.session
+                    .quota()
+                    .release_unlinked(old.unique_id, old.size, 0)
+                {
+                    s.bytes_delta -= old.size as i64;
+                }
+            }
+            // The file to replace is gone (and was given back): this one is new.
+            (None, Some(_)) => {
+                s.session.quota().add_file();
+                s.files_delta += 1;
+            }
+            (None, None) => {}
         }
     }
     Ok(())
@@ -294,18 +350,27 @@ async fn fail_upload(mut s: UploadState, error: String) {
             Some(_) => false,
         };
         if !kept && storage.remove_file(temp.temp.relative()).await.is_ok() {
-            s.session.quota().release_bytes(s.size);
-            s.bytes_delta -= s.size as i64;
-            if s.files_delta > 0 {
-                s.session.quota().release_file();
-                s.files_delta -= 1;
+            // Registered, so normally left counted until the upload leaves below, knowing the file deleted.
+            let files = u64::from(s.files_delta > 0);
+            if s.session.quota().release_unlinked(s.file_id, s.size, files) {
+                s.bytes_delta -= s.size as i64;
+                s.files_delta -= files as i64;
             }
+            let deleted = FileState {
+                unique_id: s.file_id,
+                size: 0,
+                nlink: 0,
+            };
+            record(s, Some(error), Some(deleted)).await;
+            return;
         }
     }
-    record(s, Some(error)).await;
+    record(s, Some(error), None).await;
 }
 
-async fn record(s: UploadState, error: Option<String>) {
+/// Leaves the file's registration (see [`UploadState::leave`]), then stores the usage and publishes the event.
+async fn record(mut s: UploadState, error: Option<String>, known: Option<FileState>) {
+    s.leave(known).await;
     s.session.persist_usage(s.bytes_delta, s.files_delta).await;
     s.session.publish_transfer(
         EventKind::Upload,
@@ -475,6 +540,7 @@ mod tests {
     use crate::events::{EventBus, Protocol};
     use crate::server::{ServerCore, ServerSettings};
     use crate::session::ClientInfo;
+    use crate::storage::WriteMode;
     use crate::store::SqliteAccountStore;
 
     /// A session for an account with `permissions` and a byte quota of `max_bytes`.

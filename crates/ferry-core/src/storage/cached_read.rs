@@ -85,6 +85,12 @@ impl AsyncRead for CachedReader {
                 let n = buf.remaining().min(this.spill.len() - this.spilled_from);
                 buf.put_slice(&this.spill[this.spilled_from..this.spilled_from + n]);
                 this.spilled_from += n;
+                if this.spilled_from == this.spill.len() {
+                    // All handed out: a reader left idle (an SFTP handle the client no longer reads) keeps no
+                    // buffer; the next read from the disk brings its own.
+                    this.spill = Vec::new();
+                    this.spilled_from = 0;
+                }
                 return Poll::Ready(Ok(()));
             }
             if let Some(pending) = this.pending.as_mut() {
@@ -185,6 +191,11 @@ mod tests {
             out.extend_from_slice(&small[..n]);
         }
         assert_eq!(out, data);
+        assert_eq!(
+            reader.spill.capacity(),
+            0,
+            "a spill handed out whole is freed"
+        );
     }
 
     #[tokio::test]

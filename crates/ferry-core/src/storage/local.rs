@@ -15,7 +15,7 @@ use std::os::unix::fs::DirBuilderExt;
 
 use super::cached_read::CachedReader;
 use super::local_listing::LocalDirReader;
-use super::write_behind::WriteBehind;
+use super::write_behind::{self, WriteBehind};
 use super::{
     Capabilities, DirBatches, DirStream, FileKind, FileWriter, Metadata, OpenedFile, Storage,
     WriteMode, WritePlanner,
@@ -160,9 +160,11 @@ fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBeh
         WriteMode::Append => options.create(true).append(true),
     };
     let mut file = dir.open_with(path, &options)?.into_std();
+    // The one look at the opened file an upload needs (for its quota account), which the replacing check shares.
+    let opened = write_behind::file_state(&file)?;
     match mode {
-        WriteMode::Truncate if file.metadata()?.len() > 0 => {
-            return Ok(WriteBehind::replacing(file));
+        WriteMode::Truncate if opened.size > 0 => {
+            return Ok(WriteBehind::replacing(file, opened));
         }
         WriteMode::At { offset, truncate } => {
             if truncate {
@@ -172,7 +174,27 @@ fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBeh
         }
         _ => {}
     }
-    Ok(WriteBehind::new(file))
+    Ok(WriteBehind::new(file, opened))
+}
+
+/// Opens the existing file `path` for writing at `offset` (blocking), if it is the file `unique_id`.
+fn reopen_for_write(
+    dir: &Dir,
+    path: &str,
+    offset: u64,
+    unique_id: u128,
+) -> io::Result<WriteBehind> {
+    let mut file = dir
+        .open_with(path, OpenOptions::new().write(true))?
+        .into_std();
+    let opened = write_behind::file_state(&file)?;
+    if opened.unique_id != unique_id {
+        return Err(io::Error::other(
+            "the file was replaced while it was being written",
+        ));
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    Ok(WriteBehind::new(file, opened))
 }
 
 #[async_trait]
@@ -260,6 +282,19 @@ impl Storage for LocalStorage {
                 let target = plan(existing.as_ref())?;
                 open_for_write(d, rel(&target.path), target.mode)
             })
+            .await?;
+        Ok(Box::new(writer))
+    }
+
+    async fn reopen_write(
+        &self,
+        path: &str,
+        offset: u64,
+        unique_id: u128,
+    ) -> io::Result<Box<dyn FileWriter>> {
+        let path = rel(path).to_owned();
+        let writer = self
+            .run(move |d| reopen_for_write(d, &path, offset, unique_id))
             .await?;
         Ok(Box::new(writer))
     }

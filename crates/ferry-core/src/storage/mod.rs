@@ -56,6 +56,16 @@ impl Metadata {
     }
 }
 
+/// A file open for writing as it is at one moment: which file, how long, and how many names it has (0: it has been
+/// deleted while open). Uploads keep quota accounts with it (see [`crate::quota::QuotaTracker`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileState {
+    /// The file's identity, as [`Metadata::unique_id`].
+    pub unique_id: u128,
+    pub size: u64,
+    pub nlink: u64,
+}
+
 /// One entry of a directory listing.
 #[derive(Clone, Debug)]
 pub struct DirEntry {
@@ -132,6 +142,13 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {
     async fn direct_file(&mut self) -> io::Result<Option<Arc<std::fs::File>>> {
         Ok(None)
     }
+
+    /// The file as the open found it (before any truncation the open did itself), known without a trip of its own.
+    fn opened(&self) -> FileState;
+
+    /// The file as it is now, once the writes before have ended; `None` once [`FileWriter::write_last`] has closed
+    /// it.
+    async fn state(&mut self) -> io::Result<Option<FileState>>;
 }
 
 /// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.
@@ -315,6 +332,15 @@ pub trait Storage: Send + Sync + 'static {
         let target = plan(existing.as_ref())?;
         self.open_write(&target.path, target.mode).await
     }
+    /// Opens the file at `path` again for writing from `offset`, never creating one: fails unless `path` still
+    /// names the file whose [`Metadata::unique_id`] is `unique_id` (an upload that writes out of order must not
+    /// write to another file, or to a new one, than the one it opened).
+    async fn reopen_write(
+        &self,
+        path: &str,
+        offset: u64,
+        unique_id: u128,
+    ) -> io::Result<Box<dyn FileWriter>>;
     async fn create_dir(&self, path: &str) -> io::Result<()>;
     async fn remove_dir(&self, path: &str) -> io::Result<()>;
     async fn remove_file(&self, path: &str) -> io::Result<()>;

@@ -33,10 +33,13 @@ use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
-use super::FileWriter;
+use super::{FileState, FileWriter};
 
 /// At most this many bytes are copied per [`AsyncWrite`] write (as tokio's `File` does).
 const MAX_COPIED_WRITE: usize = 2 * 1024 * 1024;
+/// A copy buffer larger than this is freed once its write is done instead of being kept for the next copied write:
+/// a writer left idle (an SFTP handle its client no longer writes to, of up to 256 per session) would hold it.
+const KEEP_COPY_BUFFER: usize = 256 * 1024;
 
 /// A local file open for writing, at its own position (or at its end, when opened to append).
 pub(super) struct WriteBehind {
@@ -45,6 +48,10 @@ pub(super) struct WriteBehind {
     state: State,
     /// The file still holds the data it had before this upload, which is to go (see the module's documentation).
     emptying: bool,
+    /// The file as it was opened.
+    opened: FileState,
+    /// The running (or last) write is of a buffer copied here, not one the caller handed over.
+    copied: bool,
 }
 
 enum State {
@@ -55,20 +62,23 @@ enum State {
 }
 
 impl WriteBehind {
-    pub(super) fn new(file: File) -> Self {
+    /// A writer of `file`, which was `opened` when it was opened.
+    pub(super) fn new(file: File, opened: FileState) -> Self {
         WriteBehind {
             file: Some(Arc::new(file)),
             state: State::Idle(Vec::new()),
             emptying: false,
+            opened,
+            copied: false,
         }
     }
 
     /// A writer that replaces the contents of `file`, opened at its start without truncating it: the old data is
     /// gone once the writer has been shut down.
-    pub(super) fn replacing(file: File) -> Self {
+    pub(super) fn replacing(file: File, opened: FileState) -> Self {
         WriteBehind {
             emptying: true,
-            ..WriteBehind::new(file)
+            ..WriteBehind::new(file, opened)
         }
     }
 
@@ -79,6 +89,9 @@ impl WriteBehind {
             let (result, mut buf) =
                 joined.unwrap_or_else(|e| (Err(io::Error::other(e)), Vec::new()));
             buf.clear();
+            if self.copied && buf.capacity() > KEEP_COPY_BUFFER {
+                buf = Vec::new();
+            }
             self.state = State::Idle(buf);
             result?;
         }
@@ -137,6 +150,7 @@ impl WriteBehind {
         if n == 0 {
             self.state = State::Idle(spare);
         } else {
+            self.copied = true;
             self.start(spare, false)?;
         }
         Poll::Ready(Ok(n))
@@ -151,6 +165,7 @@ impl FileWriter for WriteBehind {
             return Ok(data);
         }
         let spare = self.take_spare();
+        self.copied = false;
         self.start(data, false)?;
         Ok(spare)
     }
@@ -168,6 +183,21 @@ impl FileWriter for WriteBehind {
             return Ok(None);
         }
         Ok(Some(Arc::clone(file)))
+    }
+
+    fn opened(&self) -> FileState {
+        self.opened
+    }
+
+    async fn state(&mut self) -> io::Result<Option<FileState>> {
+        poll_fn(|cx| self.poll_idle(cx)).await?;
+        let Some(file) = self.file.as_ref().map(Arc::clone) else {
+            return Ok(None);
+        };
+        let state = tokio::task::spawn_blocking(move || file_state(&file))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(Some(state))
     }
 }
 
@@ -200,6 +230,17 @@ impl AsyncWrite for WriteBehind {
         // Nothing written: the file ends up empty, as after O_TRUNC.
         self.get_mut().poll_emptied(cx)
     }
+}
+
+/// The state of an open file (one fstat(2)); the identity is made as [`super::Metadata::unique_id`] is.
+pub(super) fn file_state(file: &File) -> io::Result<FileState> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    Ok(FileState {
+        unique_id: (u128::from(meta.dev()) << 64) | u128::from(meta.ino()),
+        size: meta.size(),
+        nlink: meta.nlink(),
+    })
 }
 
 /// Writes `data` at the file's position; with `empty_first`, empties the file before, and with `cut_after`, cuts it
@@ -235,7 +276,7 @@ mod tests {
     fn temp_writer() -> (tempfile::TempDir, std::path::PathBuf, WriteBehind) {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("f");
-        let writer = WriteBehind::new(File::create(&path).unwrap());
+        let writer = writer_of(File::create(&path).unwrap());
         (tmp, path, writer)
     }
 
@@ -246,7 +287,12 @@ mod tests {
             .write(true)
             .open("/dev/full")
             .unwrap();
-        WriteBehind::new(full)
+        writer_of(full)
+    }
+
+    fn writer_of(file: File) -> WriteBehind {
+        let opened = file_state(&file).unwrap();
+        WriteBehind::new(file, opened)
     }
 
     #[tokio::test]
@@ -277,6 +323,18 @@ mod tests {
             (back.as_ptr(), back.len(), back.capacity()),
             (a_ptr, 0, 1000)
         );
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_keeps_no_large_copy_buffer() {
+        let (_tmp, _path, mut w) = temp_writer();
+        w.write_all(&vec![1u8; 1024 * 1024]).await.unwrap();
+        w.flush().await.unwrap();
+        assert!(matches!(&w.state, State::Idle(buf) if buf.capacity() == 0));
+        // A small one is kept for the next copied write.
+        w.write_all(&[2u8; 1000]).await.unwrap();
+        w.flush().await.unwrap();
+        assert!(matches!(&w.state, State::Idle(buf) if buf.capacity() >= 1000));
     }
 
     #[tokio::test]
@@ -317,11 +375,7 @@ mod tests {
             .append(true)
             .open(&path)
             .unwrap();
-        assert!(WriteBehind::new(appending)
-            .direct_file()
-            .await
-            .unwrap()
-            .is_none());
+        assert!(writer_of(appending).direct_file().await.unwrap().is_none());
     }
 
     /// A writer replacing a file that holds `old`.
@@ -330,7 +384,8 @@ mod tests {
         let path = tmp.path().join("f");
         std::fs::write(&path, old).unwrap();
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        (tmp, path, WriteBehind::replacing(file))
+        let opened = file_state(&file).unwrap();
+        (tmp, path, WriteBehind::replacing(file, opened))
     }
 
     #[tokio::test]
