@@ -46,6 +46,17 @@ def test_get_of_a_large_file_asks_for_every_block_at_once(ferry, tmp_path):
     assert sha256_file(tmp_path / "big.bin") == digest
 
 
+def test_a_file_opened_with_trunc_is_empty_before_the_first_write(ferry):
+    """O_TRUNC semantics: FSTAT and READ on a handle opened with TRUNC see an empty file, not the old data."""
+    (ferry.home("alice") / "old.txt").write_bytes(b"old data\n")
+    with sftp_client(ferry) as sftp:
+        with sftp.open("old.txt", "w+") as f:
+            assert f.stat().st_size == 0
+            assert f.read() == b""
+            f.write(b"new\n")
+    assert (ferry.home("alice") / "old.txt").read_bytes() == b"new\n"
+
+
 def test_listdir_attr_and_stat(ferry):
     home = ferry.home("alice")
     (home / "d").mkdir(parents=True)

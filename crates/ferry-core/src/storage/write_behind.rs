@@ -223,7 +223,9 @@ impl AsyncWrite for WriteBehind {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.get_mut().poll_idle(cx)
+        // What is flushed is what a reader of the file sees: no longer the old data of a file being replaced (an
+        // SFTP handle opened with TRUNC, then read or FSTATed before its first write).
+        self.get_mut().poll_emptied(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -425,6 +427,16 @@ mod tests {
         w.write_last(Vec::new()).await.unwrap();
         w.shutdown().await.unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn a_replaced_file_is_empty_once_flushed_before_any_write() {
+        let (_tmp, path, mut w) = replacing_writer(b"old");
+        w.flush().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"");
+        w.write_all(b"new").await.unwrap();
+        w.shutdown().await.unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
     }
 
     #[tokio::test]
