@@ -11,7 +11,7 @@ use ferry_core::server::{ServerCore, ServerSettings};
 use ferry_core::session::{ClientInfo, Session};
 use ferry_core::storage::WriteMode;
 use ferry_core::store::SqliteAccountStore;
-use ferry_core::transfer::UploadMode;
+use ferry_core::transfer::{Upload, UploadMode};
 use ferry_core::vpath::VirtualPath;
 use ferry_core::CoreError;
 
@@ -58,13 +58,14 @@ impl Account2 {
         self.tmp.path().join("home")
     }
 
+    /// Opens `name` for upload from session `a` in `mode`.
+    async fn open(&self, name: &str, mode: WriteMode) -> Upload {
+        self.a.open_write(&path(name), mode).await.unwrap()
+    }
+
     /// Uploads `len` bytes to `name` from session `a` and closes it.
     async fn put(&self, name: &str, len: usize) {
-        let mut up = self
-            .a
-            .open_write(&path(name), WriteMode::Truncate)
-            .await
-            .unwrap();
+        let mut up = self.open(name, WriteMode::Truncate).await;
         up.write(&vec![b'x'; len]).await.unwrap();
         up.finish().await.unwrap();
     }
@@ -104,22 +105,14 @@ fn disk_usage(dir: &Path) -> QuotaUsage {
 async fn an_overwrite_after_another_session_truncated_the_file_is_charged() {
     let acct = Account2::new(UploadMode::Direct).await;
     acct.put("/f", 60).await;
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Append).await;
     acct.b.set_len(&path("/f"), 0).await.unwrap();
     assert_eq!(acct.a.quota().usage().bytes, 60, "left counted while open");
     up.write_at(0, &[b'y'; 60]).await.unwrap();
     up.finish().await.unwrap();
     acct.assert_charged_for_disk().await;
     assert_eq!(acct.a.quota().usage().bytes, 60);
-    let mut next = acct
-        .a
-        .open_write(&path("/g"), WriteMode::Truncate)
-        .await
-        .unwrap();
+    let mut next = acct.open("/g", WriteMode::Truncate).await;
     assert!(matches!(
         next.write(&[b'z'; 60]).await,
         Err(CoreError::QuotaExceeded(_))
@@ -132,11 +125,7 @@ async fn an_overwrite_after_another_session_truncated_the_file_is_charged() {
 async fn a_file_truncated_under_its_upload_is_charged_what_remains_when_the_upload_ends() {
     let acct = Account2::new(UploadMode::Direct).await;
     acct.put("/f", 60).await;
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Append).await;
     up.write(&[b'y'; 10]).await.unwrap();
     acct.b.set_len(&path("/f"), 5).await.unwrap();
     assert_eq!(acct.a.quota().usage().bytes, 70);
@@ -150,11 +139,7 @@ async fn a_file_removed_under_its_upload_stays_counted_until_the_upload_ends() {
     let acct = Account2::new(UploadMode::Direct).await;
     acct.put("/keep", 7).await;
     acct.put("/f", 30).await;
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Append).await;
     up.write(&[b'y'; 10]).await.unwrap();
     acct.b.remove(&path("/f")).await.unwrap();
     let counted = QuotaUsage {
@@ -175,11 +160,7 @@ async fn a_file_replaced_by_a_rename_under_its_upload_is_given_back_when_the_upl
     let acct = Account2::new(UploadMode::Direct).await;
     acct.put("/f", 30).await;
     acct.put("/g", 20).await;
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Append).await;
     acct.b.rename(&path("/g"), &path("/f")).await.unwrap();
     assert_eq!(
         acct.a.quota().usage(),
@@ -199,11 +180,7 @@ async fn a_file_replaced_by_a_rename_under_its_upload_is_given_back_when_the_upl
 async fn a_write_elsewhere_after_the_file_was_removed_fails_and_creates_nothing() {
     let acct = Account2::new(UploadMode::Direct).await;
     acct.put("/f", 10).await;
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Append).await;
     acct.b.remove(&path("/f")).await.unwrap();
     assert!(up.write_at(0, &[b'y'; 10]).await.is_err());
     assert!(!acct.home().join("f").exists());
@@ -217,11 +194,7 @@ async fn a_write_elsewhere_after_the_file_was_replaced_fails_and_leaves_the_new_
     let acct = Account2::new(UploadMode::Direct).await;
     acct.put("/f", 10).await;
     acct.put("/g", 4).await;
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Append).await;
     acct.b.rename(&path("/g"), &path("/f")).await.unwrap();
     assert!(up.write_at(0, b"yyyy").await.is_err());
     up.fail("the file was replaced").await;
@@ -234,11 +207,7 @@ async fn a_write_elsewhere_after_the_file_was_replaced_fails_and_leaves_the_new_
 async fn a_truncating_upload_beside_another_is_charged_what_the_file_holds_at_the_end() {
     let acct = Account2::new(UploadMode::Direct).await;
     acct.put("/f", 50).await;
-    let mut first = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut first = acct.open("/f", WriteMode::Append).await;
     let mut second = acct
         .b
         .open_write(&path("/f"), WriteMode::Truncate)
@@ -267,11 +236,7 @@ async fn uploads_nobody_interferes_with_count_as_before() {
             files: 1
         }
     );
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Append)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Append).await;
     up.write(&[b'y'; 30]).await.unwrap();
     up.finish().await.unwrap();
     let mut up = acct
@@ -301,11 +266,7 @@ async fn atomic_uploads_count_the_file_they_replace_or_create() {
     acct.put("/f", 40).await;
     acct.assert_charged_for_disk().await;
     // The file to replace disappears meanwhile: the upload's file is a new one.
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Truncate)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Truncate).await;
     up.write(&[b'y'; 30]).await.unwrap();
     acct.b.remove(&path("/f")).await.unwrap();
     up.finish().await.unwrap();
@@ -318,11 +279,7 @@ async fn atomic_uploads_count_the_file_they_replace_or_create() {
         }
     );
     // Its temporary file removed under it, an upload that breaks off gives back all it counted.
-    let mut up = acct
-        .a
-        .open_write(&path("/f"), WriteMode::Truncate)
-        .await
-        .unwrap();
+    let mut up = acct.open("/f", WriteMode::Truncate).await;
     up.write(&[b'y'; 10]).await.unwrap();
     up.fail("broken off").await;
     acct.assert_charged_for_disk().await;
