@@ -15,7 +15,9 @@ use ferry_client::mirror::{self, Action, Filter, MirrorOptions};
 use ferry_client::progress::Progress;
 use ferry_client::retry::{RetryNotice, RetryPolicy};
 use ferry_client::transfer::{Engine, Job, TransferOptions, TransferReport};
-use ferry_client::transport::{ConnectOptions, Endpoint, Entry, Pool, Prompter, Transport};
+use ferry_client::transport::{
+    ConnectOptions, Endpoint, Entry, EntryKind, Pool, Prompter, Transport,
+};
 use ferry_client::url::{self, Location, RemoteUrl};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::io::AsyncWriteExt;
@@ -444,6 +446,8 @@ async fn put(args: PutArgs) -> CmdResult {
                 let remote_path = url::join(&root, &t.rel);
                 if t.entry.is_dir() {
                     remote_dirs.push(remote_path);
+                } else if t.entry.kind != EntryKind::File {
+                    report_skipped(&args.output, &path.join(&t.rel).to_string_lossy(), &t.entry);
                 } else {
                     jobs.push(Job {
                         name: format!("{name}/{}", t.rel),
@@ -825,6 +829,9 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
         mirror::walk(d, &dst_root, &Filter::default()).await
     })
     .await?;
+    for t in mirror::skipped(&src_tree, &filter) {
+        report_skipped(&args.output, &t.rel, &t.entry);
+    }
     let options = MirrorOptions {
         delete: args.delete,
         checksum: args.checksum,
@@ -1099,7 +1106,7 @@ async fn expand_remote(
             for t in tree {
                 if t.entry.is_dir() {
                     dirs.push(prefix(&t.rel));
-                } else if t.entry.kind == ferry_client::transport::EntryKind::File {
+                } else if t.entry.kind == EntryKind::File {
                     files.push((
                         url::join(path.trim_end_matches('/'), &t.rel),
                         prefix(&t.rel),
@@ -1119,14 +1126,17 @@ async fn expand_remote(
         }),
         None if url::file_name(path).contains(['*', '?', '[']) => {
             let dir = url::parent(path);
-            let pattern = globset::Glob::new(url::file_name(path))
+            let pattern = globset::GlobBuilder::new(url::file_name(path))
+                .literal_separator(true)
+                .build()
                 .map_err(|e| ClientError::Usage(format!("bad glob: {e}")))?
                 .compile_matcher();
+            // The names become local paths: only plain names, whatever the server lists.
             let mut files: Vec<(String, String)> = conn
                 .list(dir)
                 .await?
                 .into_iter()
-                .filter(|e| !e.is_dir() && pattern.is_match(&e.name))
+                .filter(|e| !e.is_dir() && url::is_plain_name(&e.name) && pattern.is_match(&e.name))
                 .map(|e| (url::join(dir, &e.name), e.name))
                 .collect();
             files.sort();
@@ -1285,6 +1295,17 @@ fn same_server(urls: &[RemoteUrl]) -> Result<&RemoteUrl, ClientError> {
     Ok(first)
 }
 
+/// Says that a symbolic link or special file was left out of a recursive upload or a mirror.
+fn report_skipped(output: &OutputArgs, path: &str, entry: &Entry) {
+    let what = match entry.kind {
+        EntryKind::Symlink => "a symbolic link",
+        _ => "not a regular file",
+    };
+    if !output.quiet {
+        output::notice(&format!("ferry: {path}: skipped ({what})"));
+    }
+}
+
 fn say(output: &OutputArgs, line: &str) {
     if !output.quiet && !output.json {
         outln!("{line}");
@@ -1293,8 +1314,8 @@ fn say(output: &OutputArgs, line: &str) {
 
 fn long_line(e: &Entry) -> String {
     let kind = match e.kind {
-        ferry_client::transport::EntryKind::Dir => 'd',
-        ferry_client::transport::EntryKind::Symlink => 'l',
+        EntryKind::Dir => 'd',
+        EntryKind::Symlink => 'l',
         _ => '-',
     };
     let perms = e
@@ -1395,6 +1416,15 @@ struct RenderState {
     total_size: u64,
 }
 
+impl RenderState {
+    /// Bytes done over all files. Sizes are what servers claim, so sums saturate rather than overflow.
+    fn done(&self) -> u64 {
+        self.positions
+            .values()
+            .fold(0u64, |sum, p| sum.saturating_add(*p))
+    }
+}
+
 impl Renderer {
     fn new(output: &OutputArgs) -> Renderer {
         let mode = if output.json {
@@ -1432,7 +1462,7 @@ impl Renderer {
     fn update_total(&self, state: &RenderState) {
         if let Mode::Bars { total, .. } = &self.mode {
             total.set_length(state.total_size);
-            total.set_position(state.positions.values().sum());
+            total.set_position(state.done());
         }
     }
 
@@ -1472,7 +1502,7 @@ impl Progress for Renderer {
             return;
         };
         if !state.sizes.contains_key(&id) {
-            state.total_size += size;
+            state.total_size = state.total_size.saturating_add(size);
         }
         state.sizes.insert(id, size);
         state.positions.insert(id, resumed_from);
@@ -1500,7 +1530,8 @@ impl Progress for Renderer {
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        *state.positions.entry(id).or_default() += bytes;
+        let position = state.positions.entry(id).or_default();
+        *position = position.saturating_add(bytes);
         if let Some(bar) = state.bars.get(&id) {
             bar.inc(bytes);
         }
@@ -1578,6 +1609,22 @@ mod tests {
     fn modes_render_like_ls() {
         assert_eq!(mode_string(0o755), "rwxr-xr-x");
         assert_eq!(mode_string(0o640), "rw-r-----");
+    }
+
+    #[test]
+    fn progress_totals_saturate_on_huge_claimed_sizes() {
+        let renderer = Renderer::new(&OutputArgs {
+            quiet: true,
+            json: false,
+        });
+        renderer.start(0, "a", u64::MAX - 1, u64::MAX - 1);
+        renderer.start(1, "b", 10, 5);
+        renderer.advance(1, 3);
+        renderer.advance(0, 7);
+        let state = renderer.state.lock().unwrap();
+        assert_eq!(state.total_size, u64::MAX);
+        assert_eq!(state.done(), u64::MAX);
+        assert_eq!(state.positions.get(&0), Some(&u64::MAX));
     }
 
     #[test]

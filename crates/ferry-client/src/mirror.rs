@@ -5,6 +5,9 @@
 //! does not have. Include/exclude globs select files by their path relative to the mirror's root: a pattern
 //! without `/` matches a name at any depth, one with `/` matches the whole relative path (`**` crosses
 //! directories). Excluded files are neither copied nor deleted; an excluded directory is skipped whole.
+//!
+//! Symbolic links are never followed: a link in the source is not copied (nor is its namesake at the destination
+//! deleted), and a link at the destination is one entry, replaced or deleted itself, never written through.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -12,8 +15,8 @@ use std::time::Duration;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::error::{ClientError, Result};
-use crate::transport::{Entry, Transport};
-use crate::url::join;
+use crate::transport::{Entry, EntryKind, Transport};
+use crate::url::{is_plain_name, join};
 
 /// Which relative paths take part in a mirror.
 #[derive(Clone, Debug, Default)]
@@ -137,7 +140,7 @@ pub fn plan(
 ) -> Vec<Action> {
     let src: BTreeMap<&str, &Entry> = source
         .iter()
-        .filter(|t| filter.allows(&t.rel, t.entry.is_dir()))
+        .filter(|t| is_copied(&t.entry) && filter.allows(&t.rel, t.entry.is_dir()))
         .map(|t| (t.rel.as_str(), &t.entry))
         .collect();
     let dst: HashMap<&str, &Entry> = destination
@@ -209,9 +212,16 @@ pub fn plan(
     let mut first: Vec<Action> = order_deletes(conflict_contents);
 
     if options.delete {
+        // What stands at the place of a source link or special file (which is not copied) stays as it is.
+        let not_copied: Vec<&str> = source
+            .iter()
+            .filter(|t| !is_copied(&t.entry))
+            .map(|t| t.rel.as_str())
+            .collect();
         let extra: Vec<(String, bool)> = destination
             .iter()
             .filter(|t| !src.contains_key(t.rel.as_str()))
+            .filter(|t| !not_copied.iter().any(|k| is_at_or_below(&t.rel, k)))
             .filter(|t| !inside_doomed(&t.rel))
             .filter(|t| filter.allows(&t.rel, t.entry.is_dir()))
             .map(|t| (t.rel.clone(), t.entry.is_dir()))
@@ -236,6 +246,29 @@ pub fn plan(
     first.extend(copies);
     first.extend(deletes);
     first
+}
+
+/// Whether a source entry takes part in a mirror: directories and regular files do; symbolic links and special
+/// files are neither followed nor copied (see [`skipped`]).
+fn is_copied(entry: &Entry) -> bool {
+    matches!(entry.kind, EntryKind::File | EntryKind::Dir)
+}
+
+/// The source entries that [`plan`] leaves alone although the filter selects them: symbolic links and special
+/// files, for the caller to report.
+pub fn skipped<'a>(
+    source: &'a [TreeEntry],
+    filter: &'a Filter,
+) -> impl Iterator<Item = &'a TreeEntry> {
+    source
+        .iter()
+        .filter(|t| !is_copied(&t.entry) && filter.allows(&t.rel, false))
+}
+
+/// Whether the relative path `rel` is `place` or inside it.
+fn is_at_or_below(rel: &str, place: &str) -> bool {
+    rel.strip_prefix(place)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 fn rel_of(a: &Action) -> &str {
@@ -273,7 +306,8 @@ fn is_newer(src: &Entry, dst: &Entry) -> bool {
     }
 }
 
-/// Lists a whole tree below `root` (breadth first). A missing root gives an empty tree.
+/// Lists a whole tree below `root` (breadth first). A missing root gives an empty tree. Names that are not plain
+/// names ([`is_plain_name`]) are left out; symbolic links are listed as links and not entered.
 pub async fn walk(
     transport: &mut dyn Transport,
     root: &str,
@@ -297,7 +331,8 @@ pub async fn walk(
         let mut entries = transport.list(&dir).await?;
         entries.sort_by(|a, b| a.name.cmp(&b.name));
         for entry in entries {
-            if entry.name.is_empty() || entry.name.contains('/') {
+            if !is_plain_name(&entry.name) {
+                tracing::warn!("{dir}: skipped {:?}: not a plain file name", entry.name);
                 continue;
             }
             let rel = if rel_dir.is_empty() {
@@ -318,7 +353,6 @@ pub async fn walk(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transport::EntryKind;
     use proptest::prelude::*;
     use std::collections::BTreeMap;
     use std::time::UNIX_EPOCH;
@@ -351,8 +385,97 @@ mod tests {
         }
     }
 
+    fn link(rel: &str) -> TreeEntry {
+        let mut t = file(rel, 0, 1);
+        t.entry.kind = EntryKind::Symlink;
+        t
+    }
+
     fn no_filter() -> Filter {
         Filter::default()
+    }
+
+    #[test]
+    fn links_in_the_source_are_neither_copied_nor_make_deletions() {
+        let src = vec![link("l"), file("f", 1, 1), link("m")];
+        let dst = vec![
+            file("l", 3, 1),
+            dir("m"),
+            file("m/x", 1, 1),
+            file("ma", 1, 1),
+        ];
+        let opts = MirrorOptions {
+            delete: true,
+            ..MirrorOptions::default()
+        };
+        assert_eq!(
+            plan(&src, &dst, &no_filter(), opts),
+            vec![
+                Action::Copy {
+                    rel: "f".into(),
+                    size: 1,
+                    reason: CopyReason::New
+                },
+                Action::Delete {
+                    rel: "ma".into(),
+                    is_dir: false
+                },
+            ]
+        );
+        let filter = no_filter();
+        let skipped: Vec<&str> = skipped(&src, &filter).map(|t| t.rel.as_str()).collect();
+        assert_eq!(skipped, ["l", "m"]);
+    }
+
+    #[test]
+    fn a_link_at_the_destination_is_replaced_not_written_through() {
+        let src = vec![dir("d"), file("d/a", 1, 1)];
+        let dst = vec![link("d")];
+        assert_eq!(
+            plan(&src, &dst, &no_filter(), MirrorOptions::default()),
+            vec![
+                Action::Delete {
+                    rel: "d".into(),
+                    is_dir: false
+                },
+                Action::Mkdir { rel: "d".into() },
+                Action::Copy {
+                    rel: "d/a".into(),
+                    size: 1,
+                    reason: CopyReason::New
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_local_walk_lists_a_linked_directory_as_a_link_and_does_not_enter_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, outside) = (dir.path().join("root"), dir.path().join("outside"));
+        std::fs::create_dir_all(root.join("real")).unwrap();
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(root.join("real/x"), b"x").unwrap();
+        std::fs::write(outside.join("secret"), b"s").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let tree = walk(
+            &mut crate::transport::local::LocalTransport,
+            &root.to_string_lossy(),
+            &no_filter(),
+        )
+        .await
+        .unwrap();
+        let found: Vec<(&str, EntryKind)> = tree
+            .iter()
+            .map(|t| (t.rel.as_str(), t.entry.kind))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("link", EntryKind::Symlink),
+                ("real", EntryKind::Dir),
+                ("real/x", EntryKind::File)
+            ]
+        );
     }
 
     #[test]

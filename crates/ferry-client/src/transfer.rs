@@ -299,7 +299,7 @@ impl Engine {
         let mut known_sum = None;
         let mut decision = ResumeDecision::Fresh;
         if local_dst {
-            repair_segmented_part(&part);
+            repair_segmented_part(&part).await;
         }
         if self.options.resume && !fresh {
             let existing = dst.stat(&part).await.map_err(Failure::new)?;
@@ -370,7 +370,7 @@ impl Engine {
                 .await
                 .map_err(|error| Failure::resumed(error, resumed))?
         } else {
-            self.stream(id, job, src, dst, &part, offset)
+            self.stream(id, job, src, dst, &part, offset, size)
                 .await
                 .map_err(|error| Failure::resumed(error, resumed))?
         };
@@ -490,7 +490,9 @@ impl Engine {
         Ok(Some((a == b, whole.then_some((algorithm, a)))))
     }
 
-    /// One stream from `offset` to the end.
+    /// One stream from `offset` to the end of a file of `size` bytes. A server that sends more than that is cut off
+    /// one byte after the end, which fails the file's verification, so that it cannot fill the local disk.
+    #[allow(clippy::too_many_arguments)]
     async fn stream(
         &self,
         id: usize,
@@ -499,21 +501,10 @@ impl Engine {
         dst: &mut Box<dyn Transport>,
         part: &str,
         offset: u64,
+        size: u64,
     ) -> Result<u64> {
         let counter = Arc::new(AtomicU64::new(0));
-        if dst.is_local() {
-            let file = local::open_at(part, offset).await?;
-            let mut sink = Metered::new(file, id, self, counter.clone());
-            let read = src.read(&job.source, offset, None, &mut sink).await;
-            let flushed = sink.inner.flush().await;
-            let n = read.map_err(|e| relabel_local(e, part))?;
-            flushed.map_err(|e| ClientError::local(part, e))?;
-            sink.inner
-                .sync_data()
-                .await
-                .map_err(|e| ClientError::local(part, e))?;
-            Ok(n)
-        } else if src.is_local() {
+        if src.is_local() && !dst.is_local() {
             let mut file = tokio::fs::File::open(&job.source)
                 .await
                 .map_err(|e| ClientError::local(&job.source, e))?;
@@ -521,15 +512,34 @@ impl Engine {
                 .await
                 .map_err(|e| ClientError::local(&job.source, e))?;
             let mut source = Metered::new(file, id, self, counter.clone());
-            dst.write(part, offset, &mut source)
+            return dst
+                .write(part, offset, &mut source)
                 .await
-                .map_err(|e| relabel_local(e, &job.source))
+                .map_err(|e| relabel_local(e, &job.source));
+        }
+        let limit = size.saturating_sub(offset).saturating_add(1);
+        let n = if dst.is_local() {
+            let file = local::open_at(part, offset).await?;
+            let mut sink = Metered::new(file, id, self, counter.clone());
+            let read = src
+                .read_at_most(&job.source, offset, limit, &mut sink)
+                .await;
+            let flushed = sink.inner.flush().await;
+            let n = read.map_err(|e| relabel_local(e, part))?;
+            flushed.map_err(|e| ClientError::local(part, e))?;
+            sink.inner
+                .sync_data()
+                .await
+                .map_err(|e| ClientError::local(part, e))?;
+            n
         } else {
             let (reader, writer) = tokio::io::duplex(1024 * 1024);
             let mut writer = Metered::new(writer, id, self, counter.clone());
             let mut reader = reader;
             let reading = async {
-                let r = src.read(&job.source, offset, None, &mut writer).await;
+                let r = src
+                    .read_at_most(&job.source, offset, limit, &mut writer)
+                    .await;
                 let _ = writer.inner.shutdown().await;
                 drop(writer);
                 r
@@ -538,8 +548,22 @@ impl Engine {
             let (r, w) = tokio::join!(reading, writing);
             let n = r?;
             w?;
-            Ok(n)
+            n
+        };
+        if n >= limit {
+            return Err(ClientError::Verify {
+                path: job.name.clone(),
+                reason: format!(
+                    "the source sent more than the {size} bytes it listed{}",
+                    if dst.is_local() {
+                        " (kept as .part)"
+                    } else {
+                        ""
+                    }
+                ),
+            });
         }
+        Ok(n)
     }
 
     /// Several ranged reads at once into the local `.part` file. If one fails, the file is cut back to the part
@@ -601,32 +625,37 @@ impl Engine {
         // While segments run, the part's length says nothing: a sidecar file keeps the length that is known to
         // be written without gaps, in case this process dies before it can cut the part back.
         let sidecar = segments_sidecar(part);
-        write_sidecar(&sidecar, offset);
+        write_sidecar(&sidecar, offset).await;
+        // Stopped between writes, never in the middle of one, so no write lands after the cleanup below.
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let ticker = {
             let (sidecar, ranges, counters) = (sidecar.clone(), ranges.clone(), counters.clone());
             tokio::spawn(async move {
                 // Record the previous tick's progress: by now those writes have reached the file.
                 let mut previous = offset;
                 loop {
-                    tokio::time::sleep(SIDECAR_INTERVAL).await;
-                    write_sidecar(&sidecar, previous);
+                    tokio::select! {
+                        _ = &mut stopped => return,
+                        () = tokio::time::sleep(SIDECAR_INTERVAL) => {}
+                    }
+                    write_sidecar(&sidecar, previous).await;
                     previous = contiguous_prefix(offset, &ranges, &counters);
                 }
             })
         };
         let (first_result, other_error) = tokio::join!(first_result, collect_others);
-        ticker.abort();
+        let _ = stop.send(());
         let _ = ticker.await;
         let error = first_result.err().or(other_error);
         if let Some(error) = error {
             let contiguous = contiguous_prefix(offset, &ranges, &counters);
-            if let Ok(f) = std::fs::OpenOptions::new().write(true).open(part) {
-                let _ = f.set_len(contiguous);
+            if let Ok(f) = local::open_existing(part).await {
+                let _ = f.set_len(contiguous).await;
             }
-            let _ = std::fs::remove_file(&sidecar);
+            let _ = tokio::fs::remove_file(&sidecar).await;
             return Err(relabel_local(error, part));
         }
-        let _ = std::fs::remove_file(&sidecar);
+        let _ = tokio::fs::remove_file(&sidecar).await;
         Ok(counters.iter().map(|c| c.load(Ordering::Relaxed)).sum())
     }
 }
@@ -639,27 +668,33 @@ fn segments_sidecar(part: &str) -> String {
     format!("{part}.segments")
 }
 
-fn write_sidecar(path: &str, safe_len: u64) {
+/// Records `safe_len` in the sidecar at `path` (written aside, then renamed over it). Best effort: a sidecar that
+/// could not be written only makes a later repair cut back more.
+async fn write_sidecar(path: &str, safe_len: u64) {
     let tmp = format!("{path}.new");
-    if std::fs::write(&tmp, safe_len.to_string()).is_ok() {
-        let _ = std::fs::rename(&tmp, path);
+    let Ok(mut file) = local::open_at(&tmp, 0).await else {
+        return;
+    };
+    let written = file.write_all(safe_len.to_string().as_bytes()).await;
+    if written.is_ok() && file.flush().await.is_ok() {
+        let _ = tokio::fs::rename(&tmp, path).await;
     }
 }
 
 /// A `.part` file left by a segmented download that did not end (the process died) may have gaps: cut it back
 /// to the length its sidecar says was written without gaps (0 if the sidecar is unreadable).
-fn repair_segmented_part(part: &str) {
+async fn repair_segmented_part(part: &str) {
     let sidecar = segments_sidecar(part);
-    let Ok(text) = std::fs::read_to_string(&sidecar) else {
+    let Ok(text) = tokio::fs::read_to_string(&sidecar).await else {
         return;
     };
     let safe = text.trim().parse::<u64>().unwrap_or(0);
-    if let Ok(f) = std::fs::OpenOptions::new().write(true).open(part) {
-        if f.metadata().is_ok_and(|m| m.len() > safe) {
-            let _ = f.set_len(safe);
+    if let Ok(f) = local::open_existing(part).await {
+        if f.metadata().await.is_ok_and(|m| m.len() > safe) {
+            let _ = f.set_len(safe).await;
         }
     }
-    let _ = std::fs::remove_file(&sidecar);
+    let _ = tokio::fs::remove_file(&sidecar).await;
 }
 
 /// The length from `offset` that the segments wrote without a gap.
@@ -688,11 +723,7 @@ async fn read_range(
     counter: Arc<AtomicU64>,
     limit_rate: Option<u64>,
 ) -> Result<u64> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(part)
-        .await
-        .map_err(|e| ClientError::local(part, e))?;
+    let mut file = local::open_existing(part).await?;
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(|e| ClientError::local(part, e))?;
@@ -883,6 +914,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Metered<T> {
 mod tests {
     use super::*;
     use crate::progress::NoProgress;
+    use crate::transport::local::LocalTransport;
     use proptest::prelude::*;
 
     #[test]
@@ -956,33 +988,54 @@ mod tests {
         assert_eq!(contiguous_prefix(100, &ranges, &done([100, 100, 100])), 400);
     }
 
-    #[test]
-    fn a_part_left_by_a_dead_segmented_download_is_cut_back() {
+    #[tokio::test]
+    async fn a_part_left_by_a_dead_segmented_download_is_cut_back() {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join("f.part").to_string_lossy().into_owned();
         std::fs::write(&part, vec![7u8; 1000]).unwrap();
-        write_sidecar(&segments_sidecar(&part), 300);
-        repair_segmented_part(&part);
+        write_sidecar(&segments_sidecar(&part), 300).await;
+        repair_segmented_part(&part).await;
         assert_eq!(std::fs::metadata(&part).unwrap().len(), 300);
         assert!(!std::path::Path::new(&segments_sidecar(&part)).exists());
         // No sidecar: the part is left alone.
-        repair_segmented_part(&part);
+        repair_segmented_part(&part).await;
         assert_eq!(std::fs::metadata(&part).unwrap().len(), 300);
     }
 
-    /// The local filesystem, but every checksum it reports is wrong.
-    struct LyingChecksums(crate::transport::local::LocalTransport);
+    /// The local filesystem, but lying: with `checksums`, every checksum it reports is wrong; with `size`, it
+    /// lists every file with that size, whatever it holds.
+    #[derive(Clone, Copy)]
+    struct Liar {
+        checksums: bool,
+        size: Option<u64>,
+    }
+
+    impl Liar {
+        /// An engine that copies from this liar to the local filesystem.
+        fn engine(self) -> Arc<Engine> {
+            Engine::new(
+                Pool::custom(Arc::new(move || Box::new(self) as Box<dyn Transport>)),
+                Pool::local(),
+                TransferOptions::default(),
+                Arc::new(NoProgress),
+            )
+        }
+    }
 
     #[async_trait::async_trait]
-    impl Transport for LyingChecksums {
+    impl Transport for Liar {
         fn describe(&self) -> String {
             "liar".to_owned()
         }
         async fn list(&mut self, dir: &str) -> Result<Vec<crate::transport::Entry>> {
-            self.0.list(dir).await
+            LocalTransport.list(dir).await
         }
         async fn stat(&mut self, path: &str) -> Result<Option<crate::transport::Entry>> {
-            self.0.stat(path).await
+            let size = self.size;
+            Ok(LocalTransport.stat(path).await?.map(|mut e| {
+                e.size = size.unwrap_or(e.size);
+                e
+            }))
         }
         async fn read(
             &mut self,
@@ -991,7 +1044,7 @@ mod tests {
             len: Option<u64>,
             sink: crate::transport::Sink<'_>,
         ) -> Result<u64> {
-            self.0.read(path, offset, len, sink).await
+            LocalTransport.read(path, offset, len, sink).await
         }
         async fn write(
             &mut self,
@@ -999,36 +1052,44 @@ mod tests {
             offset: u64,
             source: crate::transport::Source<'_>,
         ) -> Result<u64> {
-            self.0.write(path, offset, source).await
+            LocalTransport.write(path, offset, source).await
         }
         async fn remove_file(&mut self, path: &str) -> Result<()> {
-            self.0.remove_file(path).await
+            LocalTransport.remove_file(path).await
         }
         async fn remove_dir(&mut self, path: &str) -> Result<()> {
-            self.0.remove_dir(path).await
+            LocalTransport.remove_dir(path).await
         }
         async fn mkdir(&mut self, path: &str) -> Result<()> {
-            self.0.mkdir(path).await
+            LocalTransport.mkdir(path).await
         }
         async fn rename(&mut self, from: &str, to: &str) -> Result<()> {
-            self.0.rename(from, to).await
+            LocalTransport.rename(from, to).await
         }
         async fn set_mtime(&mut self, path: &str, mtime: std::time::SystemTime) -> Result<bool> {
-            self.0.set_mtime(path, mtime).await
+            LocalTransport.set_mtime(path, mtime).await
         }
         async fn checksum_algorithms(&mut self) -> Vec<HashAlgorithm> {
-            vec![HashAlgorithm::Sha256]
+            if self.checksums {
+                vec![HashAlgorithm::Sha256]
+            } else {
+                LocalTransport.checksum_algorithms().await
+            }
         }
         async fn supports_ranged_checksum(&mut self) -> bool {
-            false
+            !self.checksums && LocalTransport.supports_ranged_checksum().await
         }
         async fn checksum(
             &mut self,
-            _: &str,
-            _: HashAlgorithm,
-            _: Option<std::ops::Range<u64>>,
+            path: &str,
+            algorithm: HashAlgorithm,
+            range: Option<std::ops::Range<u64>>,
         ) -> Result<Option<String>> {
-            Ok(Some("0".repeat(64)))
+            if self.checksums {
+                Ok(Some("0".repeat(64)))
+            } else {
+                LocalTransport.checksum(path, algorithm, range).await
+            }
         }
         async fn close(&mut self) {}
     }
@@ -1041,15 +1102,11 @@ mod tests {
         std::fs::write(&src, vec![5u8; 50_000]).unwrap();
         // A part to resume from: the mismatch after a resumed transfer is retried once from scratch.
         std::fs::write(dir.path().join("dst.part"), vec![5u8; 10_000]).unwrap();
-        let liar = Pool::custom(Arc::new(|| {
-            Box::new(LyingChecksums(crate::transport::local::LocalTransport)) as Box<dyn Transport>
-        }));
-        let engine = Engine::new(
-            liar,
-            Pool::local(),
-            TransferOptions::default(),
-            Arc::new(NoProgress),
-        );
+        let engine = Liar {
+            checksums: true,
+            size: None,
+        }
+        .engine();
         let err = engine.copy(0, &job(&src, &dst)).await.unwrap_err();
         assert!(matches!(err, ClientError::Verify { .. }), "{err}");
         assert_eq!(err.exit_code(), crate::error::EXIT_VERIFY);
@@ -1060,6 +1117,46 @@ mod tests {
                 .len(),
             50_000
         );
+    }
+
+    #[tokio::test]
+    async fn a_source_that_sends_more_than_it_listed_is_cut_off_one_byte_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        std::fs::write(&src, vec![3u8; 1_000_000]).unwrap();
+        let engine = Liar {
+            checksums: false,
+            size: Some(10),
+        }
+        .engine();
+        let err = engine.copy(0, &job(&src, &dst)).await.unwrap_err();
+        assert!(matches!(err, ClientError::Verify { .. }), "{err}");
+        assert!(!dst.exists());
+        assert_eq!(
+            std::fs::metadata(dir.path().join("dst.part"))
+                .unwrap()
+                .len(),
+            11
+        );
+    }
+
+    #[tokio::test]
+    async fn a_part_file_that_is_a_link_is_refused_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("src");
+        let dst = dir.path().join("dst");
+        let victim = dir.path().join("victim");
+        std::fs::write(&src, b"new content").unwrap();
+        std::fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.path().join("dst.part")).unwrap();
+        let err = engine(TransferOptions::default())
+            .copy(0, &job(&src, &dst))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Local { .. }), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert!(!dst.exists());
     }
 
     fn engine(options: TransferOptions) -> Arc<Engine> {

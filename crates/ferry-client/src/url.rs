@@ -212,6 +212,13 @@ pub fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// Whether `name`, as a listing gave it, is one plain path component that can be used as a local name: not
+/// empty, not `.` or `..`, and without `/`, `\` or NUL. Every name from a listing passes this check before it
+/// becomes part of a path: a hostile server could otherwise list `../../.bashrc` or `/etc/cron.d/x`.
+pub fn is_plain_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
+
 /// The last component of a remote path ("" for the root or the login directory).
 pub fn file_name(path: &str) -> &str {
     path.trim_end_matches('/')
@@ -348,6 +355,18 @@ mod tests {
 
     fn url(s: &str) -> RemoteUrl {
         RemoteUrl::parse(s).unwrap()
+    }
+
+    #[test]
+    fn only_plain_names_are_usable_as_local_names() {
+        for name in ["a.txt", ".hidden", "..x", "x..", "a b", "été"] {
+            assert!(is_plain_name(name), "{name:?}");
+        }
+        for name in [
+            "", ".", "..", "../x", "/etc/x", "a/b", "..\\x", "a\\b", "a\0b",
+        ] {
+            assert!(!is_plain_name(name), "{name:?}");
+        }
     }
 
     #[test]

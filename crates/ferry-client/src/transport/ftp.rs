@@ -343,6 +343,50 @@ impl FtpTransport {
         }
     }
 
+    /// `RETR` from `offset`, at most `len` bytes; with `use_rang` a length is sent as `RANG` (so the server stops
+    /// there), else the data connection is closed once enough bytes came.
+    async fn retrieve(
+        &mut self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+        use_rang: bool,
+        sink: Sink<'_>,
+    ) -> Result<u64> {
+        if len == Some(0) {
+            return Ok(0);
+        }
+        let rang = match len {
+            Some(l) if use_rang => Some(format!("RANG {offset} {}", offset + l - 1)),
+            _ => None,
+        };
+        let rest = match (&rang, offset) {
+            (None, 1..) => Some(
+                usize::try_from(offset)
+                    .map_err(|_| ClientError::remote(path, "offset too large"))?,
+            ),
+            _ => None,
+        };
+        let ranged = rang.is_some();
+        let remote = path.to_owned();
+        let stream = self
+            .open_data(path, move |ftp| {
+                let (rang, remote) = (rang.clone(), remote.clone());
+                Box::pin(async move {
+                    if let Some(cmd) = &rang {
+                        ftp.custom_command(cmd, &[Status::RequestFilePending])
+                            .await?;
+                    }
+                    if let Some(off) = rest {
+                        ftp.resume_transfer(off).await?;
+                    }
+                    ftp.retr_as_stream(remote).await
+                })
+            })
+            .await?;
+        self.copy_out(path, stream, len, ranged, sink).await
+    }
+
     async fn copy_out(
         &mut self,
         path: &str,
@@ -454,38 +498,18 @@ impl Transport for FtpTransport {
         len: Option<u64>,
         sink: Sink<'_>,
     ) -> Result<u64> {
-        if len == Some(0) {
-            return Ok(0);
-        }
-        let rang = match len {
-            Some(l) if self.features.rang => Some(format!("RANG {offset} {}", offset + l - 1)),
-            _ => None,
-        };
-        let rest = match (&rang, offset) {
-            (None, 1..) => Some(
-                usize::try_from(offset)
-                    .map_err(|_| ClientError::remote(path, "offset too large"))?,
-            ),
-            _ => None,
-        };
-        let ranged = rang.is_some();
-        let remote = path.to_owned();
-        let stream = self
-            .open_data(path, move |ftp| {
-                let (rang, remote) = (rang.clone(), remote.clone());
-                Box::pin(async move {
-                    if let Some(cmd) = &rang {
-                        ftp.custom_command(cmd, &[Status::RequestFilePending])
-                            .await?;
-                    }
-                    if let Some(off) = rest {
-                        ftp.resume_transfer(off).await?;
-                    }
-                    ftp.retr_as_stream(remote).await
-                })
-            })
-            .await?;
-        self.copy_out(path, stream, len, ranged, sink).await
+        let ranged = self.features.rang;
+        self.retrieve(path, offset, len, ranged, sink).await
+    }
+
+    async fn read_at_most(
+        &mut self,
+        path: &str,
+        offset: u64,
+        limit: u64,
+        sink: Sink<'_>,
+    ) -> Result<u64> {
+        self.retrieve(path, offset, Some(limit), false, sink).await
     }
 
     async fn write(&mut self, path: &str, offset: u64, source: Source<'_>) -> Result<u64> {

@@ -1,5 +1,8 @@
 //! The local filesystem as a [`Transport`], so that downloads, uploads and mirrors are all copies between two
 //! transports.
+//!
+//! Symbolic links: `stat` follows a link (the path a user named), listings report links as links, so walks do not
+//! enter them and mirrors do not delete through them, and files are opened for writing with `O_NOFOLLOW`.
 
 use std::io::{ErrorKind, SeekFrom};
 use std::ops::Range;
@@ -36,7 +39,8 @@ impl Transport for LocalTransport {
         let mut out = Vec::new();
         while let Some(de) = rd.next_entry().await.map_err(|e| io_error(dir, e))? {
             let name = de.file_name().to_string_lossy().into_owned();
-            let Ok(meta) = tokio::fs::metadata(de.path()).await else {
+            // A link is listed as a link: a walk must not enter it, nor a mirror delete through it.
+            let Ok(meta) = tokio::fs::symlink_metadata(de.path()).await else {
                 continue;
             };
             out.push(entry_from(name, &meta));
@@ -142,11 +146,16 @@ impl Transport for LocalTransport {
     }
 
     async fn set_mtime(&mut self, path: &str, mtime: SystemTime) -> Result<bool> {
-        let file = std::fs::File::options()
-            .write(true)
+        let file = write_options()
             .open(path)
+            .await
+            .map_err(|e| io_error(path, e))?
+            .into_std()
+            .await;
+        tokio::task::spawn_blocking(move || file.set_modified(mtime))
+            .await
+            .map_err(|e| ClientError::local(path, std::io::Error::other(e)))?
             .map_err(|e| io_error(path, e))?;
-        file.set_modified(mtime).map_err(|e| io_error(path, e))?;
         Ok(true)
     }
 
@@ -174,9 +183,9 @@ impl Transport for LocalTransport {
 }
 
 /// Opens a file for writing from `offset`: created or truncated at 0, else cut to `offset` and positioned there.
+/// A symbolic link at `path` is refused, not followed.
 pub async fn open_at(path: &str, offset: u64) -> Result<tokio::fs::File> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .write(true)
+    let mut file = write_options()
         .create(true)
         .truncate(offset == 0)
         .open(path)
@@ -189,6 +198,22 @@ pub async fn open_at(path: &str, offset: u64) -> Result<tokio::fs::File> {
             .map_err(|e| io_error(path, e))?;
     }
     Ok(file)
+}
+
+/// Opens an existing file for writing at any offset, refusing a symbolic link at `path`.
+pub async fn open_existing(path: &str) -> Result<tokio::fs::File> {
+    write_options()
+        .open(path)
+        .await
+        .map_err(|e| io_error(path, e))
+}
+
+/// Write access that does not follow a symbolic link in the last component: a link planted as `NAME.part` must not
+/// turn a download into a write to the file it points to.
+fn write_options() -> tokio::fs::OpenOptions {
+    let mut options = tokio::fs::OpenOptions::new();
+    options.write(true).custom_flags(libc::O_NOFOLLOW);
+    options
 }
 
 fn entry_from(name: String, meta: &std::fs::Metadata) -> Entry {

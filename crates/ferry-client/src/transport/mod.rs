@@ -83,6 +83,20 @@ pub trait Transport: Send {
         sink: Sink<'_>,
     ) -> Result<u64>;
 
+    /// Writes the file's bytes from `offset` to its end into `sink`, but stops after `limit` of them; returns the
+    /// bytes written. Unlike [`Transport::read`] with a length, this asks the server for the rest of the file:
+    /// `limit` only guards against a server that sends more than it said the file holds (FTP sends no `RANG`,
+    /// which servers such as ProFTPD refuse when it reaches past the end of the file).
+    async fn read_at_most(
+        &mut self,
+        path: &str,
+        offset: u64,
+        limit: u64,
+        sink: Sink<'_>,
+    ) -> Result<u64> {
+        self.read(path, offset, Some(limit), sink).await
+    }
+
     /// Stores `source` into the file: from scratch (truncating) when `offset` is 0, else appended at `offset`,
     /// which is the file's current size. Returns the bytes stored.
     async fn write(&mut self, path: &str, offset: u64, source: Source<'_>) -> Result<u64>;
