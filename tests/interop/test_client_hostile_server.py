@@ -157,8 +157,9 @@ def files_below(root):
 
 
 def test_a_glob_download_takes_only_plain_names_from_the_listing(hostile, tmp_path):
-    """`ferry get 'URL/dir/*.txt' out/` with a listing of `../evil.txt` (which `*` used to match across `/`), an
-    absolute name and a backslash name downloads only the plain name, into `out/`."""
+    """`ferry get 'URL/dir/*.txt' out/` with a listing of `../evil.txt` (which `*` used to match across `/`) and an
+    absolute name downloads only the plain names, into `out/`. A backslash is no separator here: `..\\back.txt` is
+    a plain name and lands inside `out/` under that name."""
     absolute = str(tmp_path / "abs.txt")
     server = hostile({
         "dir": Dir("../evil.txt", absolute, "..\\back.txt", "good.txt"),
@@ -172,19 +173,19 @@ def test_a_glob_download_takes_only_plain_names_from_the_listing(hostile, tmp_pa
     out.mkdir(parents=True)
     fc(tmp_path, "get", "--retries", "0", server.url("dir/*.txt"), out, cwd=work)
     assert (out / "good.txt").read_bytes() == b"good\n"
-    assert files_below(out) == ["good.txt"]
-    assert files_below(tmp_path / "a") == ["b", "b/out", "b/out/good.txt"]
+    assert files_below(out) == ["..\\back.txt", "good.txt"]
+    assert files_below(tmp_path / "a") == ["b", "b/out", "b/out/..\\back.txt", "b/out/good.txt"]
     assert not (tmp_path / "abs.txt").exists()
 
 
 @pytest.mark.parametrize("command", ["get-r", "mirror"])
 def test_recursive_downloads_leave_out_names_that_are_not_plain(hostile, tmp_path, command):
     server = hostile({
-        "tree": Dir("a\\b.txt", "ok.txt", "sub"),
-        "tree/a\\b.txt": File(b"backslash\n"),
+        "tree": Dir("a/b.txt", "ok.txt", "sub"),
+        "tree/a/b.txt": File(b"slash\n"),
         "tree/ok.txt": File(b"ok\n"),
-        "tree/sub": Dir("..\\up.txt", "inner.txt"),
-        "tree/sub/..\\up.txt": File(b"up\n"),
+        "tree/sub": Dir("../up.txt", "inner.txt"),
+        "tree/sub/../up.txt": File(b"up\n"),
         "tree/sub/inner.txt": File(b"inner\n"),
     })
     out = tmp_path / "out"

@@ -213,10 +213,16 @@ pub fn join(dir: &str, name: &str) -> String {
 }
 
 /// Whether `name`, as a listing gave it, is one plain path component that can be used as a local name: not
-/// empty, not `.` or `..`, and without `/`, `\` or NUL. Every name from a listing passes this check before it
-/// becomes part of a path: a hostile server could otherwise list `../../.bashrc` or `/etc/cron.d/x`.
+/// empty, not `.` or `..`, and without a path separator of this system (`/`, and `\\` on Windows) or NUL. Every
+/// name from a listing passes this check before it becomes part of a path: a hostile server could otherwise list
+/// `../../.bashrc` or `/etc/cron.d/x`.
 pub fn is_plain_name(name: &str) -> bool {
-    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+    !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '\0' || std::path::is_separator(c))
 }
 
 /// The last component of a remote path ("" for the root or the login directory).
@@ -362,11 +368,11 @@ mod tests {
         for name in ["a.txt", ".hidden", "..x", "x..", "a b", "été"] {
             assert!(is_plain_name(name), "{name:?}");
         }
-        for name in [
-            "", ".", "..", "../x", "/etc/x", "a/b", "..\\x", "a\\b", "a\0b",
-        ] {
+        for name in ["", ".", "..", "../x", "/etc/x", "a/b", "a\0b"] {
             assert!(!is_plain_name(name), "{name:?}");
         }
+        // A backslash separates only on Windows; elsewhere it is part of a name.
+        assert_eq!(is_plain_name("a\\b"), !cfg!(windows));
     }
 
     #[test]
