@@ -254,3 +254,27 @@ def test_other_users_are_confined_to_their_own_home(ferry, setup, tmp_path):
     ftp.quit()
     assert (ferry.home("bob") / "bob-new.txt").read_bytes() == b"bob's\n"
     assert not (ferry.home("alice") / "bob-new.txt").exists()
+
+
+def test_special_files_in_a_home_are_refused_at_once(ferry, setup):
+    """A FIFO an administrator left in a home: opening it used to wait for its other end on a storage thread,
+    for ever (RETR never answered, and enough of them took every storage thread). Now every way of opening it
+    is refused at once, and the session goes on."""
+    from helpers_sftp import sftp_client
+
+    home, _ = setup
+    os.mkfifo(home / "pipe")
+    ftp = ftp_login(ferry)
+    ftp.sock.settimeout(20)
+    reply = expect_error("550", retrieve, ftp, "pipe")
+    assert "regular file" in reply, reply
+    expect_error("550", store, ftp, "pipe", b"data")
+    expect_error("550", ftp.sendcmd, "XSHA256 pipe")
+    assert retrieve(ftp, "mine.txt") == b"alice's own file\n"
+    ftp.quit()
+    with sftp_client(ferry) as sftp:
+        sftp.get_channel().settimeout(20)
+        for mode in ("rb", "wb", "ab"):
+            with pytest.raises(IOError):
+                sftp.open("pipe", mode)
+        assert sftp.open("mine.txt", "rb").read() == b"alice's own file\n"

@@ -3,6 +3,7 @@
 use std::io;
 
 use crate::account::Permission;
+use crate::storage::NotARegularFile;
 
 /// Why an operation on a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum CoreError {
     NotADirectory,
     #[error("is a directory")]
     IsADirectory,
+    #[error("not a regular file")]
+    NotARegularFile,
     #[error("directory not empty")]
     DirectoryNotEmpty,
     #[error("invalid name: {0}")]
@@ -42,6 +45,11 @@ pub enum CoreError {
 impl From<io::Error> for CoreError {
     fn from(e: io::Error) -> Self {
         use io::ErrorKind as K;
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<NotARegularFile>())
+        {
+            return CoreError::NotARegularFile;
+        }
         match e.kind() {
             K::NotFound => CoreError::NotFound,
             // cap-std reports an escape attempt (absolute symlink, `..` beyond the root) as PermissionDenied.

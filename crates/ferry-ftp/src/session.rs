@@ -1312,6 +1312,7 @@ pub(crate) fn error_reply(e: &CoreError) -> Reply {
         CoreError::AlreadyExists => (Code::FileUnavailable, "File exists".to_owned()),
         CoreError::NotADirectory => (Code::FileUnavailable, "Not a directory".to_owned()),
         CoreError::IsADirectory => (Code::FileUnavailable, "Is a directory".to_owned()),
+        CoreError::NotARegularFile => (Code::FileUnavailable, "Not a regular file".to_owned()),
         CoreError::DirectoryNotEmpty => (Code::FileUnavailable, "Directory not empty".to_owned()),
         CoreError::InvalidName(m) => (Code::BadFileName, format!("Invalid file name: {m}")),
         CoreError::InvalidArgument(m) => (Code::ArgumentError, m.clone()),

@@ -17,8 +17,8 @@ use super::cached_read::CachedReader;
 use super::local_listing::LocalDirReader;
 use super::write_behind::{self, WriteBehind};
 use super::{
-    Capabilities, DirBatches, DirStream, FileKind, FileWriter, Metadata, OpenedFile, Storage,
-    WriteMode, WritePlanner,
+    Capabilities, DirBatches, DirStream, FileKind, FileWriter, Metadata, NotARegularFile,
+    OpenedFile, Storage, WriteMode, WritePlanner,
 };
 use crate::account::QuotaUsage;
 
@@ -148,6 +148,38 @@ fn open_cached(_root: &Dir, _path: &str) -> Option<(std::fs::File, Metadata)> {
     None
 }
 
+/// Opens `path` with `options` (blocking), refusing anything but a regular file. `O_NONBLOCK` keeps the open of a
+/// FIFO from waiting for a peer (one left in a home by an administrator would otherwise hold a blocking-pool thread
+/// until someone opened its other end), and is cleared again on the file returned. Devices and sockets are refused
+/// as well: a download of `/dev/zero`'s like would never end.
+fn open_regular(
+    dir: &Dir,
+    path: &str,
+    options: &mut OpenOptions,
+) -> io::Result<(std::fs::File, std::fs::Metadata)> {
+    use cap_std::fs::OpenOptionsExt;
+    use rustix::fs::OFlags;
+    options.custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+    let file = match dir.open_with(path, options) {
+        Ok(file) => file.into_std(),
+        // A FIFO opened for writing without a reader, or a device without its driver: never a regular file.
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            return Err(io::Error::other(NotARegularFile))
+        }
+        Err(e) => return Err(e),
+    };
+    let metadata = file.metadata()?;
+    if metadata.is_dir() {
+        return Err(io::ErrorKind::IsADirectory.into());
+    }
+    if !metadata.is_file() {
+        return Err(io::Error::other(NotARegularFile));
+    }
+    let flags = rustix::fs::fcntl_getfl(&file)?;
+    rustix::fs::fcntl_setfl(&file, flags - OFlags::NONBLOCK)?;
+    Ok((file, metadata))
+}
+
 /// Opens `path` for writing as `mode` says (blocking). A file replaced from its start (`Truncate`) is not truncated
 /// here: its writer empties it (see [`WriteBehind::replacing`]).
 fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBehind> {
@@ -159,9 +191,9 @@ fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBeh
         WriteMode::At { .. } => options.create(true),
         WriteMode::Append => options.create(true).append(true),
     };
-    let mut file = dir.open_with(path, &options)?.into_std();
+    let (mut file, metadata) = open_regular(dir, path, &mut options)?;
     // The one look at the opened file an upload needs (for its quota account), which the replacing check shares.
-    let opened = write_behind::file_state(&file)?;
+    let opened = write_behind::state_of(&metadata);
     match mode {
         WriteMode::Truncate if opened.size > 0 => {
             return Ok(WriteBehind::replacing(file, opened));
@@ -184,10 +216,8 @@ fn reopen_for_write(
     offset: u64,
     unique_id: u128,
 ) -> io::Result<WriteBehind> {
-    let mut file = dir
-        .open_with(path, OpenOptions::new().write(true))?
-        .into_std();
-    let opened = write_behind::file_state(&file)?;
+    let (mut file, metadata) = open_regular(dir, path, OpenOptions::new().write(true))?;
+    let opened = write_behind::state_of(&metadata);
     if opened.unique_id != unique_id {
         return Err(io::Error::other(
             "the file was replaced while it was being written",
@@ -242,12 +272,9 @@ impl Storage for LocalStorage {
         let path = path.to_owned();
         let (file, metadata) = self
             .run(move |d| {
-                let file = d.open(path)?;
-                let metadata = convert_metadata(&file.metadata()?);
-                if metadata.is_dir() {
-                    return Err(io::Error::from(io::ErrorKind::IsADirectory));
-                }
-                let mut file = file.into_std();
+                let (mut file, metadata) = open_regular(d, &path, OpenOptions::new().read(true))?;
+                let metadata =
+                    convert_metadata(&cap_std::fs::Metadata::from_just_metadata(metadata));
                 if offset > 0 {
                     file.seek(SeekFrom::Start(offset))?;
                 }
@@ -411,6 +438,8 @@ impl Storage for LocalStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::CoreError;
+    use std::os::unix::fs::OpenOptionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn storage() -> (tempfile::TempDir, LocalStorage) {
@@ -507,6 +536,56 @@ mod tests {
         let mut out = String::new();
         opened.reader.read_to_string(&mut out).await.unwrap();
         assert_eq!((out.as_str(), opened.metadata.size), ("456789", 10));
+    }
+
+    /// Without O_NONBLOCK on the blocking-pool opens, each of these waited for the FIFO's other end for ever.
+    #[tokio::test]
+    async fn fifos_are_refused_without_waiting_for_a_peer() {
+        let (tmp, s) = storage().await;
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            tmp.path().join("home/fifo").as_path(),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o666),
+            0,
+        )
+        .unwrap();
+        let not_regular = |e: io::Error| {
+            assert!(
+                matches!(CoreError::from(e), CoreError::NotARegularFile),
+                "wrong error"
+            )
+        };
+        let opens = async {
+            not_regular(s.open_read("fifo", 0).await.err().expect("read"));
+            for mode in [
+                WriteMode::Truncate,
+                WriteMode::Append,
+                WriteMode::At {
+                    offset: 0,
+                    truncate: false,
+                },
+            ] {
+                // Opened for writing, a FIFO without a reader fails with ENXIO rather than opening.
+                not_regular(s.open_write("fifo", mode).await.err().expect("write"));
+            }
+            // With a reader at the other end the open succeeds, and the file is refused after it.
+            let reader = std::fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(tmp.path().join("home/fifo"))
+                .unwrap();
+            not_regular(
+                s.open_write("fifo", WriteMode::Truncate)
+                    .await
+                    .err()
+                    .expect("write with a reader"),
+            );
+            drop(reader);
+        };
+        tokio::time::timeout(Duration::from_secs(30), opens)
+            .await
+            .expect("an open waited for the FIFO's other end");
     }
 
     #[tokio::test]

@@ -58,6 +58,12 @@ impl Metadata {
 
 /// A file open for writing as it is at one moment: which file, how long, and how many names it has (0: it has been
 /// deleted while open). Uploads keep quota accounts with it (see [`crate::quota::QuotaTracker`]).
+/// Why a storage refused to open something that exists: it is not a regular file (a FIFO, a device, a socket).
+/// Carried inside an [`io::Error`]; [`crate::error::CoreError`] recognises it.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("not a regular file")]
+pub struct NotARegularFile;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FileState {
     /// The file's identity, as [`Metadata::unique_id`].

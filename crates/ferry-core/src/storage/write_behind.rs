@@ -236,13 +236,17 @@ impl AsyncWrite for WriteBehind {
 
 /// The state of an open file (one fstat(2)); the identity is made as [`super::Metadata::unique_id`] is.
 pub(super) fn file_state(file: &File) -> io::Result<FileState> {
+    Ok(state_of(&file.metadata()?))
+}
+
+/// The state of a file from its metadata.
+pub(super) fn state_of(meta: &std::fs::Metadata) -> FileState {
     use std::os::unix::fs::MetadataExt;
-    let meta = file.metadata()?;
-    Ok(FileState {
+    FileState {
         unique_id: (u128::from(meta.dev()) << 64) | u128::from(meta.ino()),
         size: meta.size(),
         nlink: meta.nlink(),
-    })
+    }
 }
 
 /// Writes `data` at the file's position; with `empty_first`, empties the file before, and with `cut_after`, cuts it

@@ -48,6 +48,7 @@ impl From<CoreError> for Status {
             | CoreError::AlreadyExists
             | CoreError::NotADirectory
             | CoreError::IsADirectory
+            | CoreError::NotARegularFile
             | CoreError::DirectoryNotEmpty
             | CoreError::QuotaExceeded(_)
             | CoreError::StorageFull
