@@ -263,6 +263,37 @@ def test_unknown_user_is_indistinguishable_from_wrong_password(ferry_factory):
     c.close()
 
 
+def test_failed_logins_are_limited_per_address_across_connections(ferry_factory):
+    """20 wrong passwords from one address within 5 minutes (the defaults), spread over many connections: the
+    address is then refused even the right password, over FTP and SSH alike, before any hash is computed; another
+    address logs in as usual. Each connection on its own stays under --max-login-failures."""
+    import paramiko
+
+    from helpers_sftp import sftp_addr
+
+    server = ferry_factory(*FAST)
+    server.add_user("alice", "secret")
+    for _ in range(10):
+        c = RawFtp(server.host, server.port)
+        assert c.login("alice", "wrong").startswith("530")
+        assert c.login("no-such-user", "wrong").startswith("530")
+        c.close()
+    c = RawFtp(server.host, server.port)
+    refused = c.login("alice", "secret")
+    assert refused.startswith("530") and "failed logins" in refused, refused
+    c.close()
+    host, port = sftp_addr(server)
+    transport = paramiko.Transport((host, port))
+    try:
+        with pytest.raises(paramiko.AuthenticationException):
+            transport.connect(username="alice", password="secret")
+    finally:
+        transport.close()
+    other = RawFtp(server.host, server.port, source_address=("127.0.0.2", 0))
+    assert other.login("alice", "secret").startswith("230")
+    other.close()
+
+
 def test_overlong_command_line_gets_500_and_server_survives(ferry):
     c = RawFtp(ferry.host, ferry.port)
     reply = c.cmd("NOOP " + "A" * 10_000)

@@ -204,3 +204,72 @@ def test_open_directories_are_limited(ferry, raw):
     # Files can still be opened.
     (ferry.home("alice") / "f").write_bytes(b"f")
     open_file(raw, 101, "f", 1)
+
+
+def test_a_connection_that_stops_taking_data_is_cut_off_after_the_idle_timeout(ferry_factory):
+    """scp -f with a window the client never opens, and more input sent meanwhile: the scp task waits to write and
+    takes no input, russh's connection task waits to hand the input over, and its own idle timeout with it. The
+    client goes away. Before the outside watch, the connection (here: alice's only session) stayed for ever."""
+    from helpers_files import wait_until
+
+    server = ferry_factory("--idle-timeout", "3", "--failed-login-delay-ms", "0")
+    server.add_user("alice", "secret", "--max-sessions", "1")
+    (server.home("alice") / "big.bin").write_bytes(b"b" * (4 << 20))
+    host, port = server.addresses["sftp"]
+    transport = paramiko.Transport((host, port))
+    transport.connect(username="alice", password="secret")
+    chan = transport.open_session(window_size=32768, max_packet_size=32768)
+    chan.settimeout(10)
+    chan.exec_command("scp -f big.bin")
+    chan.sendall(b"\0")
+    assert chan.recv(100).startswith(b"C")
+    chan.sendall(b"\0")
+    for _ in range(150):
+        chan.send(b"\0")
+    transport.close()
+
+    def logs_in():
+        try:
+            with sftp_client(server) as sftp:
+                return sftp.normalize(".") == "/"
+        except (paramiko.SSHException, OSError):
+            return False
+
+    wait_until(logs_in, timeout=30, interval=0.5, message="alice's session slot to be freed")
+    server.wait_for_log(r"no traffic")
+
+
+def test_past_the_waiting_bound_the_channel_is_closed(ferry):
+    """64 reads of 255 KiB held by a 32 KiB window, then more requests than a session may hold waiting: the session
+    ends and its channel closes, although replies were still due (the writer used to be waited for, for ever)."""
+    from helpers_files import wait_until
+
+    (ferry.home("alice")).mkdir(parents=True, exist_ok=True)
+    (ferry.home("alice") / "big.bin").write_bytes(b"b" * (16 << 20))
+    host, port = ferry.addresses["sftp"]
+    transport = paramiko.Transport((host, port))
+    transport.connect(username="alice", password="secret")
+    try:
+        chan = transport.open_session(window_size=32768, max_packet_size=32768)
+        chan.settimeout(20)
+        chan.invoke_subsystem("sftp")
+        conn = RawSftp.__new__(RawSftp)
+        conn.transport, conn.chan = transport, chan
+        conn.send(bytes([SSH_FXP_INIT]) + struct.pack(">I", 3))
+        assert conn.recv()[0] == SSH_FXP_VERSION
+        handle = open_file(conn, 1, "big.bin", 1)
+        for i in range(64):
+            conn.request(SSH_FXP_READ, 100 + i, string(handle) + struct.pack(">QI", i * 261120, 261120))
+        # 4 KiB requests (unknown extended ones), 17,000 of them: more than the 64 MiB a session may hold waiting.
+        filler = bytes([SSH_FXP_EXTENDED]) + struct.pack(">I", 7) + string(b"x" * (4096 - 13))
+        blob = (struct.pack(">I", len(filler)) + filler) * 1000
+        for _ in range(17):
+            try:
+                chan.sendall(blob)
+            except (OSError, paramiko.SSHException):
+                break
+        # Nothing is read here, so the window stays shut on the replies still due.
+        wait_until(lambda: chan.closed or chan.eof_received, timeout=20, message="the channel to close")
+    finally:
+        transport.close()
+    assert_server_still_serves(ferry)

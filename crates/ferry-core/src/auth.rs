@@ -79,6 +79,9 @@ pub struct Authenticator {
     verifying: SharedByKey<String, tokio::sync::Mutex<()>>,
     /// argon2id runs at most this many at once (each holds 19 MiB): a core-sized pool, not one thread per login.
     hashing: Semaphore,
+    /// A hash no password matches, checked in place of a missing one, so that a login for an unknown account (or
+    /// one without a password) takes as long as a wrong password: the time does not tell which names exist.
+    stand_in_hash: tokio::sync::OnceCell<String>,
     #[cfg(test)]
     hashes_run: std::sync::atomic::AtomicUsize,
 }
@@ -95,6 +98,7 @@ impl Authenticator {
             cache_key,
             verifying: SharedByKey::default(),
             hashing: Semaphore::new(cores),
+            stand_in_hash: tokio::sync::OnceCell::new(),
             #[cfg(test)]
             hashes_run: Default::default(),
         }
@@ -168,33 +172,26 @@ impl Authenticator {
     ) -> Result<Arc<Account>, AuthError> {
         // Read before the account: a change in between makes the entry look stale, never the reverse.
         let generation = self.store.generation();
-        let account = self
-            .store
-            .get(username)
-            .await?
-            .ok_or(AuthError::InvalidCredentials)?;
-        let stored_hash = account
-            .password_hash
-            .clone()
-            .ok_or(AuthError::InvalidCredentials)?;
-        if !self.cached_for_hash(username, &stored_hash, &digest) {
-            let _permit = self
-                .hashing
-                .acquire()
-                .await
-                .map_err(|e| CoreError::Store(e.to_string()))?;
-            #[cfg(test)]
-            self.hashes_run
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::debug!(user = username, "verifying a password hash");
-            let password = password.to_owned();
-            let hash = stored_hash.clone();
-            let ok = tokio::task::spawn_blocking(move || verify_hash(&hash, &password))
-                .await
-                .map_err(|e| CoreError::Store(e.to_string()))?;
-            if !ok {
-                return Err(AuthError::InvalidCredentials);
-            }
+        let account = self.store.get(username).await?;
+        let Some((account, stored_hash)) =
+            account.and_then(|a| a.password_hash.clone().map(|hash| (a, hash)))
+        else {
+            let stand_in = self
+                .stand_in_hash
+                .get_or_try_init(|| async {
+                    let password = random_password(32);
+                    tokio::task::spawn_blocking(move || hash_password(&password))
+                        .await
+                        .map_err(|e| CoreError::Store(e.to_string()))?
+                })
+                .await?;
+            self.hash_matches(stand_in.clone(), password).await?;
+            return Err(AuthError::InvalidCredentials);
+        };
+        if !self.cached_for_hash(username, &stored_hash, &digest)
+            && !self.hash_matches(stored_hash.clone(), password).await?
+        {
+            return Err(AuthError::InvalidCredentials);
         }
         let account = Arc::new(without_credentials(account));
         self.remember(
@@ -208,6 +205,24 @@ impl Authenticator {
             },
         );
         Ok(account)
+    }
+
+    /// Whether `password` matches `hash` (argon2id on the blocking pool, at most a core's worth at once).
+    async fn hash_matches(&self, hash: String, password: &str) -> Result<bool, AuthError> {
+        let _permit = self
+            .hashing
+            .acquire()
+            .await
+            .map_err(|e| CoreError::Store(e.to_string()))?;
+        #[cfg(test)]
+        self.hashes_run
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let password = password.to_owned();
+        Ok(
+            tokio::task::spawn_blocking(move || verify_hash(&hash, &password))
+                .await
+                .map_err(|e| CoreError::Store(e.to_string()))?,
+        )
     }
 
     /// Checks that `key`, an OpenSSH public key (`ssh-ed25519 AAAA... [comment]`) whose possession the protocol has
@@ -343,6 +358,27 @@ mod tests {
             auth.verify_password("bob", "right", ip).await,
             Err(AuthError::InvalidCredentials)
         ));
+    }
+
+    #[tokio::test]
+    async fn unknown_accounts_cost_a_hash_as_wrong_passwords_do() {
+        let (tmp, auth) = authenticator().await;
+        auth.store()
+            .create(&Account::new("keys-only", tmp.path().join("k")))
+            .await
+            .unwrap();
+        let ip = "127.0.0.1".parse().unwrap();
+        for (n, user) in ["nobody", "keys-only", "alice"].into_iter().enumerate() {
+            assert!(matches!(
+                auth.verify_password(user, "guess", ip).await,
+                Err(AuthError::InvalidCredentials)
+            ));
+            assert_eq!(
+                auth.hashes_run.load(std::sync::atomic::Ordering::Relaxed),
+                n + 1,
+                "{user}"
+            );
+        }
     }
 
     #[tokio::test]

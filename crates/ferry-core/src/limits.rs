@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::account::canonical_ip;
 
@@ -23,6 +23,10 @@ pub struct Limits {
     pub failed_login_delay: Duration,
     /// Disconnect after this many failed logins on one connection.
     pub max_login_failures: u32,
+    /// Refuse password logins from a client address (an IPv6 /64) after this many failed ones within
+    /// `failure_window`, whatever connections they came on; `0`: no limit.
+    pub max_failures_per_ip: u32,
+    pub failure_window: Duration,
     /// Longest command line (FTP) accepted, in bytes.
     pub max_line_len: usize,
 }
@@ -37,6 +41,8 @@ impl Default for Limits {
             data_timeout: Duration::from_secs(60),
             failed_login_delay: Duration::from_secs(1),
             max_login_failures: 3,
+            max_failures_per_ip: 20,
+            failure_window: Duration::from_secs(300),
             max_line_len: 4096 + 16,
         }
     }
@@ -51,6 +57,8 @@ pub enum LimitError {
     TooManyFromAddress,
     #[error("too many sessions for this account")]
     TooManySessions,
+    #[error("too many failed logins from your address, try again later")]
+    TooManyFailures,
 }
 
 #[derive(Default)]
@@ -148,9 +156,136 @@ impl Drop for AccountSlot {
     }
 }
 
+/// Addresses whose failed logins are counted at most; past it, windows that have ended are dropped, and if none
+/// has, new addresses go uncounted until one ends (a bounded map rather than memory for every address of a flood).
+const MAX_COUNTED_ADDRESSES: usize = 65_536;
+
+/// Failed password logins per client address, over fixed windows. The per-connection limit alone lets a guesser
+/// open more connections, and every guess for an account queues for its password check ahead of the real user's;
+/// an address past the limit is refused before any password is looked at.
+#[derive(Default)]
+pub struct FailureThrottle {
+    by_address: Mutex<HashMap<IpAddr, FailureWindow>>,
+}
+
+#[derive(Clone, Copy)]
+struct FailureWindow {
+    started: Instant,
+    failures: u32,
+}
+
+impl FailureThrottle {
+    fn windows(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, FailureWindow>> {
+        self.by_address.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a client at `ip` may try a password now.
+    pub fn check(&self, ip: IpAddr, limits: &Limits) -> Result<(), LimitError> {
+        if limits.max_failures_per_ip == 0 {
+            return Ok(());
+        }
+        let now = Instant::now();
+        match self.windows().get(&address_key(ip)) {
+            Some(w)
+                if now.duration_since(w.started) < limits.failure_window
+                    && w.failures >= limits.max_failures_per_ip =>
+            {
+                Err(LimitError::TooManyFailures)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Counts a failed password login from `ip`.
+    pub fn record_failure(&self, ip: IpAddr, limits: &Limits) {
+        if limits.max_failures_per_ip == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let ended = |w: &FailureWindow| now.duration_since(w.started) >= limits.failure_window;
+        let key = address_key(ip);
+        let mut windows = self.windows();
+        if !windows.contains_key(&key) && windows.len() >= MAX_COUNTED_ADDRESSES {
+            windows.retain(|_, w| !ended(w));
+            if windows.len() >= MAX_COUNTED_ADDRESSES {
+                return;
+            }
+        }
+        let window = windows.entry(key).or_insert(FailureWindow {
+            started: now,
+            failures: 0,
+        });
+        if ended(window) {
+            *window = FailureWindow {
+                started: now,
+                failures: 0,
+            };
+        }
+        window.failures = window.failures.saturating_add(1);
+    }
+}
+
+/// What failures are counted by: the address, or for IPv6 its /64 (one subscriber's network, whose addresses
+/// are all theirs to use).
+fn address_key(ip: IpAddr) -> IpAddr {
+    match canonical_ip(ip) {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failures_per_address_are_limited_within_a_window() {
+        let throttle = FailureThrottle::default();
+        let limits = Limits {
+            max_failures_per_ip: 3,
+            failure_window: Duration::from_secs(3600),
+            ..Limits::default()
+        };
+        let guesser: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..3 {
+            assert_eq!(throttle.check(guesser, &limits), Ok(()));
+            throttle.record_failure(guesser, &limits);
+        }
+        assert_eq!(
+            throttle.check(guesser, &limits),
+            Err(LimitError::TooManyFailures)
+        );
+        // The same address mapped into IPv6 is the same client.
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert!(throttle.check(mapped, &limits).is_err());
+        // Others are not affected; an IPv6 /64 counts as one.
+        assert!(throttle
+            .check("192.0.2.2".parse().unwrap(), &limits)
+            .is_ok());
+        for last in 1..=3 {
+            throttle.record_failure(format!("2001:db8::{last}").parse().unwrap(), &limits);
+        }
+        assert!(throttle
+            .check("2001:db8::ffff:1".parse().unwrap(), &limits)
+            .is_err());
+        assert!(throttle
+            .check("2001:db8:0:1::1".parse().unwrap(), &limits)
+            .is_ok());
+        // A window that has ended starts over; 0 means no limit.
+        let short = Limits {
+            failure_window: Duration::ZERO,
+            ..limits.clone()
+        };
+        assert!(throttle.check(guesser, &short).is_ok());
+        let unlimited = Limits {
+            max_failures_per_ip: 0,
+            ..limits
+        };
+        assert!(throttle.check(guesser, &unlimited).is_ok());
+    }
 
     #[test]
     fn per_ip_cap_frees_slots_on_drop() {

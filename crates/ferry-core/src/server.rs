@@ -11,7 +11,7 @@ use crate::account::{Account, AccountStore};
 use crate::auth::{AuthError, Authenticator};
 use crate::error::CoreError;
 use crate::events::{Event, EventBus, EventKind};
-use crate::limits::{ConnectionLimiter, ConnectionSlot, LimitError, Limits};
+use crate::limits::{ConnectionLimiter, ConnectionSlot, FailureThrottle, LimitError, Limits};
 use crate::quota::{QuotaRegistry, QuotaTracker};
 use crate::registry::MadeOnce;
 use crate::session::{ClientInfo, Session, SessionParts};
@@ -46,6 +46,7 @@ struct CoreInner {
     auth: Authenticator,
     events: EventBus,
     limiter: ConnectionLimiter,
+    failures: FailureThrottle,
     quotas: QuotaRegistry,
     homes: MadeOnce<PathBuf, LocalStorage>,
     settings: ServerSettings,
@@ -58,6 +59,7 @@ impl ServerCore {
             auth,
             events,
             limiter: ConnectionLimiter::default(),
+            failures: FailureThrottle::default(),
             quotas: QuotaRegistry::default(),
             homes: MadeOnce::default(),
             settings,
@@ -95,13 +97,16 @@ impl ServerCore {
     }
 
     /// Verifies the credentials and opens a session in the account's home. Publishes `login` or `login-failed`.
+    /// A client address with too many failed passwords of late is refused before its password is looked at.
     pub async fn login(
         &self,
         username: &str,
         password: &str,
         client: &ClientInfo,
     ) -> Result<Session, LoginError> {
+        let limits = &self.inner.settings.limits;
         let result = async {
+            self.inner.failures.check(client.ip, limits)?;
             let account = self
                 .inner
                 .auth
@@ -111,6 +116,9 @@ impl ServerCore {
             self.open_session(account, anonymous, client).await
         }
         .await;
+        if let Err(LoginError::Auth(AuthError::InvalidCredentials)) = result {
+            self.inner.failures.record_failure(client.ip, limits);
+        }
         self.publish_failure(username, client, &result);
         result
     }

@@ -482,7 +482,7 @@ impl FtpSession {
         let client = ClientInfo::new(protocol, canonical_ip(self.peer.ip()));
         match self.shared.core.login(&user, &password, &client).await {
             Ok(session) => {
-                tracing::info!(peer = %self.peer, user = %user, "logged in");
+                tracing::info!(peer = %self.peer, user = ?user, "logged in");
                 self.session = Some(session);
                 self.cwd = VirtualPath::root();
                 self.failed_logins = 0;
@@ -490,20 +490,20 @@ impl FtpSession {
                 Ok(Flow::Continue)
             }
             Err(LoginError::Limit(e)) => {
-                tracing::info!(peer = %self.peer, user = %user, error = %e, "login refused");
+                tracing::info!(peer = %self.peer, user = ?user, error = %e, "login refused");
                 self.send(Code::NotLoggedIn, format!("Login refused: {e}"))
                     .await?;
                 Ok(Flow::Continue)
             }
             Err(LoginError::Home(e)) => {
-                tracing::error!(peer = %self.peer, user = %user, error = %e, "cannot open home directory");
+                tracing::error!(peer = %self.peer, user = ?user, error = %e, "cannot open home directory");
                 self.send(Code::NotLoggedIn, "Cannot open home directory")
                     .await?;
                 Ok(Flow::Continue)
             }
             Err(LoginError::Auth(e)) => {
                 self.failed_logins += 1;
-                tracing::warn!(peer = %self.peer, user = %user, error = %e, failures = self.failed_logins, "login failed");
+                tracing::warn!(peer = %self.peer, user = ?user, error = %e, failures = self.failed_logins, "login failed");
                 tokio::time::sleep(self.shared.core.limits().failed_login_delay).await;
                 self.send(Code::NotLoggedIn, "Login incorrect").await?;
                 if self.failed_logins >= self.shared.core.limits().max_login_failures {

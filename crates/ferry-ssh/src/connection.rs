@@ -2,9 +2,11 @@
 //! subsystem, an exec command, a shell) handed to a task of its own. Everything else is refused.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use ferry_core::events::Protocol;
 use ferry_core::session::Session;
@@ -13,6 +15,7 @@ use russh::server::{
 };
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodSet, Pty};
 use tokio::io::{AsyncWriteExt, BufReader};
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthFailure, Logins, Outcome};
 use crate::exec::{self, Command, CommandError};
@@ -35,6 +38,30 @@ pub(crate) struct ConnectionState {
     pub authenticated: AtomicBool,
     /// Channels whose request is being served.
     pub running: AtomicUsize,
+    /// Cancelled by the listener when the connection has ended.
+    pub ended: CancellationToken,
+}
+
+/// How long a channel's task may go on after its connection ended, to finish what it was doing.
+const CHANNEL_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs a channel's task until it ends, or until [`CHANNEL_GRACE`] after its connection has: russh never wakes a
+/// task waiting for window space on a channel whose connection is gone, and such a task would hold its session
+/// (and the account's session slot) for ever.
+fn spawn_channel<F>(state: &ConnectionState, task: F)
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let ended = state.ended.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            () = task => {}
+            () = async {
+                ended.cancelled().await;
+                tokio::time::sleep(CHANNEL_GRACE).await;
+            } => tracing::debug!("channel task ended with its connection"),
+        }
+    });
 }
 
 /// The russh handler of one connection.
@@ -180,7 +207,7 @@ impl russh::server::Handler for Connection {
         };
         session.channel_success(channel)?;
         let limits = self.shared.config.sftp.clone();
-        tokio::spawn(async move {
+        spawn_channel(&self.state, async move {
             let (mut read, write) = channel_io.split();
             let output = write.make_writer();
             sftp::serve(
@@ -209,8 +236,8 @@ impl russh::server::Handler for Connection {
         session.channel_success(channel)?;
         let command = exec::parse(data);
         let shown: String = String::from_utf8_lossy(data).chars().take(200).collect();
-        tracing::info!(peer = %self.peer, user = %user.username(), command = %shown, "exec");
-        tokio::spawn(async move {
+        tracing::info!(peer = %self.peer, user = %user.username(), command = ?shown, "exec");
+        spawn_channel(&self.state, async move {
             run_command(user, command, channel_io).await;
             drop(guard);
         });
@@ -232,7 +259,7 @@ impl russh::server::Handler for Connection {
              sha1sum, sha256sum, sha512sum and pwd, but no shell.\r\n",
             user.username()
         );
-        tokio::spawn(async move {
+        spawn_channel(&self.state, async move {
             let (_, write) = channel_io.split();
             let mut stderr = write.make_writer_ext(Some(1));
             let _ = stderr.write_all(message.as_bytes()).await;

@@ -21,6 +21,7 @@
 //! # Ok(()) }
 //! ```
 
+mod activity;
 mod auth;
 mod connection;
 pub mod exec;

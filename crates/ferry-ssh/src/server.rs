@@ -15,6 +15,7 @@ use russh::server::Config;
 use russh::{cipher, Disconnect, MethodKind, MethodSet, Preferred, SshId};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::activity::{Activity, Watched};
 use crate::connection::{Connection, ConnectionState};
 use crate::host_keys::{self, PendingKey};
 use crate::sftp::SftpLimits;
@@ -188,6 +189,8 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     };
     tracing::debug!(%peer, "connected");
     let state = Arc::new(ConnectionState::default());
+    // However this function ends, the connection's channel tasks learn that it has.
+    let _ended = state.ended.clone().drop_guard();
     let connection = Connection::new(Arc::clone(&shared), peer, Arc::clone(&state));
     // A second handle on the socket, to cut off a client that does not finish logging in (russh cannot send its
     // disconnect message in the middle of a key exchange).
@@ -196,7 +199,11 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
         .try_clone_to_owned()
         .map(std::net::TcpStream::from);
     // The login timeout counts from the connection, through the version exchange, to a successful login.
-    let login_deadline = tokio::time::Instant::now() + shared.core.limits().login_timeout;
+    let login_deadline = tokio::time::Instant::now()
+        .checked_add(shared.core.limits().login_timeout)
+        .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(30 * 365 * 86_400));
+    let activity = Activity::new();
+    let tcp = Watched::new(tcp, activity.clone());
     let start = russh::server::run_stream(shared.russh_config(), tcp, connection);
     let session = match tokio::time::timeout_at(login_deadline, start).await {
         Ok(Ok(session)) => session,
@@ -217,9 +224,11 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
     let mut shutting_down = false;
     let mut idle_check = tokio::time::interval(SHUTDOWN_POLL);
     let logged_in = || state.authenticated.load(Ordering::Acquire);
+    let idle_timeout = shared.core.limits().idle_timeout;
     let result = loop {
         let reason = tokio::select! {
             result = &mut session => break result,
+            () = activity.idle_for(idle_timeout) => "no traffic",
             () = &mut login_deadline, if !logged_in() => {
                 if logged_in() {
                     continue;
@@ -239,9 +248,12 @@ async fn accept(shared: Arc<Shared>, tcp: TcpStream, peer: SocketAddr) {
             }
         };
         tracing::info!(%peer, reason, "disconnecting");
-        let _ = handle
-            .disconnect(Disconnect::ByApplication, reason.into(), "en".into())
-            .await;
+        // Bounded: a connection whose task waits on a channel's task takes no message, a disconnect included.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            handle.disconnect(Disconnect::ByApplication, reason.into(), "en".into()),
+        )
+        .await;
         if tokio::time::timeout(Duration::from_secs(1), &mut session)
             .await
             .is_err()

@@ -536,7 +536,7 @@ impl DirHandle {
                     filename: entry.name,
                 }),
                 Some(Err(e)) => {
-                    tracing::warn!(path = %self.path, error = %e, "skipping an unreadable directory entry");
+                    tracing::warn!(path = ?self.path, error = %e, "skipping an unreadable directory entry");
                 }
             }
         }

@@ -17,6 +17,7 @@ mod status;
 mod wire;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
@@ -33,7 +34,7 @@ use handle::{DirHandle, FileHandle, HandleRequest, Job, OpenHandle};
 use status::Status;
 use wire::ExtArgs;
 
-/// Limits of one SFTP session; the defaults are OpenSSH's.
+/// Limits of one SFTP session; the defaults are OpenSSH's, but for the bounds on requests waiting to be served.
 #[derive(Clone, Debug)]
 pub struct SftpLimits {
     /// Longest request packet accepted; a longer one ends the session.
@@ -48,6 +49,40 @@ pub struct SftpLimits {
     pub max_dir_handles: usize,
     /// Requests read from the client but not yet answered.
     pub max_in_flight: usize,
+    /// Bytes of requests beyond `max_in_flight` one session may hold; a client that goes past it has its session
+    /// ended.
+    pub max_waiting: usize,
+    /// The same over every session that shares these limits (a server's): the per-session bound alone multiplies
+    /// by channels and connections.
+    pub waiting_total: Arc<WaitingBudget>,
+}
+
+/// Bytes of waiting requests over many sessions, bounded as a whole.
+#[derive(Debug)]
+pub struct WaitingBudget {
+    used: AtomicUsize,
+    max: usize,
+}
+
+impl WaitingBudget {
+    pub fn new(max: usize) -> Self {
+        WaitingBudget {
+            used: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    fn take(&self, n: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
 }
 
 impl Default for SftpLimits {
@@ -59,6 +94,8 @@ impl Default for SftpLimits {
             max_handles: 256,
             max_dir_handles: 64,
             max_in_flight: 64,
+            max_waiting: MAX_WAITING_BYTES,
+            waiting_total: Arc::new(WaitingBudget::new(MAX_WAITING_TOTAL)),
         }
     }
 }
@@ -66,12 +103,14 @@ impl Default for SftpLimits {
 /// Replies shorter than this are gathered with others that are ready into one write to the channel (the size of an
 /// SSH packet with OpenSSH's usual limit).
 const GATHER_REPLIES: usize = 32 * 1024;
-/// Bytes of requests read beyond the in-flight budget that may wait to be served. paramiko's `get` of a 20 GiB file
-/// asks for its 655,360 blocks at once, about 30 MiB of READ requests.
+/// Bytes of requests read beyond the in-flight budget that may wait to be served in one session, counted with
+/// [`WAITING_ENTRY_COST`] each. paramiko's `get` of a 20 GiB file asks for its 655,360 blocks at once, about 30 MiB
+/// of READ requests, 72 MiB as counted: files up to about 17 GiB fetched that way fit.
 const MAX_WAITING_BYTES: usize = 64 * 1024 * 1024;
-/// Waiting requests shorter than this are copied out of the read buffer they arrived in, so that a few bytes of
-/// request cannot hold a whole buffer.
-const COPY_WAITING_BELOW: usize = 4 * 1024;
+/// The same over all the sessions of a server.
+const MAX_WAITING_TOTAL: usize = 256 * 1024 * 1024;
+/// What a waiting request costs beyond its bytes: its copy's allocation and its place in the queue.
+const WAITING_ENTRY_COST: usize = 64;
 
 /// A reply, with the in-flight budget its request held: the budget goes back once the reply is written, so that the
 /// replies waiting for the channel never outnumber it (their queue needs no bound of its own).
@@ -109,13 +148,20 @@ where
         limits,
     };
     let mut input = wire::PacketReader::new(input, server.limits.max_packet);
-    if let Err(e) = server.run(&mut input).await {
+    let result = server.run(&mut input).await;
+    if let Err(e) = &result {
         tracing::info!(user = %server.session.username(), error = %e, "sftp session ended");
     }
     // Dropping the queues lets every handle task finish its requests and wind up its transfers; the writer ends
     // when the last of them is done.
     drop(server);
-    let _ = writer.await;
+    if result.is_ok() {
+        let _ = writer.await;
+    } else {
+        // After a protocol error the replies still to go are not waited for: the client may have stopped taking
+        // them (a window it never opens), and the channel must close regardless.
+        writer.abort();
+    }
 }
 
 /// Writes replies to the channel. Small replies that are ready together go out in one write, so that a burst of
@@ -165,38 +211,54 @@ async fn write_replies<W: AsyncWrite + Unpin>(
     while queue.recv().await.is_some() {}
 }
 
-/// Requests read beyond the in-flight budget, in arrival order, bounded in bytes.
-#[derive(Default)]
+/// Requests read beyond the in-flight budget, in arrival order, bounded in bytes per session and over the server.
 struct Waiting {
     requests: VecDeque<Bytes>,
     bytes: usize,
+    max: usize,
+    total: Arc<WaitingBudget>,
 }
 
 impl Waiting {
+    fn new(limits: &SftpLimits) -> Self {
+        Waiting {
+            requests: VecDeque::new(),
+            bytes: 0,
+            max: limits.max_waiting,
+            total: Arc::clone(&limits.waiting_total),
+        }
+    }
+
     fn push(&mut self, raw: Bytes) -> std::io::Result<()> {
-        if self.bytes + raw.len() > MAX_WAITING_BYTES {
+        let cost = raw.len() + WAITING_ENTRY_COST;
+        if self.bytes + cost > self.max || !self.total.take(cost) {
             return Err(protocol_error(
                 "more requests waiting for replies than the server holds",
             ));
         }
-        self.bytes += raw.len();
-        let raw = if raw.len() < COPY_WAITING_BELOW {
-            Bytes::copy_from_slice(&raw)
-        } else {
-            raw
-        };
-        self.requests.push_back(raw);
+        self.bytes += cost;
+        // Copied out of the read buffer it arrived in, which it would otherwise hold whole (a request sent as an
+        // SSH message of its own arrives alone in a buffer of 64 KiB): what waits is what was counted.
+        self.requests.push_back(Bytes::copy_from_slice(&raw));
         Ok(())
     }
 
     fn pop(&mut self) -> Option<Bytes> {
         let raw = self.requests.pop_front()?;
-        self.bytes -= raw.len();
+        let cost = raw.len() + WAITING_ENTRY_COST;
+        self.bytes -= cost;
+        self.total.give_back(cost);
         Some(raw)
     }
 
     fn is_empty(&self) -> bool {
         self.requests.is_empty()
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.total.give_back(self.bytes);
     }
 }
 
@@ -235,7 +297,7 @@ impl Server {
                 .collect(),
         };
         self.reply(wire::packet(0, Packet::Version(version)), None);
-        let mut waiting = Waiting::default();
+        let mut waiting = Waiting::new(&self.limits);
         let mut open = true;
         loop {
             tokio::select! {
@@ -600,4 +662,59 @@ fn single_name(id: u32, name: String) -> Bytes {
 
 fn protocol_error(message: &str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(max_waiting: usize, total: &Arc<WaitingBudget>) -> SftpLimits {
+        SftpLimits {
+            max_waiting,
+            waiting_total: Arc::clone(total),
+            ..SftpLimits::default()
+        }
+    }
+
+    #[test]
+    fn waiting_requests_are_bounded_per_session_and_over_the_server() {
+        let request = Bytes::from(vec![7u8; 1000]);
+        let cost = 1000 + WAITING_ENTRY_COST;
+        let total = Arc::new(WaitingBudget::new(5 * cost));
+        let mut first = Waiting::new(&limits(3 * cost, &total));
+        for _ in 0..3 {
+            first.push(request.clone()).unwrap();
+        }
+        assert!(
+            first.push(request.clone()).is_err(),
+            "past the session's bound"
+        );
+        let mut second = Waiting::new(&limits(3 * cost, &total));
+        second.push(request.clone()).unwrap();
+        second.push(request.clone()).unwrap();
+        assert!(
+            second.push(request.clone()).is_err(),
+            "past the server's bound"
+        );
+        // What is served, and what a session that ends still held, is given back.
+        assert_eq!(first.pop().unwrap(), request);
+        second.push(request.clone()).unwrap();
+        drop(first);
+        let mut third = Waiting::new(&limits(3 * cost, &total));
+        third.push(request.clone()).unwrap();
+        third.push(request.clone()).unwrap();
+        drop((second, third));
+        assert_eq!(total.used.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn a_waiting_request_does_not_hold_the_buffer_it_arrived_in() {
+        let total = Arc::new(WaitingBudget::new(usize::MAX));
+        let mut waiting = Waiting::new(&limits(usize::MAX, &total));
+        let arrived = Bytes::from(vec![1u8; 64 * 1024]);
+        waiting.push(arrived.slice(..4100)).unwrap();
+        let kept = waiting.pop().unwrap();
+        assert_eq!(kept.len(), 4100);
+        assert_ne!(kept.as_ptr(), arrived.as_ptr());
+    }
 }
