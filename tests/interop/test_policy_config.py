@@ -3,6 +3,8 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from helpers_files import wait_until
 from helpers_ftp import RawFtp
 
@@ -129,3 +131,30 @@ def test_missing_config_file_is_a_startup_error(tmp_path):
     p = run_serve(tmp_path, "--config", str(tmp_path / "does-not-exist.toml"))
     assert p.returncode != 0
     assert "does-not-exist.toml" in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("option", ["--idle-timeout", "--login-timeout", "--data-timeout", "--shutdown-grace"])
+def test_huge_timeouts_are_a_startup_error_naming_the_option(tmp_path, option):
+    # u64::MAX seconds once started a server whose sessions panicked adding the timeout to the clock.
+    p = run_serve(tmp_path, option, "18446744073709551615")
+    assert p.returncode != 0
+    assert option in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("option", ["--idle-timeout", "--login-timeout", "--data-timeout"])
+def test_zero_timeouts_are_a_startup_error(tmp_path, option):
+    p = run_serve(tmp_path, option, "0")
+    assert p.returncode != 0
+    assert option in p.stderr, p.stderr
+
+
+def test_huge_timeout_in_the_environment_is_a_startup_error(tmp_path):
+    p = run_serve(tmp_path, env={"FERRY_LOGIN_TIMEOUT": "18446744073709551615"})
+    assert p.returncode != 0
+    assert "--login-timeout" in p.stderr, p.stderr
+
+
+def test_bad_passive_port_range_names_the_option_and_the_value(tmp_path):
+    p = run_serve(tmp_path, "--passive-ports", "5000-x")
+    assert p.returncode != 0
+    assert "--passive-ports" in p.stderr and "5000-x" in p.stderr, p.stderr

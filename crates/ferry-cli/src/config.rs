@@ -16,6 +16,12 @@ use serde::Deserialize;
 pub const DEFAULT_DATA_DIR: &str = "ferry-data";
 const DEFAULT_FTP: &str = "0.0.0.0:2121";
 const DEFAULT_SFTP: &str = "0.0.0.0:2222";
+const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The longest timeout or grace period accepted, in seconds: 7 days. Anything longer is a mistake, and values near
+/// `u64::MAX` would overflow the deadlines computed from them.
+const MAX_SECONDS: u64 = 7 * 24 * 60 * 60;
+/// The longest pause after a failed login, in milliseconds: 1 minute.
+const MAX_FAILED_LOGIN_DELAY_MS: u64 = 60_000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -78,17 +84,17 @@ pub struct ServeArgs {
     /// Most connections at once from one address [default: unlimited].
     #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
-    /// Seconds a session may stay idle [default: 300].
+    /// Seconds a session may stay idle, 1 to 604800 (7 days) [default: 300].
     #[arg(long, env = "FERRY_IDLE_TIMEOUT")]
     pub idle_timeout: Option<u64>,
-    /// Seconds from connecting to a successful login [default: 60].
+    /// Seconds from connecting to a successful login, 1 to 604800 [default: 60].
     #[arg(long, env = "FERRY_LOGIN_TIMEOUT")]
     pub login_timeout: Option<u64>,
     /// Seconds to open a data connection, that a data connection may stall, and that a client may leave a reply
-    /// untaken before its control connection is closed [default: 60].
+    /// untaken before its control connection is closed, 1 to 604800 [default: 60].
     #[arg(long, env = "FERRY_DATA_TIMEOUT")]
     pub data_timeout: Option<u64>,
-    /// Milliseconds of delay after a failed login [default: 1000].
+    /// Milliseconds of delay after a failed login, 0 to 60000 [default: 1000].
     #[arg(long, env = "FERRY_FAILED_LOGIN_DELAY_MS")]
     pub failed_login_delay_ms: Option<u64>,
     /// Failed logins after which the connection is closed [default: 3].
@@ -103,7 +109,7 @@ pub struct ServeArgs {
     /// Log format on stderr [default: text].
     #[arg(long, env = "FERRY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
-    /// Seconds running transfers get to finish after SIGTERM or Ctrl-C [default: 30].
+    /// Seconds running transfers get to finish after SIGTERM or Ctrl-C, 0 to 604800 [default: 30].
     #[arg(long, env = "FERRY_SHUTDOWN_GRACE")]
     pub shutdown_grace: Option<u64>,
 }
@@ -168,23 +174,24 @@ impl ServeArgs {
             None => self,
         };
         let defaults = Limits::default();
-        let secs = |v: Option<u64>, d: Duration| v.map_or(d, Duration::from_secs);
         let limits = Limits {
             max_connections: merged.max_connections.unwrap_or(defaults.max_connections),
             max_connections_per_ip: merged
                 .max_connections_per_ip
                 .unwrap_or(defaults.max_connections_per_ip),
-            idle_timeout: secs(merged.idle_timeout, defaults.idle_timeout),
-            login_timeout: secs(merged.login_timeout, defaults.login_timeout),
-            data_timeout: secs(merged.data_timeout, defaults.data_timeout),
-            failed_login_delay: merged
-                .failed_login_delay_ms
-                .map_or(defaults.failed_login_delay, Duration::from_millis),
+            idle_timeout: seconds("idle-timeout", merged.idle_timeout, 1)?
+                .unwrap_or(defaults.idle_timeout),
+            login_timeout: seconds("login-timeout", merged.login_timeout, 1)?
+                .unwrap_or(defaults.login_timeout),
+            data_timeout: seconds("data-timeout", merged.data_timeout, 1)?
+                .unwrap_or(defaults.data_timeout),
+            failed_login_delay: failed_login_delay(merged.failed_login_delay_ms)?
+                .unwrap_or(defaults.failed_login_delay),
             max_login_failures: merged
                 .max_login_failures
                 .unwrap_or(defaults.max_login_failures)
                 .max(1),
-            max_line_len: defaults.max_line_len,
+            ..defaults
         };
         let tls_files = match (merged.tls_cert, merged.tls_key) {
             (Some(cert), Some(key)) => Some((cert, key)),
@@ -224,8 +231,28 @@ impl ServeArgs {
             },
             xferlog: merged.xferlog,
             log_format: merged.log_format.unwrap_or(LogFormat::Text),
-            shutdown_grace: secs(merged.shutdown_grace, Duration::from_secs(30)),
+            shutdown_grace: seconds("shutdown-grace", merged.shutdown_grace, 0)?
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         })
+    }
+}
+
+/// A timeout in whole seconds, checked to lie in `min..=MAX_SECONDS`.
+fn seconds(option: &str, value: Option<u64>, min: u64) -> anyhow::Result<Option<Duration>> {
+    match value {
+        Some(v) if !(min..=MAX_SECONDS).contains(&v) => {
+            bail!("--{option} {v}: expected {min} to {MAX_SECONDS} seconds (7 days)")
+        }
+        v => Ok(v.map(Duration::from_secs)),
+    }
+}
+
+fn failed_login_delay(value: Option<u64>) -> anyhow::Result<Option<Duration>> {
+    match value {
+        Some(v) if v > MAX_FAILED_LOGIN_DELAY_MS => bail!(
+            "--failed-login-delay-ms {v}: expected 0 to {MAX_FAILED_LOGIN_DELAY_MS} milliseconds (1 minute)"
+        ),
+        v => Ok(v.map(Duration::from_millis)),
     }
 }
 
@@ -248,9 +275,14 @@ fn parse_port_range(s: &str) -> anyhow::Result<RangeInclusive<u16>> {
     let (a, b) = s
         .split_once('-')
         .with_context(|| format!("--passive-ports {s:?}: expected A-B"))?;
-    let (a, b): (u16, u16) = (a.trim().parse()?, b.trim().parse()?);
+    let port = |p: &str| {
+        p.trim()
+            .parse::<u16>()
+            .with_context(|| format!("--passive-ports {s:?}: {p:?} is not a port number"))
+    };
+    let (a, b) = (port(a)?, port(b)?);
     if a == 0 || b < a {
-        bail!("--passive-ports {s:?}: expected 1 <= A <= B");
+        bail!("--passive-ports {s:?}: expected A-B with 1 <= A <= B <= 65535");
     }
     Ok(a..=b)
 }
@@ -313,5 +345,104 @@ mod tests {
         assert!(parse_addr("nope").is_err());
         assert_eq!(parse_port_range("50000-50010").unwrap(), 50000..=50010);
         assert!(parse_port_range("5-1").is_err());
+    }
+
+    fn resolve_error(args: ServeArgs) -> String {
+        format!("{:#}", args.resolve().unwrap_err())
+    }
+
+    #[test]
+    fn timeouts_outside_one_second_to_seven_days_are_refused_naming_the_option() {
+        for value in [0, MAX_SECONDS + 1, u64::MAX] {
+            let cases = [
+                (
+                    "--idle-timeout",
+                    ServeArgs {
+                        idle_timeout: Some(value),
+                        ..ServeArgs::default()
+                    },
+                ),
+                (
+                    "--login-timeout",
+                    ServeArgs {
+                        login_timeout: Some(value),
+                        ..ServeArgs::default()
+                    },
+                ),
+                (
+                    "--data-timeout",
+                    ServeArgs {
+                        data_timeout: Some(value),
+                        ..ServeArgs::default()
+                    },
+                ),
+            ];
+            for (option, args) in cases {
+                let error = resolve_error(args);
+                assert!(
+                    error.contains(option) && error.contains(&value.to_string()),
+                    "{error}"
+                );
+            }
+        }
+        let c = ServeArgs {
+            idle_timeout: Some(MAX_SECONDS),
+            login_timeout: Some(1),
+            data_timeout: Some(MAX_SECONDS),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(MAX_SECONDS));
+        assert_eq!(c.limits.login_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn shutdown_grace_may_be_zero_but_not_huge() {
+        let grace = |v| ServeArgs {
+            shutdown_grace: Some(v),
+            ..ServeArgs::default()
+        };
+        assert_eq!(grace(0).resolve().unwrap().shutdown_grace, Duration::ZERO);
+        assert!(resolve_error(grace(u64::MAX)).contains("--shutdown-grace"));
+    }
+
+    #[test]
+    fn failed_login_delay_may_be_zero_but_not_huge() {
+        let delay = |v| ServeArgs {
+            failed_login_delay_ms: Some(v),
+            ..ServeArgs::default()
+        };
+        assert_eq!(
+            delay(0).resolve().unwrap().limits.failed_login_delay,
+            Duration::ZERO
+        );
+        assert!(resolve_error(delay(u64::MAX)).contains("--failed-login-delay-ms"));
+    }
+
+    #[test]
+    fn timeouts_from_the_file_are_checked_too() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("ferry.toml");
+        std::fs::write(&file, "data_timeout = 18446744073709551615\n").unwrap();
+        let error = resolve_error(ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        });
+        assert!(error.contains("--data-timeout"), "{error}");
+    }
+
+    #[test]
+    fn bad_passive_ports_name_the_option_and_the_value() {
+        for bad in ["5000-x", "x-5000", "5000-70000"] {
+            let error = resolve_error(ServeArgs {
+                passive_ports: Some(bad.to_owned()),
+                ..ServeArgs::default()
+            });
+            assert!(
+                error.contains("--passive-ports") && error.contains(bad),
+                "{error}"
+            );
+        }
     }
 }

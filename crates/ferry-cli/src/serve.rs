@@ -1,6 +1,8 @@
 //! `ferry serve`: prepares the data directory (database, admin account, TLS certificate), starts the listeners
 //! and the event subscribers, and shuts down gracefully on SIGTERM or Ctrl-C.
 
+use std::fmt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,15 +11,16 @@ use ferry_core::account::{Account, AccountStore};
 use ferry_core::auth::{random_password, Authenticator};
 use ferry_core::events::{Event, EventBus};
 use ferry_core::server::{ServerCore, ServerSettings};
+use ferry_core::store::SqliteAccountStore;
 use ferry_ftp::datachan::PassivePorts;
 use ferry_ftp::{FtpConfig, FtpServer};
 use ferry_ssh::{host_keys, SshConfig, SshServer};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::config::{LogFormat, ServeArgs, ServeConfig};
+use crate::config::{LogFormat, ServeArgs};
 use crate::tls_setup;
-use crate::user::{create_private_dir, default_home, hash, open_store};
+use crate::user::{create_private_dir, default_home, hash, open_store, store_exists};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
@@ -28,8 +31,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     create_private_dir(&config.data_dir)?;
     create_private_dir(&config.data_dir.join("files"))?;
     println!("ferry: data directory {}", config.data_dir.display());
-    let store = Arc::new(open_store(&config.data_dir)?);
-    ensure_admin(&*store, &config).await?;
+    let (store, admin_password) = open_accounts(&config.data_dir).await?;
+    if let Some(password) = admin_password {
+        println!("ferry: created account \"admin\" with password: {password}  (shown once; change it with `ferry user passwd admin`)");
+    }
+    let store = Arc::new(store);
 
     let (cert, key) = match &config.tls_files {
         Some(files) => files.clone(),
@@ -147,18 +153,21 @@ fn bind(addr: std::net::SocketAddr) -> anyhow::Result<TcpListener> {
     listen().with_context(|| format!("cannot listen on {addr}"))
 }
 
-/// Creates the `admin` account with a random password the first time a data directory is used.
-async fn ensure_admin(store: &dyn AccountStore, config: &ServeConfig) -> anyhow::Result<()> {
-    if !store.list().await?.is_empty() {
-        return Ok(());
+/// Opens the account database of `data_dir`. When there is none yet, it is created with an `admin` account that has
+/// all permissions and a random password, returned here. Only then: a database whose accounts were all removed
+/// stays without any, rather than getting an `admin` back at the next start.
+async fn open_accounts(data_dir: &Path) -> anyhow::Result<(SqliteAccountStore, Option<String>)> {
+    if store_exists(data_dir)? {
+        return Ok((open_store(data_dir)?, None));
     }
+    // Hashed before the database exists, so that nothing slow lies between creating it and adding the account.
     let password = random_password(16);
-    let mut admin = Account::new("admin", default_home(&config.data_dir, "admin")?);
+    let mut admin = Account::new("admin", default_home(data_dir, "admin")?);
     admin.password_hash = Some(hash(password.clone()).await?);
     create_private_dir(&admin.home)?;
+    let store = open_store(data_dir)?;
     store.create(&admin).await?;
-    println!("ferry: created account \"admin\" with password: {password}  (shown once; change it with `ferry user passwd admin`)");
-    Ok(())
+    Ok((store, Some(password)))
 }
 
 fn init_logging(format: LogFormat) {
@@ -226,18 +235,44 @@ fn spawn_event_log(events: &EventBus) {
     });
 }
 
+/// User names, paths and errors come from clients. Paths and errors are recorded as strings, which the text log
+/// quotes and escapes and the JSON log encodes; user names go through [`ClientText`]. Either way a name holding a
+/// newline cannot start a log line of its own, nor one holding spaces pose as more fields.
 fn log_event(e: &Event) {
     let kind = e.kind.name();
-    let (path, target) = (e.path.as_deref(), e.target.as_deref());
+    let (user, path, target) = (
+        ClientText(&e.username),
+        e.path.as_deref(),
+        e.target.as_deref(),
+    );
     match &e.error {
         None => tracing::info!(
-            event = kind, user = %e.username, ip = %e.remote_ip, protocol = %e.protocol, session = e.session_id,
+            event = kind, user = %user, ip = %e.remote_ip, protocol = %e.protocol, session = e.session_id,
             path, target, bytes = e.bytes, millis = e.duration.as_millis() as u64, "{kind} ok"
         ),
         Some(error) => tracing::warn!(
-            event = kind, user = %e.username, ip = %e.remote_ip, protocol = %e.protocol, session = e.session_id,
-            path, target, bytes = e.bytes, error = %error, "{kind} failed"
+            event = kind, user = %user, ip = %e.remote_ip, protocol = %e.protocol, session = e.session_id,
+            path, target, bytes = e.bytes, error = error.as_str(), "{kind} failed"
         ),
+    }
+}
+
+/// A string a client chose, for a log field: as it is when it could be an account name (letters, digits, `.`, `_`,
+/// `-`, `@`), else quoted, with control and other unprintable characters escaped as in Rust.
+struct ClientText<'a>(&'a str);
+
+impl fmt::Display for ClientText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let plain = !self.0.is_empty()
+            && self
+                .0
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+        if plain {
+            f.write_str(self.0)
+        } else {
+            write!(f, "{:?}", self.0)
+        }
     }
 }
 
@@ -253,5 +288,139 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ferry_core::events::{EventKind, Protocol};
+    use ferry_core::session::ClientInfo;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn admin_is_created_with_a_new_database_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let (store, password) = open_accounts(&dir).await.unwrap();
+        assert!(password.is_some_and(|p| !p.is_empty()));
+        let admin = store.get("admin").await.unwrap().unwrap();
+        assert!(admin.home.is_dir());
+
+        let (store, password) = open_accounts(&dir).await.unwrap();
+        assert!(password.is_none());
+        assert!(store.remove("admin").await.unwrap());
+        drop(store);
+        let (store, password) = open_accounts(&dir).await.unwrap();
+        assert!(
+            password.is_none(),
+            "admin came back after every account was removed"
+        );
+        assert!(store.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn no_admin_for_a_database_made_by_user_add() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = open_store(tmp.path()).unwrap();
+        store
+            .create(&Account::new("alice", tmp.path().join("alice")))
+            .await
+            .unwrap();
+        drop(store);
+        let (store, password) = open_accounts(tmp.path()).await.unwrap();
+        assert!(password.is_none());
+        assert!(store.get("admin").await.unwrap().is_none());
+    }
+
+    /// Log output, shared with the subscriber that writes it.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn log_lines(json: bool, event: &Event) -> Vec<String> {
+        let out = Captured::default();
+        let writer = out.clone();
+        let builder = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false);
+        if json {
+            tracing::subscriber::with_default(builder.json().finish(), || log_event(event));
+        } else {
+            tracing::subscriber::with_default(builder.finish(), || log_event(event));
+        }
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        text.lines().map(str::to_owned).collect()
+    }
+
+    fn forged_login_failure() -> Event {
+        let client = ClientInfo::new(Protocol::Ftp, "192.0.2.7".parse().unwrap());
+        let forged = "bob\n2026-01-01T00:00:00Z  INFO event=\"login\" user=\"admin\" login ok";
+        let mut event = Event::new(EventKind::LoginFailed, &client, forged);
+        event.error = Some("unknown user bob\r\nforged".to_owned());
+        event
+    }
+
+    #[test]
+    fn a_user_name_with_a_newline_cannot_forge_a_log_line() {
+        let event = forged_login_failure();
+        let lines = log_lines(false, &event);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(lines[0].contains(r#"user="bob\n2026"#), "{}", lines[0]);
+        assert!(
+            lines[0].contains(r#"error="unknown user bob\r\nforged""#),
+            "{}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    fn a_plain_user_name_is_logged_as_it_is() {
+        let client = ClientInfo::new(Protocol::Ftp, "192.0.2.7".parse().unwrap());
+        let event = Event::new(EventKind::Login, &client, "alice.b-c_d@example.com");
+        let lines = log_lines(false, &event);
+        assert!(
+            lines[0].contains(" user=alice.b-c_d@example.com "),
+            "{}",
+            lines[0]
+        );
+        assert_eq!(ClientText("").to_string(), r#""""#);
+        assert_eq!(ClientText("a\u{1b}[31m").to_string(), r#""a\u{1b}[31m""#);
+    }
+
+    #[test]
+    fn a_user_name_with_spaces_cannot_add_fields() {
+        let client = ClientInfo::new(Protocol::Ftp, "192.0.2.7".parse().unwrap());
+        let event = Event::new(EventKind::LoginFailed, &client, "bob ip=10.0.0.1");
+        let lines = log_lines(false, &event);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        assert!(
+            lines[0].contains(r#"user="bob ip=10.0.0.1""#),
+            "{}",
+            lines[0]
+        );
+    }
+
+    #[test]
+    fn the_json_log_escapes_only_unusual_user_names() {
+        let event = forged_login_failure();
+        let lines = log_lines(true, &event);
+        assert_eq!(lines.len(), 1, "{lines:#?}");
+        let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(record["fields"]["user"], format!("{:?}", event.username));
+        assert_eq!(record["fields"]["error"], "unknown user bob\r\nforged");
+        let client = ClientInfo::new(Protocol::Ftp, "192.0.2.7".parse().unwrap());
+        let lines = log_lines(true, &Event::new(EventKind::Login, &client, "alice"));
+        let record: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+        assert_eq!(record["fields"]["user"], "alice");
     }
 }

@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
@@ -34,9 +33,11 @@ enum UserCommand {
         #[command(flatten)]
         settings: AccountSettings,
     },
-    /// Change an existing account's settings.
+    /// Change an existing account's settings, remove SSH keys, or clear restrictions.
     Edit {
         name: String,
+        #[command(flatten)]
+        removals: Removals,
         #[command(flatten)]
         settings: AccountSettings,
     },
@@ -90,9 +91,49 @@ struct AccountSettings {
     /// Addresses allowed to log in, as CIDR (repeatable) [default: any].
     #[arg(long = "allow-ip")]
     allow_ips: Vec<IpNet>,
-    /// SSH public key file in authorized_keys format (repeatable).
+    /// SSH public key file in authorized_keys format (repeatable); keys the account has already are skipped.
     #[arg(long = "key")]
     keys: Vec<PathBuf>,
+}
+
+/// What `ferry user edit` can take away; done before the settings are applied, so `--clear-keys --key FILE`
+/// replaces the account's keys.
+#[derive(Args)]
+struct Removals {
+    /// Revoke an SSH public key, given as its authorized_keys line or its base64 part (repeatable).
+    #[arg(long = "remove-key", value_name = "KEY")]
+    remove_keys: Vec<String>,
+    /// Revoke every SSH public key of the account.
+    #[arg(long, conflicts_with = "remove_keys")]
+    clear_keys: bool,
+    /// Let the account log in from any address again.
+    #[arg(long, conflicts_with = "allow_ips")]
+    clear_allow_ip: bool,
+    /// Drop every per-directory permission (the account's --perm applies everywhere again).
+    #[arg(long, conflicts_with = "dir_perms")]
+    clear_dir_perms: bool,
+}
+
+impl Removals {
+    fn apply(self, account: &mut Account) -> anyhow::Result<()> {
+        if self.clear_keys {
+            account.public_keys.clear();
+        }
+        for key in &self.remove_keys {
+            let before = account.public_keys.len();
+            account.public_keys.retain(|stored| !same_key(stored, key));
+            if account.public_keys.len() == before {
+                bail!("account {} has no key matching {key:?}", account.name);
+            }
+        }
+        if self.clear_allow_ip {
+            account.allowed_ips.clear();
+        }
+        if self.clear_dir_perms {
+            account.dir_permissions.clear();
+        }
+        Ok(())
+    }
 }
 
 impl AccountSettings {
@@ -120,15 +161,43 @@ impl AccountSettings {
         for key in &self.keys {
             let text = std::fs::read_to_string(key)
                 .with_context(|| format!("cannot read {}", key.display()))?;
-            account.public_keys.extend(
-                text.lines()
-                    .map(str::trim)
-                    .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                    .map(String::from),
-            );
+            for line in text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            {
+                if !account.public_keys.iter().any(|k| same_key(k, line)) {
+                    account.public_keys.push(line.to_owned());
+                }
+            }
         }
         Ok(())
     }
+}
+
+/// Whether the authorized_keys line `stored` holds the key `key`: the same line, or the same key blob whatever the
+/// comment and options (`key` may also be the bare base64 blob).
+fn same_key(stored: &str, key: &str) -> bool {
+    let key = key.trim();
+    if stored.trim() == key {
+        return true;
+    }
+    let wanted = match key_blob(key) {
+        Some(blob) => blob,
+        None if !key.contains(char::is_whitespace) => key,
+        None => return false,
+    };
+    key_blob(stored) == Some(wanted)
+}
+
+/// The base64 blob of an authorized_keys line: the word after the key type, itself after any options.
+fn key_blob(line: &str) -> Option<&str> {
+    const KEY_TYPES: [&str; 4] = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"];
+    let words: Vec<&str> = line.split_whitespace().collect();
+    words
+        .windows(2)
+        .find(|w| KEY_TYPES.iter().any(|t| w[0].starts_with(t)))
+        .map(|w| w[1])
 }
 
 fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
@@ -139,10 +208,33 @@ fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     })
 }
 
-/// Opens the account store in `data_dir`, creating the directory if needed.
+/// Opens the account store in `data_dir`, creating the directory and the database if needed.
 pub fn open_store(data_dir: &Path) -> anyhow::Result<SqliteAccountStore> {
     create_private_dir(data_dir)?;
-    Ok(SqliteAccountStore::open(&data_dir.join("ferry.db"))?)
+    Ok(SqliteAccountStore::open(&store_path(data_dir))?)
+}
+
+/// Whether `data_dir` holds an account database. `ferry serve` creates the `admin` account only with a new one.
+pub fn store_exists(data_dir: &Path) -> anyhow::Result<bool> {
+    let path = store_path(data_dir);
+    path.try_exists()
+        .with_context(|| format!("cannot look for {}", path.display()))
+}
+
+/// Opens the account store in `data_dir`, which must exist: only `ferry serve` and `ferry user add` create one, so
+/// that a mistyped `--data-dir` is an error rather than a new, empty database.
+fn open_existing_store(data_dir: &Path) -> anyhow::Result<SqliteAccountStore> {
+    if !store_exists(data_dir)? {
+        bail!(
+            "no account database in {}: `ferry serve` or `ferry user add` creates one",
+            data_dir.display()
+        );
+    }
+    open_store(data_dir)
+}
+
+fn store_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("ferry.db")
 }
 
 pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -167,22 +259,24 @@ pub async fn hash(password: String) -> anyhow::Result<String> {
     Ok(tokio::task::spawn_blocking(move || hash_password(&password)).await??)
 }
 
+/// The password given with `--password` or `--password-stdin`, or `None` when one is to be generated. An empty
+/// password is refused whichever way it came.
 fn read_password(args: &PasswordArgs) -> anyhow::Result<Option<String>> {
-    if let Some(p) = &args.password {
-        return Ok(Some(p.clone()));
-    }
-    if !args.password_stdin {
-        return Ok(None);
-    }
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("Password: ");
-    }
-    let mut line = String::new();
-    stdin.lock().read_line(&mut line)?;
-    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    let password = match &args.password {
+        Some(p) => p.clone(),
+        None if !args.password_stdin => return Ok(None),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprint!("Password: ");
+            }
+            let mut line = String::new();
+            stdin.lock().read_line(&mut line)?;
+            line.trim_end_matches(['\r', '\n']).to_owned()
+        }
+    };
     if password.is_empty() {
-        bail!("empty password");
+        bail!("empty password: give a non-empty one, or neither --password nor --password-stdin to generate one");
     }
     Ok(Some(password))
 }
@@ -191,7 +285,9 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
     let data_dir = args
         .data_dir
         .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
-    let store = Arc::new(open_store(&data_dir)?);
+    // Only `add` creates the database, and only once nothing else can fail: `ferry serve` creates the `admin`
+    // account with a new database alone, so an empty one left behind would leave a new server without accounts.
+    let existing_store = || open_existing_store(&data_dir);
     match args.command {
         UserCommand::Add {
             name,
@@ -206,6 +302,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
                 None => (random_password(16), true),
             };
             account.password_hash = Some(hash(password.clone()).await?);
+            let store = open_store(&data_dir)?;
             create_private_dir(&account.home)?;
             store
                 .create(&account)
@@ -216,8 +313,14 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
                 outln!("password: {password}");
             }
         }
-        UserCommand::Edit { name, settings } => {
-            let mut account = find(&*store, &name).await?;
+        UserCommand::Edit {
+            name,
+            removals,
+            settings,
+        } => {
+            let store = existing_store()?;
+            let mut account = find(&store, &name).await?;
+            removals.apply(&mut account)?;
             settings.apply(&mut account)?;
             store.update(&account).await?;
             outln!("updated account {name}");
@@ -232,6 +335,7 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
                 "USED BYTES",
                 "FILES"
             );
+            let store = existing_store()?;
             for account in store.list().await? {
                 let usage = store.usage(&account.name).await?;
                 let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
@@ -248,13 +352,14 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
             }
         }
         UserCommand::Remove { name } => {
-            if !store.remove(&name).await? {
+            if !existing_store()?.remove(&name).await? {
                 bail!("no account named {name}");
             }
             outln!("removed account {name} (its files were kept)");
         }
         UserCommand::Passwd { name, password } => {
-            let mut account = find(&*store, &name).await?;
+            let store = existing_store()?;
+            let mut account = find(&store, &name).await?;
             let (password, generated) = match read_password(&password)? {
                 Some(p) => (p, false),
                 None => (random_password(16), true),
@@ -267,12 +372,13 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
             }
         }
         UserCommand::Rescan { name } => {
-            let account = find(&*store, &name).await?;
-            let usage = ferry_core::quota::rescan(&*store, &account).await?;
+            let store = existing_store()?;
+            let account = find(&store, &name).await?;
+            let usage = ferry_core::quota::rescan(&store, &account).await?;
             outln!("{name}: {} bytes in {} files", usage.bytes, usage.files);
         }
         UserCommand::Keys { name } => {
-            for key in find(&*store, &name).await?.public_keys {
+            for key in find(&existing_store()?, &name).await?.public_keys {
                 outln!("{key}");
             }
         }
@@ -285,4 +391,208 @@ async fn find(store: &dyn AccountStore, name: &str) -> anyhow::Result<Account> {
         .get(name)
         .await?
         .with_context(|| format!("no account named {name}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    const ALICE_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKJ8iZ0g6bNtm3Wb0bzvzsS1A3bSZlz9YyD5V8yQ0Jm4 alice@laptop";
+    const BOB_KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBn0v3oFMKvnp7bC7N0m2iL3P5n8GqkR0yN9Qm6Jtq1x bob@desk";
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        user: UserArgs,
+    }
+
+    /// Runs `ferry user ARGS --data-dir DIR`.
+    async fn user(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+        let mut argv = vec!["ferry", "--data-dir", dir.to_str().unwrap()];
+        argv.extend_from_slice(args);
+        run(Cli::try_parse_from(argv)?.user).await
+    }
+
+    async fn account(dir: &Path, name: &str) -> Account {
+        find(&open_store(dir).unwrap(), name).await.unwrap()
+    }
+
+    fn key_file(dir: &Path, name: &str, lines: &[&str]) -> String {
+        let path = dir.join(name);
+        std::fs::write(&path, lines.join("\n") + "\n").unwrap();
+        path.to_str().unwrap().to_owned()
+    }
+
+    #[tokio::test]
+    async fn an_empty_password_is_refused_by_add_and_passwd() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let error = user(dir, &["add", "eve", "--password", ""])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("empty password"), "{error}");
+        assert!(open_store(dir).unwrap().get("eve").await.unwrap().is_none());
+
+        user(dir, &["add", "eve", "--password", "first"])
+            .await
+            .unwrap();
+        let before = account(dir, "eve").await.password_hash;
+        assert!(user(dir, &["passwd", "eve", "--password", ""])
+            .await
+            .is_err());
+        assert_eq!(account(dir, "eve").await.password_hash, before);
+    }
+
+    #[tokio::test]
+    async fn only_a_successful_add_creates_the_database() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for args in [
+            &["list"][..],
+            &["keys", "al"],
+            &["remove", "al"],
+            &["add", "al", "--password", ""],
+        ] {
+            assert!(user(dir, args).await.is_err(), "{args:?}");
+            assert!(!store_exists(dir).unwrap(), "{args:?} created the database");
+        }
+        let error = user(dir, &["list"]).await.unwrap_err();
+        assert!(error.to_string().contains("no account database"), "{error}");
+        user(dir, &["add", "al", "--password", "pw"]).await.unwrap();
+        assert!(store_exists(dir).unwrap());
+        user(dir, &["list"]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_key_added_twice_is_kept_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let keys = key_file(dir, "keys.pub", &[ALICE_KEY, ALICE_KEY]);
+        let renamed = ALICE_KEY.replace("alice@laptop", "alice@other");
+        let again = key_file(dir, "again.pub", &[&renamed, BOB_KEY]);
+        user(dir, &["add", "al", "--password", "pw", "--key", &keys])
+            .await
+            .unwrap();
+        user(dir, &["edit", "al", "--key", &keys, "--key", &again])
+            .await
+            .unwrap();
+        assert_eq!(account(dir, "al").await.public_keys, [ALICE_KEY, BOB_KEY]);
+    }
+
+    #[tokio::test]
+    async fn remove_key_revokes_a_key_by_line_or_by_blob() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let keys = key_file(dir, "keys.pub", &[ALICE_KEY, BOB_KEY]);
+        user(dir, &["add", "al", "--password", "pw", "--key", &keys])
+            .await
+            .unwrap();
+
+        user(dir, &["edit", "al", "--remove-key", ALICE_KEY])
+            .await
+            .unwrap();
+        assert_eq!(account(dir, "al").await.public_keys, [BOB_KEY]);
+
+        let bob_blob = BOB_KEY.split_whitespace().nth(1).unwrap();
+        user(dir, &["edit", "al", "--remove-key", bob_blob])
+            .await
+            .unwrap();
+        assert!(account(dir, "al").await.public_keys.is_empty());
+
+        let error = user(dir, &["edit", "al", "--remove-key", bob_blob])
+            .await
+            .unwrap_err();
+        assert!(error.to_string().contains("no key matching"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_key_is_revoked_whatever_its_comment() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let keys = key_file(dir, "keys.pub", &[ALICE_KEY, BOB_KEY]);
+        user(dir, &["add", "al", "--password", "pw", "--key", &keys])
+            .await
+            .unwrap();
+        let without_comment = ALICE_KEY.rsplit_once(' ').unwrap().0;
+        user(dir, &["edit", "al", "--remove-key", without_comment])
+            .await
+            .unwrap();
+        assert_eq!(account(dir, "al").await.public_keys, [BOB_KEY]);
+    }
+
+    #[tokio::test]
+    async fn clear_flags_empty_keys_address_limits_and_directory_permissions() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let keys = key_file(dir, "keys.pub", &[ALICE_KEY, BOB_KEY]);
+        let add = [
+            "add",
+            "al",
+            "--password",
+            "pw",
+            "--key",
+            &keys,
+            "--allow-ip",
+            "10.0.0.0/8",
+            "--dir-perm",
+            "/in=upload",
+        ];
+        user(dir, &add).await.unwrap();
+        let a = account(dir, "al").await;
+        assert!(
+            !a.public_keys.is_empty() && !a.allowed_ips.is_empty() && !a.dir_permissions.is_empty()
+        );
+
+        user(
+            dir,
+            &[
+                "edit",
+                "al",
+                "--clear-keys",
+                "--clear-allow-ip",
+                "--clear-dir-perms",
+            ],
+        )
+        .await
+        .unwrap();
+        let a = account(dir, "al").await;
+        assert!(
+            a.public_keys.is_empty() && a.allowed_ips.is_empty() && a.dir_permissions.is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn clear_keys_with_key_replaces_the_keys() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let alice = key_file(dir, "alice.pub", &[ALICE_KEY]);
+        let bob = key_file(dir, "bob.pub", &[BOB_KEY]);
+        user(dir, &["add", "al", "--password", "pw", "--key", &alice])
+            .await
+            .unwrap();
+        user(dir, &["edit", "al", "--clear-keys", "--key", &bob])
+            .await
+            .unwrap();
+        assert_eq!(account(dir, "al").await.public_keys, [BOB_KEY]);
+    }
+
+    #[test]
+    fn clearing_and_setting_the_same_list_at_once_is_refused() {
+        for args in [
+            ["edit", "al", "--clear-allow-ip", "--allow-ip", "10.0.0.0/8"],
+            [
+                "edit",
+                "al",
+                "--clear-dir-perms",
+                "--dir-perm",
+                "/in=upload",
+            ],
+            ["edit", "al", "--clear-keys", "--remove-key", "AAAA"],
+        ] {
+            assert!(Cli::try_parse_from(["ferry"].into_iter().chain(args)).is_err());
+        }
+    }
 }

@@ -216,7 +216,9 @@ pub async fn establish(
     wait: Duration,
     tls: Option<(&TlsAcceptor, bool)>,
 ) -> Result<MaybeTls, DataError> {
-    let deadline = Instant::now() + wait;
+    let deadline = Instant::now()
+        .checked_add(wait)
+        .unwrap_or_else(|| Instant::now() + Duration::from_secs(30 * 365 * 86_400));
     let tcp = match setup {
         DataSetup::Passive(listener) => listener.accept_from(client_ip, deadline).await?,
         DataSetup::Active { target, local_ip } => {
