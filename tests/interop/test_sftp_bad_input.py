@@ -273,3 +273,42 @@ def test_past_the_waiting_bound_the_channel_is_closed(ferry):
     finally:
         transport.close()
     assert_server_still_serves(ferry)
+
+
+def test_open_handles_are_limited_per_account(ferry):
+    """256 handles per session, and 1,024 for one account over all its sessions: one account's connections could
+    otherwise take every file descriptor of the server (2,562 per connection with 10 channels each). Another
+    account still opens files, and closed handles are given back."""
+    from helpers_files import wait_until
+    from helpers_sftp import sftp_client
+
+    ferry.add_user("bob", "bobpw")
+    (ferry.home("alice")).mkdir(parents=True, exist_ok=True)
+    (ferry.home("alice") / "f").write_bytes(b"f")
+    (ferry.home("bob") / "g").write_bytes(b"g")
+    sessions = [sftp_client(ferry) for _ in range(5)]
+    try:
+        held = []
+        for session in sessions[:4]:
+            for _ in range(256):
+                held.append(session.sftp.open("f", "rb"))
+            with pytest.raises(IOError, match="too many open handles"):
+                session.sftp.open("f", "rb")
+        with pytest.raises(IOError, match="for this account"):
+            sessions[4].sftp.open("f", "rb")
+        with sftp_client(ferry, "bob", "bobpw") as bob:
+            assert bob.open("g", "rb").read() == b"g"
+        for f in held[:10]:
+            f.close()
+
+        def opens():
+            # A closed handle's share comes back when its task has wound up, just after the reply to CLOSE.
+            try:
+                return sessions[4].sftp.open("f", "rb").read() == b"f"
+            except IOError:
+                return False
+
+        wait_until(opens, timeout=10, message="a closed handle's share to come back")
+    finally:
+        for session in sessions:
+            session.close()

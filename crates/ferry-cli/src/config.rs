@@ -100,6 +100,13 @@ pub struct ServeArgs {
     /// Failed logins after which the connection is closed [default: 3].
     #[arg(long, env = "FERRY_MAX_LOGIN_FAILURES")]
     pub max_login_failures: Option<u32>,
+    /// Failed password logins from one address (an IPv6 /64) within --failure-window after which that address is
+    /// refused until the window ends, whatever connection it uses; 0: no limit [default: 20].
+    #[arg(long, env = "FERRY_MAX_FAILURES_PER_IP")]
+    pub max_failures_per_ip: Option<u32>,
+    /// Seconds over which --max-failures-per-ip counts, 1 to 604800 [default: 300].
+    #[arg(long, env = "FERRY_FAILURE_WINDOW")]
+    pub failure_window: Option<u64>,
     /// How uploads reach their final name [default: direct].
     #[arg(long, env = "FERRY_UPLOAD_MODE", value_enum)]
     pub upload_mode: Option<UploadModeArg>,
@@ -157,6 +164,8 @@ impl ServeArgs {
             data_timeout: self.data_timeout.or(other.data_timeout),
             failed_login_delay_ms: self.failed_login_delay_ms.or(other.failed_login_delay_ms),
             max_login_failures: self.max_login_failures.or(other.max_login_failures),
+            max_failures_per_ip: self.max_failures_per_ip.or(other.max_failures_per_ip),
+            failure_window: self.failure_window.or(other.failure_window),
             upload_mode: self.upload_mode.or(other.upload_mode),
             xferlog: self.xferlog.or(other.xferlog),
             log_format: self.log_format.or(other.log_format),
@@ -191,6 +200,11 @@ impl ServeArgs {
                 .max_login_failures
                 .unwrap_or(defaults.max_login_failures)
                 .max(1),
+            max_failures_per_ip: merged
+                .max_failures_per_ip
+                .unwrap_or(defaults.max_failures_per_ip),
+            failure_window: seconds("failure-window", merged.failure_window, 1)?
+                .unwrap_or(defaults.failure_window),
             ..defaults
         };
         let tls_files = match (merged.tls_cert, merged.tls_key) {
@@ -418,6 +432,28 @@ mod tests {
             Duration::ZERO
         );
         assert!(resolve_error(delay(u64::MAX)).contains("--failed-login-delay-ms"));
+    }
+
+    #[test]
+    fn the_per_address_failure_limit_is_configurable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("ferry.toml");
+        std::fs::write(&file, "max_failures_per_ip = 0\nfailure_window = 60\n").unwrap();
+        let limits = ServeArgs {
+            config: Some(file),
+            max_failures_per_ip: Some(5),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap()
+        .limits;
+        assert_eq!(limits.max_failures_per_ip, 5);
+        assert_eq!(limits.failure_window, Duration::from_secs(60));
+        let error = resolve_error(ServeArgs {
+            failure_window: Some(0),
+            ..ServeArgs::default()
+        });
+        assert!(error.contains("--failure-window"), "{error}");
     }
 
     #[test]

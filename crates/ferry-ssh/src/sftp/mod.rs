@@ -22,6 +22,7 @@ use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use ferry_core::error::CoreError;
+use ferry_core::registry::SharedByKey;
 use ferry_core::session::Session;
 use ferry_core::vpath::VirtualPath;
 use russh_sftp::protocol::{
@@ -55,6 +56,59 @@ pub struct SftpLimits {
     /// The same over every session that shares these limits (a server's): the per-session bound alone multiplies
     /// by channels and connections.
     pub waiting_total: Arc<WaitingBudget>,
+    /// Open handles over every session that shares these limits, and per account: each holds a file descriptor,
+    /// and `max_handles` alone multiplies by channels and connections up to the process's open-file limit.
+    pub open_handles: Arc<HandleBudget>,
+}
+
+/// Open handles over many sessions: in all, and per account.
+pub struct HandleBudget {
+    total: Arc<Semaphore>,
+    per_account: SharedByKey<String, Semaphore>,
+    account_max: usize,
+}
+
+/// The permits one open handle holds until its task ends (a closed handle may still be finishing an upload).
+struct HandlePermits {
+    _total: OwnedSemaphorePermit,
+    _account: OwnedSemaphorePermit,
+}
+
+impl HandleBudget {
+    pub fn new(total: usize, account_max: usize) -> Self {
+        HandleBudget {
+            total: Arc::new(Semaphore::new(total)),
+            per_account: SharedByKey::default(),
+            account_max,
+        }
+    }
+
+    /// A budget sized to the process's open-file limit as it is now: a quarter of it for SFTP handles in all
+    /// (connections, FTP transfers and the server's own files need the rest), 1,024 for one account.
+    fn for_open_file_limit() -> Self {
+        let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+            .current
+            .unwrap_or(u64::MAX);
+        let total = usize::try_from(limit / 4)
+            .unwrap_or(usize::MAX)
+            .clamp(64, 1 << 20);
+        HandleBudget::new(total, 1024)
+    }
+
+    /// The semaphore of `account`'s handles, shared by its sessions while any holds it.
+    fn account(&self, account: &str) -> Arc<Semaphore> {
+        self.per_account
+            .get_or_insert_with(account, || Semaphore::new(self.account_max))
+    }
+}
+
+impl std::fmt::Debug for HandleBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandleBudget")
+            .field("available", &self.total.available_permits())
+            .field("account_max", &self.account_max)
+            .finish()
+    }
 }
 
 /// Bytes of waiting requests over many sessions, bounded as a whole.
@@ -96,6 +150,7 @@ impl Default for SftpLimits {
             max_in_flight: 64,
             max_waiting: MAX_WAITING_BYTES,
             waiting_total: Arc::new(WaitingBudget::new(MAX_WAITING_TOTAL)),
+            open_handles: Arc::new(HandleBudget::for_open_file_limit()),
         }
     }
 }
@@ -139,8 +194,10 @@ where
 {
     let (replies, queue) = mpsc::unbounded_channel();
     let writer = tokio::spawn(write_replies(output, queue));
+    let account_handles = limits.open_handles.account(session.username());
     let mut server = Server {
         session,
+        account_handles,
         handles: HashMap::new(),
         next_handle: 1,
         in_flight: Arc::new(Semaphore::new(limits.max_in_flight)),
@@ -270,6 +327,8 @@ struct HandleEntry {
 
 struct Server {
     session: Session,
+    /// The account's share of [`SftpLimits::open_handles`].
+    account_handles: Arc<Semaphore>,
     handles: HashMap<String, HandleEntry>,
     next_handle: u64,
     in_flight: Arc<Semaphore>,
@@ -439,17 +498,17 @@ impl Server {
             match packet {
                 Packet::Open(o) => {
                     let path = resolve(&o.filename)?;
-                    self.check_handle_room(false)?;
+                    let permits = self.check_handle_room(false)?;
                     let file =
                         FileHandle::open(self.session.clone(), path.clone(), o.pflags, &o.attrs)
                             .await?;
-                    Ok(self.add_handle(id, path, OpenHandle::File(Box::new(file))))
+                    Ok(self.add_handle(id, path, OpenHandle::File(Box::new(file)), permits))
                 }
                 Packet::OpenDir(o) => {
                     let path = resolve(&o.path)?;
-                    self.check_handle_room(true)?;
+                    let permits = self.check_handle_room(true)?;
                     let dir = DirHandle::open(self.session.clone(), path.clone()).await?;
-                    Ok(self.add_handle(id, path, OpenHandle::Dir(dir)))
+                    Ok(self.add_handle(id, path, OpenHandle::Dir(dir), permits))
                 }
                 Packet::Stat(s) => self.stat(id, &s.path, true).await,
                 Packet::Lstat(s) => self.stat(id, &s.path, false).await,
@@ -505,28 +564,43 @@ impl Server {
         result.unwrap_or_else(|s| wire::status(id, s.code, &s.message))
     }
 
-    fn check_handle_room(&self, dir: bool) -> Result<(), Status> {
+    /// Room for one more handle in this session, the account and the server, taken.
+    fn check_handle_room(&self, dir: bool) -> Result<HandlePermits, Status> {
         let dirs = || self.handles.values().filter(|h| h.is_dir).count();
         if self.handles.len() >= self.limits.max_handles {
-            Err(Status::failure("too many open handles"))
-        } else if dir && dirs() >= self.limits.max_dir_handles {
-            Err(Status::failure("too many open directories"))
-        } else {
-            Ok(())
+            return Err(Status::failure("too many open handles"));
         }
+        if dir && dirs() >= self.limits.max_dir_handles {
+            return Err(Status::failure("too many open directories"));
+        }
+        let account = Arc::clone(&self.account_handles)
+            .try_acquire_owned()
+            .map_err(|_| Status::failure("too many open handles for this account"))?;
+        let total = Arc::clone(&self.limits.open_handles.total)
+            .try_acquire_owned()
+            .map_err(|_| Status::failure("too many open handles on the server"))?;
+        Ok(HandlePermits {
+            _total: total,
+            _account: account,
+        })
     }
 
-    fn add_handle(&mut self, id: u32, path: VirtualPath, handle: OpenHandle) -> Bytes {
+    fn add_handle(
+        &mut self,
+        id: u32,
+        path: VirtualPath,
+        handle: OpenHandle,
+        permits: HandlePermits,
+    ) -> Bytes {
         let is_dir = matches!(handle, OpenHandle::Dir(_));
         let name = self.next_handle.to_string();
         self.next_handle += 1;
         let (jobs, queue) = mpsc::channel(self.limits.max_in_flight.max(1));
-        tokio::spawn(handle::run(
-            handle,
-            queue,
-            self.replies.clone(),
-            self.limits.max_read,
-        ));
+        let task = handle::run(handle, queue, self.replies.clone(), self.limits.max_read);
+        tokio::spawn(async move {
+            task.await;
+            drop(permits);
+        });
         self.handles
             .insert(name.clone(), HandleEntry { path, is_dir, jobs });
         wire::packet(id, Packet::Handle(HandleReply { id, handle: name }))
