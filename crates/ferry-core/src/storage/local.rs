@@ -148,6 +148,43 @@ fn open_cached(_root: &Dir, _path: &str) -> Option<(std::fs::File, Metadata)> {
     None
 }
 
+/// Creates the symlink `link` to `target` (blocking), with the link's directory reached without following any
+/// symlink. `target` is relative to the link's directory as the client names it, which is where the link goes on
+/// disk only when no directory on the way is itself a symlink: through one to a shallower directory, the target's
+/// `..`s would climb out of the root (harmless to ferry, which never follows them out, but not to whatever else
+/// reads the home). Such a link is refused (`ELOOP`, access denied).
+#[cfg(target_os = "linux")]
+fn symlink_in_real_dir(root: &Dir, target: &str, link: &str) -> io::Result<()> {
+    use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
+    let (parent, name) = link.rsplit_once('/').unwrap_or((".", link));
+    let dir = openat2(
+        root,
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS,
+    )?;
+    Ok(rustix::fs::symlinkat(target, &dir, name)?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn symlink_in_real_dir(root: &Dir, target: &str, link: &str) -> io::Result<()> {
+    // Each directory on the way checked, then the link made: racy against a client swapping a directory for a
+    // symlink in between, which openat2 rules out on Linux.
+    let mut walked = std::path::PathBuf::new();
+    for part in Path::new(link)
+        .parent()
+        .into_iter()
+        .flat_map(Path::components)
+    {
+        walked.push(part);
+        if root.symlink_metadata(&walked)?.file_type().is_symlink() {
+            return Err(io::Error::from_raw_os_error(libc::ELOOP));
+        }
+    }
+    root.symlink(target, link)
+}
+
 /// Opens `path` with `options` (blocking), refusing anything but a regular file. `O_NONBLOCK` keeps the open of a
 /// FIFO from waiting for a peer (one left in a home by an administrator would otherwise hold a blocking-pool thread
 /// until someone opened its other end), and is cleared again on the file returned. Devices and sockets are refused
@@ -388,7 +425,8 @@ impl Storage for LocalStorage {
 
     async fn symlink(&self, target: &str, link: &str) -> io::Result<()> {
         let (target, link) = (target.to_owned(), rel(link).to_owned());
-        self.run(move |d| d.symlink(target, link)).await
+        self.run(move |d| symlink_in_real_dir(d, &target, &link))
+            .await
     }
 
     async fn hard_link(&self, from: &str, to: &str) -> io::Result<()> {
@@ -604,6 +642,30 @@ mod tests {
         assert_eq!(
             std::fs::read(tmp.path().join("secret")).unwrap(),
             b"outside"
+        );
+    }
+
+    /// The review's escape: a link made through a directory that is itself a link to a shallower one.
+    #[tokio::test]
+    async fn links_are_not_made_through_linked_directories() {
+        let (tmp, s) = storage().await;
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join("a/b")).unwrap();
+        std::os::unix::fs::symlink("../..", home.join("a/b/up")).unwrap();
+        // As the client names it, a/b/up/x is three levels deep, so ../../../secret would stay inside; on disk the
+        // link would be home/x, and the target one level outside.
+        let e = s.symlink("../../../secret", "a/b/up/x").await.unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ELOOP));
+        assert!(std::fs::symlink_metadata(home.join("x")).is_err());
+        s.symlink("../f", "a/b/link").await.unwrap();
+        assert_eq!(
+            std::fs::read_link(home.join("a/b/link")).unwrap(),
+            Path::new("../f")
+        );
+        s.symlink("f", "top").await.unwrap();
+        assert_eq!(
+            std::fs::read_link(home.join("top")).unwrap(),
+            Path::new("f")
         );
     }
 
