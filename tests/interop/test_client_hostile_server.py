@@ -201,12 +201,13 @@ def test_recursive_downloads_leave_out_names_that_are_not_plain(hostile, tmp_pat
 
 def test_a_server_that_sends_more_than_it_listed_is_cut_off(hostile, tmp_path):
     """A file listed with 5 bytes that sends 32 MiB: the client stops one byte after the listed size and fails the
-    file's verification (exit 4), keeping a 6-byte `.part`."""
+    file's verification (exit 4), keeping a 6-byte `.part` (and the note of the source version it was started
+    from)."""
     server = hostile({"big.bin": File(b"12345", flood=32 << 20)})
     out = tmp_path / "out"
     out.mkdir()
     p = fc(tmp_path, "get", "--retries", "0", server.url("big.bin"), f"{out}/", check=False)
     assert p.returncode == 4, p.stderr
     assert "more than the 5 bytes it listed" in p.stderr
-    assert files_below(out) == ["big.bin.part"]
+    assert files_below(out) == ["big.bin.part", "big.bin.part.source"]
     assert (out / "big.bin.part").stat().st_size == 6

@@ -368,13 +368,6 @@ async fn get(args: GetArgs) -> CmdResult {
         Some(p) => many || p.is_dir() || p.to_string_lossy().ends_with('/'),
     };
     let base = local_dest.clone().unwrap_or_else(|| PathBuf::from("."));
-    if into_dir && local_dest.is_some() {
-        std::fs::create_dir_all(&base).map_err(|e| ClientError::local(base.display(), e))?;
-    }
-    for d in &dirs {
-        let p = base.join(d);
-        std::fs::create_dir_all(&p).map_err(|e| ClientError::local(p.display(), e))?;
-    }
     let jobs: Vec<Job> = files
         .into_iter()
         .map(|(remote_path, rel)| {
@@ -387,9 +380,18 @@ async fn get(args: GetArgs) -> CmdResult {
                 name: rel,
                 source: remote_path,
                 destination: local.to_string_lossy().into_owned(),
+                fresh: false,
             }
         })
         .collect();
+    refuse_shared_destinations(&jobs)?;
+    if into_dir && local_dest.is_some() {
+        std::fs::create_dir_all(&base).map_err(|e| ClientError::local(base.display(), e))?;
+    }
+    for d in &dirs {
+        let p = base.join(d);
+        std::fs::create_dir_all(&p).map_err(|e| ClientError::local(p.display(), e))?;
+    }
     let code = run_jobs(
         pool,
         Pool::local(),
@@ -453,6 +455,7 @@ async fn put(args: PutArgs) -> CmdResult {
                         name: format!("{name}/{}", t.rel),
                         source: path.join(&t.rel).to_string_lossy().into_owned(),
                         destination: remote_path,
+                        fresh: false,
                     });
                 }
             }
@@ -466,9 +469,11 @@ async fn put(args: PutArgs) -> CmdResult {
                 name,
                 source: local.clone(),
                 destination,
+                fresh: false,
             });
         }
     }
+    refuse_shared_destinations(&jobs)?;
     if into_dir && existing.is_none() && !url.path.trim_end_matches('/').is_empty() {
         remote_dirs.insert(0, url.path.trim_end_matches('/').to_owned());
     }
@@ -861,6 +866,11 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
     let mut jobs = Vec::new();
     let mut trailing_deletes = Vec::new();
     let mut copying = false;
+    // A changed file at a remote destination is written in place and is not the start of the new version: its
+    // copy writes from offset 0 over it. It is not deleted first, which would lose it when the copy is refused
+    // (and, on a server that stores uploads atomically, when the copy breaks). A local destination is written
+    // through `.part`, whose note of its source says what may be continued.
+    let in_place = !dst_pool.is_local();
     for a in &actions {
         match a {
             Action::Delete { rel, is_dir } if copying => {
@@ -878,9 +888,10 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
                     failures.push(e);
                 }
             }
-            Action::Copy { rel, .. } => {
+            Action::Copy { rel, reason, .. } => {
                 copying = true;
-                jobs.push(mirror_job(&src_root, &dst_root, rel));
+                let changed = *reason != mirror::CopyReason::New;
+                jobs.push(mirror_job(&src_root, &dst_root, rel, changed && in_place));
             }
             Action::Compare { rel, .. } => {
                 copying = true;
@@ -890,7 +901,7 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
                         .await;
                 match same {
                     Ok(true) => {}
-                    Ok(false) => jobs.push(mirror_job(&src_root, &dst_root, rel)),
+                    Ok(false) => jobs.push(mirror_job(&src_root, &dst_root, rel, in_place)),
                     Err(e) => {
                         eprintln!("ferry: {e}");
                         failures.push(e);
@@ -900,25 +911,6 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
         }
     }
     src_pool.put(s);
-    // A changed file at the destination is not the start of the new one: copy it from scratch.
-    let changed: Vec<String> = actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Copy { rel, reason, .. } if *reason != mirror::CopyReason::New => {
-                Some(rel.clone())
-            }
-            Action::Compare { rel, .. } => Some(rel.clone()),
-            _ => None,
-        })
-        .collect();
-    if !dst_pool.is_local() {
-        for rel in &changed {
-            let p = url::join(&dst_root, rel);
-            if jobs.iter().any(|j| j.destination == p) {
-                let _ = d.remove_file(&p).await;
-            }
-        }
-    }
     dst_pool.put(d);
     let code = run_jobs(
         src_pool.clone(),
@@ -947,14 +939,17 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
     Ok(combine(code, &failures))
 }
 
-fn mirror_job(src_root: &str, dst_root: &str, rel: &str) -> Job {
+/// The job that copies `rel`; `fresh` when the destination holds another version of it.
+fn mirror_job(src_root: &str, dst_root: &str, rel: &str, fresh: bool) -> Job {
     Job {
         source: url::join(src_root, rel),
         destination: url::join(dst_root, rel),
         name: rel.to_owned(),
+        fresh,
     }
 }
 
+/// Removes a destination entry; one that is gone already (a `.part` renamed by its finished download) is done.
 async fn delete_one(
     conn: &mut dyn Transport,
     root: &str,
@@ -962,11 +957,35 @@ async fn delete_one(
     is_dir: bool,
 ) -> Result<(), ClientError> {
     let p = url::join(root, rel);
-    if is_dir {
+    let removed = if is_dir {
         conn.remove_dir(&p).await
     } else {
         conn.remove_file(&p).await
+    };
+    match removed {
+        Err(ClientError::NotFound { .. }) => Ok(()),
+        // FTP answers 550 both for a missing file and a refusal: only the first is done.
+        Err(e @ ClientError::Remote { .. }) => match conn.stat(&p).await {
+            Ok(None) => Ok(()),
+            _ => Err(e),
+        },
+        other => other,
     }
+}
+
+/// Refuses jobs of which two would write the same destination (`get d1/x d2/x` into one directory): one copy
+/// would silently replace the other.
+fn refuse_shared_destinations(jobs: &[Job]) -> Result<(), ClientError> {
+    let mut first_source: HashMap<&str, &str> = HashMap::new();
+    for job in jobs {
+        if let Some(other) = first_source.insert(&job.destination, &job.source) {
+            return Err(ClientError::Usage(format!(
+                "{other} and {} would both be written to {}",
+                job.source, job.destination
+            )));
+        }
+    }
+    Ok(())
 }
 
 async fn checksums_match(
@@ -1625,6 +1644,29 @@ mod tests {
         assert_eq!(state.total_size, u64::MAX);
         assert_eq!(state.done(), u64::MAX);
         assert_eq!(state.positions.get(&0), Some(&u64::MAX));
+    }
+
+    #[test]
+    fn two_sources_for_one_destination_are_refused_by_name() {
+        let job = |source: &str, destination: &str| Job {
+            source: source.to_owned(),
+            destination: destination.to_owned(),
+            name: source.to_owned(),
+            fresh: false,
+        };
+        assert!(refuse_shared_destinations(&[job("a/x", "out/x"), job("b/y", "out/y")]).is_ok());
+        let err = refuse_shared_destinations(&[
+            job("a/x", "out/x"),
+            job("b/y", "out/y"),
+            job("b/x", "out/x"),
+        ])
+        .unwrap_err();
+        assert_eq!(err.exit_code(), ferry_client::error::EXIT_USAGE);
+        let text = err.to_string();
+        assert!(
+            text.contains("a/x") && text.contains("b/x") && text.contains("out/x"),
+            "{text}"
+        );
     }
 
     #[test]

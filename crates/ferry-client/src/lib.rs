@@ -14,7 +14,8 @@
 //! let remote = Pool::remote(Endpoint::new(url.clone(), ConnectOptions::default()));
 //! let engine = Engine::new(remote, Pool::local(), TransferOptions::default(),
 //!                          Arc::new(ferry_client::progress::NoProgress));
-//! let job = Job { source: url.path.clone(), destination: "data.bin".into(), name: "data.bin".into() };
+//! let job = Job { source: url.path.clone(), destination: "data.bin".into(), name: "data.bin".into(),
+//!                 fresh: false };
 //! let report = engine.copy(0, &job).await?;
 //! println!("{} bytes, verified by {:?}", report.bytes, report.verified);
 //! # Ok(()) }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use globset::{Glob, GlobBuilder, GlobSet, GlobSetBuilder};
 
 use crate::error::{ClientError, Result};
+use crate::transfer::leftover_of;
 use crate::transport::{Entry, EntryKind, Transport};
 use crate::url::{is_plain_name, join};
 
@@ -223,6 +224,7 @@ pub fn plan(
             .filter(|t| !src.contains_key(t.rel.as_str()))
             .filter(|t| !not_copied.iter().any(|k| is_at_or_below(&t.rel, k)))
             .filter(|t| !inside_doomed(&t.rel))
+            .filter(|t| !is_leftover_of(&t.rel, &src))
             .filter(|t| filter.allows(&t.rel, t.entry.is_dir()))
             .map(|t| (t.rel.clone(), t.entry.is_dir()))
             .collect();
@@ -263,6 +265,12 @@ pub fn skipped<'a>(
     source
         .iter()
         .filter(|t| !is_copied(&t.entry) && filter.allows(&t.rel, false))
+}
+
+/// Whether `rel` is what an unfinished download of a source file left (its `.part` and sidecars): the copy of
+/// that file resumes from it, then renames or removes it, so `--delete` must not take it away first.
+fn is_leftover_of(rel: &str, src: &BTreeMap<&str, &Entry>) -> bool {
+    leftover_of(rel).is_some_and(|file| src.get(file).is_some_and(|e| !e.is_dir()))
 }
 
 /// Whether the relative path `rel` is `place` or inside it.
@@ -425,6 +433,34 @@ mod tests {
         let filter = no_filter();
         let skipped: Vec<&str> = skipped(&src, &filter).map(|t| t.rel.as_str()).collect();
         assert_eq!(skipped, ["l", "m"]);
+    }
+
+    #[test]
+    fn delete_keeps_what_unfinished_downloads_of_source_files_left() {
+        let src = vec![file("big.bin", 100, 1), dir("d"), file("d/x", 5, 1)];
+        let dst = vec![
+            file("big.bin.part", 40, 1),
+            file("big.bin.part.source", 20, 1),
+            file("big.bin.part.segments", 2, 1),
+            dir("d"),
+            file("d/x.part.source.new", 20, 1),
+            file("gone.bin.part", 7, 1),
+        ];
+        let opts = MirrorOptions {
+            delete: true,
+            ..MirrorOptions::default()
+        };
+        let deletes: Vec<Action> = plan(&src, &dst, &no_filter(), opts)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Delete { .. }))
+            .collect();
+        assert_eq!(
+            deletes,
+            [Action::Delete {
+                rel: "gone.bin.part".into(),
+                is_dir: false
+            }]
+        );
     }
 
     #[test]

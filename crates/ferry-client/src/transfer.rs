@@ -5,9 +5,19 @@
 //! A download goes to `NAME.part` and is renamed to `NAME` only once verified, so a file without `.part` is always
 //! complete. An upload writes the remote file in place (servers resume with `APPE`/offsets on that file).
 //!
-//! Resume: an existing part of `n` bytes is continued from `n` when it is not longer than the source and, where
-//! both sides can hash a byte range (ferry's FTP server with `HASH`+`RANG`, local files), its first `n` bytes hash
-//! the same on both sides; otherwise the file starts over. Verification compares the sizes and, where both sides
+//! Resume continues only what was written from the source's current version, so that a changed source never
+//! ends up appended to the start of its old version. What is there must not be longer than the source and, where
+//! both sides can hash a byte range (ferry's FTP server with `HASH`+`RANG`, local files), must hash like the
+//! source's first bytes. Besides:
+//! - a `.part` is continued only when its sidecar `NAME.part.source`, written when the part was started, names
+//!   the source's current size and modification time;
+//! - a remote file that cannot be hashed that way is continued only when it was modified no earlier than the
+//!   local file, as a file uploaded from this version is.
+//!
+//! Otherwise the file starts over from offset 0.
+//!
+//! A final download that is already there counts as complete only when checksums match or, with no checksum,
+//! when it has the source's size and modification time. Verification compares the sizes and, where both sides
 //! compute one, a checksum of the whole file; a resumed transfer that fails verification is redone from scratch
 //! once, then reported as a verification failure.
 
@@ -17,7 +27,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncSeekExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -27,10 +37,14 @@ use crate::checksum::{common_algorithm, HashAlgorithm};
 use crate::error::{ClientError, Result};
 use crate::progress::Progress;
 use crate::retry::RetryPolicy;
-use crate::transport::{local, Pool, Transport};
+use crate::transport::{local, Entry, Pool, Transport};
 
 /// Suffix of downloads that are not complete and verified yet.
 pub const PART_SUFFIX: &str = ".part";
+/// Suffix (after [`PART_SUFFIX`]) of the sidecar that names the source version a part was started from.
+const SOURCE_SUFFIX: &str = ".source";
+/// Suffix (after [`PART_SUFFIX`]) of the sidecar of a segmented download in progress.
+const SEGMENTS_SUFFIX: &str = ".segments";
 /// Smallest piece a segmented download is split into.
 pub const MIN_SEGMENT: u64 = 1024 * 1024;
 
@@ -76,6 +90,9 @@ pub struct Job {
     pub source: String,
     pub destination: String,
     pub name: String,
+    /// Write from offset 0 whatever is there: the destination holds another version of the file, written in
+    /// place (a remote file a mirror replaces), so it must not be taken for the start of this one.
+    pub fresh: bool,
 }
 
 /// How a transferred file was checked.
@@ -122,11 +139,13 @@ pub enum ResumeDecision {
     Restart(&'static str),
 }
 
-/// Decides from the existing part's length, the source's size and, when known, whether the part's bytes hash the
-/// same as the source's first bytes.
+/// Decides from the existing part's length, the source's size, whether the part was written from the source's
+/// current version (`same_version`) and, when known, whether the part's bytes hash the same as the source's first
+/// bytes.
 pub fn decide_resume(
     existing: Option<u64>,
     source_size: u64,
+    same_version: bool,
     prefix_matches: Option<bool>,
 ) -> ResumeDecision {
     match existing {
@@ -137,9 +156,86 @@ pub fn decide_resume(
         Some(_) if prefix_matches == Some(false) => {
             ResumeDecision::Restart("destination differs from the source")
         }
+        Some(_) if !same_version => {
+            ResumeDecision::Restart("destination may be from another version of the source")
+        }
         Some(n) if n == source_size => ResumeDecision::Complete,
         Some(n) => ResumeDecision::Resume(n),
     }
+}
+
+/// Whether the remote file `dst` may hold the start of the local file `src` as it is now: it was modified no
+/// earlier than `src` (within what its listing can resolve), as a file uploaded from this version is, whether
+/// the upload was interrupted (the server's clock at the last write) or finished (given `src`'s time). A file
+/// whose time is unknown on either side cannot be told apart from an older version.
+pub fn written_after(dst: &Entry, src: &Entry) -> bool {
+    let precision = dst.mtime_precision.max(Duration::from_secs(1));
+    match (dst.mtime, src.mtime) {
+        (Some(d), Some(s)) => d + precision > s,
+        _ => false,
+    }
+}
+
+/// The version of a source file a `.part` was started from, as its server lists it: size and modification time.
+/// Recorded beside the part in `NAME.part.source`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SourceVersion {
+    size: u64,
+    /// Since the Unix epoch; `None` when the server gives no time (or one before the epoch).
+    mtime: Option<Duration>,
+}
+
+impl SourceVersion {
+    /// The version of the source listed as `entry`.
+    pub fn of(entry: &Entry) -> SourceVersion {
+        SourceVersion {
+            size: entry.size,
+            mtime: entry.mtime.and_then(|t| t.duration_since(UNIX_EPOCH).ok()),
+        }
+    }
+
+    /// Whether a part started from `recorded` may be continued for this version: same size and the same, known,
+    /// modification time. Without a time, two versions of the same size cannot be told apart.
+    pub fn continues(&self, recorded: &SourceVersion) -> bool {
+        self.mtime.is_some() && self == recorded
+    }
+
+    /// `SIZE SECONDS.NANOSECONDS` (`SIZE -` without a time), as the sidecar holds it.
+    fn to_note(self) -> String {
+        match self.mtime {
+            Some(t) => format!("{} {}.{:09}", self.size, t.as_secs(), t.subsec_nanos()),
+            None => format!("{} -", self.size),
+        }
+    }
+
+    fn parse(note: &str) -> Option<SourceVersion> {
+        let mut words = note.split_whitespace();
+        let size = words.next()?.parse().ok()?;
+        let mtime = match words.next()? {
+            "-" => None,
+            t => {
+                let (secs, nanos) = t.split_once('.')?;
+                let nanos: u32 = nanos.parse().ok().filter(|n| *n < 1_000_000_000)?;
+                Some(Duration::new(secs.parse().ok()?, nanos))
+            }
+        };
+        words
+            .next()
+            .is_none()
+            .then_some(SourceVersion { size, mtime })
+    }
+}
+
+/// The file whose transfer left `rel` behind (`X` for `X.part`, `X.part.segments`, `X.part.source` and their
+/// `.new` temporaries), so that a mirror does not delete what it is about to resume.
+pub fn leftover_of(rel: &str) -> Option<&str> {
+    let rel = rel.strip_suffix(".new").unwrap_or(rel);
+    let rel = rel
+        .strip_suffix(SEGMENTS_SUFFIX)
+        .or_else(|| rel.strip_suffix(SOURCE_SUFFIX))
+        .unwrap_or(rel);
+    rel.strip_suffix(PART_SUFFIX)
+        .filter(|x| !x.is_empty() && !x.ends_with('/'))
 }
 
 /// Splits `[start, end)` into at most `segments` ranges of at least [`MIN_SEGMENT`] bytes (one range when small).
@@ -185,6 +281,11 @@ impl Engine {
         &self.options
     }
 
+    /// A new allowance for one file's streams, when `--limit-rate` asks for one.
+    fn rate_limit(&self) -> Option<RateLimit> {
+        self.options.limit_rate.map(RateLimit::new)
+    }
+
     /// Copies every job, `parallel` at a time; results come back in the jobs' order.
     pub async fn run(self: &Arc<Self>, jobs: Vec<Job>) -> Vec<(Job, Result<TransferReport>)> {
         let permits = Arc::new(tokio::sync::Semaphore::new(self.options.parallel.max(1)));
@@ -211,7 +312,7 @@ impl Engine {
     /// Copies one file, retrying transient failures.
     pub async fn copy(&self, id: usize, job: &Job) -> Result<TransferReport> {
         let mut failures = 0u32;
-        let mut fresh = false;
+        let mut fresh = job.fresh;
         let result = loop {
             let attempt = self.attempt(id, job, fresh).await;
             match attempt {
@@ -220,6 +321,7 @@ impl Engine {
                     error,
                     resumed,
                     retry,
+                    ..
                 }) => {
                     if matches!(error, ClientError::Verify { .. }) && resumed && !fresh {
                         tracing::info!("{}: {error}; starting over", job.name);
@@ -255,7 +357,7 @@ impl Engine {
         // A connection that failed mid-file is in an unknown state: only healthy ones go back.
         let healthy = match &result {
             Ok(_) => true,
-            Err(f) => !f.error.is_transient(),
+            Err(f) => f.reusable,
         };
         if healthy {
             self.source.put(src);
@@ -296,55 +398,24 @@ impl Engine {
             job.destination.clone()
         };
 
-        let mut known_sum = None;
-        let mut decision = ResumeDecision::Fresh;
         if local_dst {
             repair_segmented_part(&part).await;
         }
-        if self.options.resume && !fresh {
-            let existing = dst.stat(&part).await.map_err(Failure::new)?;
-            let existing = existing.filter(|e| !e.is_dir()).map(|e| e.size);
-            let prefix = match existing {
-                Some(n) if n > 0 && n <= size => self
-                    .compare_prefix(src, &job.source, dst, &part, n, size)
-                    .await
-                    .map_err(Failure::new)?,
-                _ => None,
-            };
-            decision = decide_resume(existing, size, prefix.as_ref().map(|p| p.0));
-            if decision == ResumeDecision::Complete {
-                known_sum = prefix.and_then(|p| p.1);
-            }
-            // A complete final file (no .part) counts only when a checksum proves it.
-            if local_dst && existing.is_none() {
-                let fin = dst.stat(&job.destination).await.map_err(Failure::new)?;
-                if fin.is_some_and(|f| !f.is_dir() && f.size == size) {
-                    let check = self
-                        .compare_prefix(src, &job.source, dst, &job.destination, size, size)
-                        .await
-                        .map_err(Failure::new)?;
-                    if let Some((true, sum)) = check {
-                        let (algorithm, checksum) = split_sum(sum);
-                        let report = TransferReport {
-                            path: job.name.clone(),
-                            source: job.source.clone(),
-                            destination: job.destination.clone(),
-                            size,
-                            bytes: 0,
-                            resumed_from: size,
-                            seconds: started.elapsed().as_secs_f64(),
-                            algorithm,
-                            checksum,
-                            verified: Verification::Checksum,
-                            skipped: true,
-                            segments: 0,
-                        };
-                        self.progress.start(id, &job.name, size, size);
-                        return Ok(report);
-                    }
+        let (decision, known_sum) = if self.options.resume && !fresh {
+            match self
+                .resume_point(job, &entry, src, dst, &part)
+                .await
+                .map_err(Failure::new)?
+            {
+                Start::At(decision, known_sum) => (decision, known_sum),
+                Start::Complete(verified, sum) => {
+                    self.progress.start(id, &job.name, size, size);
+                    return Ok(skipped_report(job, size, started, verified, sum));
                 }
             }
-        }
+        } else {
+            (ResumeDecision::Fresh, None)
+        };
         if let ResumeDecision::Restart(why) = decision {
             tracing::info!("{}: {why}; starting over", job.name);
         }
@@ -354,6 +425,9 @@ impl Engine {
             ResumeDecision::Fresh | ResumeDecision::Restart(_) => 0,
         };
         let resumed = offset > 0;
+        if local_dst && offset == 0 {
+            start_part(&part, &entry).await.map_err(Failure::new)?;
+        }
         self.progress.start(id, &job.name, size, offset);
 
         let mut segments_used = 1;
@@ -368,11 +442,11 @@ impl Engine {
             segments_used = ranges.len();
             self.segmented(id, job, src, &part, offset, ranges)
                 .await
-                .map_err(|error| Failure::resumed(error, resumed))?
+                .map_err(|error| Failure::midway(error, resumed))?
         } else {
             self.stream(id, job, src, dst, &part, offset, size)
                 .await
-                .map_err(|error| Failure::resumed(error, resumed))?
+                .map_err(|error| Failure::midway(error, resumed))?
         };
 
         // Verify: size always, checksum where both sides have one.
@@ -427,6 +501,7 @@ impl Engine {
             dst.rename(&part, &job.destination)
                 .await
                 .map_err(|error| Failure::resumed(error, resumed))?;
+            let _ = tokio::fs::remove_file(source_sidecar(&part)).await;
         }
         if self.options.preserve_mtime {
             if let Some(mtime) = entry.mtime {
@@ -447,6 +522,81 @@ impl Engine {
             verified,
             skipped: false,
             segments: segments_used,
+        })
+    }
+
+    /// Where to start, from what is at the destination: `part` (the `.part` of a download, else the file itself)
+    /// and, for downloads, a final file that may be complete already.
+    async fn resume_point(
+        &self,
+        job: &Job,
+        entry: &Entry,
+        src: &mut Box<dyn Transport>,
+        dst: &mut Box<dyn Transport>,
+        part: &str,
+    ) -> Result<Start> {
+        let size = entry.size;
+        let local_dst = dst.is_local();
+        let existing = dst.stat(part).await?.filter(|e| !e.is_dir());
+        // A part is worth hashing only when it may be from this version of the source.
+        let recorded = match &existing {
+            Some(_) if local_dst => part_continues(part, entry).await,
+            _ => true,
+        };
+        let prefix = match &existing {
+            Some(e) if recorded && e.size > 0 && e.size <= size => {
+                self.compare_prefix(src, &job.source, dst, part, e.size, size)
+                    .await?
+            }
+            _ => None,
+        };
+        let same_version = match &existing {
+            Some(_) if local_dst => recorded,
+            // Uploads: a hash of the prefix says it all; without one, the times must.
+            Some(e) => prefix.is_some() || written_after(e, entry),
+            None => true,
+        };
+        let n = existing.as_ref().map(|e| e.size);
+        let decision = decide_resume(n, size, same_version, prefix.as_ref().map(|p| p.0));
+        if local_dst && existing.is_none() {
+            if let Some(done) = self.final_is_complete(job, entry, src, dst).await? {
+                return Ok(done);
+            }
+        }
+        let known_sum = match decision {
+            ResumeDecision::Complete => prefix.and_then(|p| p.1),
+            _ => None,
+        };
+        Ok(Start::At(decision, known_sum))
+    }
+
+    /// Whether the final file of a download (no `.part`) is the source already: same size and equal checksums,
+    /// or, where no checksum is available, the source's modification time (which the download gave it).
+    async fn final_is_complete(
+        &self,
+        job: &Job,
+        entry: &Entry,
+        src: &mut Box<dyn Transport>,
+        dst: &mut Box<dyn Transport>,
+    ) -> Result<Option<Start>> {
+        let size = entry.size;
+        let Some(fin) = dst
+            .stat(&job.destination)
+            .await?
+            .filter(|f| !f.is_dir() && f.size == size)
+        else {
+            return Ok(None);
+        };
+        let check = self
+            .compare_prefix(src, &job.source, dst, &job.destination, size, size)
+            .await?;
+        Ok(match check {
+            Some((true, sum)) => Some(Start::Complete(Verification::Checksum, sum)),
+            Some((false, _)) => None,
+            None if same_mtime(fin.mtime, entry.mtime) => {
+                Some(Start::Complete(Verification::Size, None))
+            }
+            None => None,
         })
     }
 
@@ -535,7 +685,6 @@ impl Engine {
         } else {
             let (reader, writer) = tokio::io::duplex(1024 * 1024);
             let mut writer = Metered::new(writer, id, self, counter.clone());
-            let mut reader = reader;
             let reading = async {
                 let r = src
                     .read_at_most(&job.source, offset, limit, &mut writer)
@@ -544,11 +693,18 @@ impl Engine {
                 drop(writer);
                 r
             };
-            let writing = dst.write(part, offset, &mut reader);
+            let writing = async {
+                let mut reader = reader;
+                let w = dst.write(part, offset, &mut reader).await;
+                // Once the writer is done (a refusal such as 553 comes at once), the reader must not wait for
+                // room in the pipe until it stalls: dropping the pipe's end fails its next write.
+                drop(reader);
+                w
+            };
             let (r, w) = tokio::join!(reading, writing);
-            let n = r?;
+            // The write's error is the cause; the read's is then only the broken pipe.
             w?;
-            n
+            r?
         };
         if n >= limit {
             return Err(ClientError::Verify {
@@ -581,13 +737,15 @@ impl Engine {
         let counters: Vec<Arc<AtomicU64>> =
             ranges.iter().map(|_| Arc::new(AtomicU64::new(0))).collect();
         let first = ranges[0];
+        // `--limit-rate` is per file: every segment draws from the same allowance.
+        let limiter = self.rate_limit();
         let mut others = tokio::task::JoinSet::new();
         for (i, &(start, end)) in ranges.iter().enumerate().skip(1) {
             let pool = self.source.clone();
             let path = job.source.clone();
             let part = part.to_owned();
             let counter = counters[i].clone();
-            let limiter = self.options.limit_rate;
+            let limiter = limiter.clone();
             let progress = self.progress.clone();
             others.spawn(async move {
                 let mut conn = pool.get().await?;
@@ -610,7 +768,7 @@ impl Engine {
             id,
             self.progress.clone(),
             counters[0].clone(),
-            self.options.limit_rate,
+            limiter,
         );
         let collect_others = async {
             let mut first_error = None;
@@ -625,7 +783,7 @@ impl Engine {
         // While segments run, the part's length says nothing: a sidecar file keeps the length that is known to
         // be written without gaps, in case this process dies before it can cut the part back.
         let sidecar = segments_sidecar(part);
-        write_sidecar(&sidecar, offset).await;
+        write_sidecar(&sidecar, &offset.to_string()).await;
         // Stopped between writes, never in the middle of one, so no write lands after the cleanup below.
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let ticker = {
@@ -638,7 +796,7 @@ impl Engine {
                         _ = &mut stopped => return,
                         () = tokio::time::sleep(SIDECAR_INTERVAL) => {}
                     }
-                    write_sidecar(&sidecar, previous).await;
+                    write_sidecar(&sidecar, &previous.to_string()).await;
                     previous = contiguous_prefix(offset, &ranges, &counters);
                 }
             })
@@ -665,17 +823,22 @@ const SIDECAR_INTERVAL: Duration = Duration::from_millis(500);
 
 /// The sidecar of a `.part` file that a segmented download is writing.
 fn segments_sidecar(part: &str) -> String {
-    format!("{part}.segments")
+    format!("{part}{SEGMENTS_SUFFIX}")
 }
 
-/// Records `safe_len` in the sidecar at `path` (written aside, then renamed over it). Best effort: a sidecar that
-/// could not be written only makes a later repair cut back more.
-async fn write_sidecar(path: &str, safe_len: u64) {
+/// The sidecar of a `.part` file that names the source version it was started from (see [`SourceVersion`]).
+fn source_sidecar(part: &str) -> String {
+    format!("{part}{SOURCE_SUFFIX}")
+}
+
+/// Writes `note` to the sidecar at `path` (written aside, then renamed over it; links are not followed). Best
+/// effort: a sidecar that could not be written only makes a later run cut back more or start over.
+async fn write_sidecar(path: &str, note: &str) {
     let tmp = format!("{path}.new");
     let Ok(mut file) = local::open_at(&tmp, 0).await else {
         return;
     };
-    let written = file.write_all(safe_len.to_string().as_bytes()).await;
+    let written = file.write_all(note.as_bytes()).await;
     if written.is_ok() && file.flush().await.is_ok() {
         let _ = tokio::fs::rename(&tmp, path).await;
     }
@@ -685,7 +848,7 @@ async fn write_sidecar(path: &str, safe_len: u64) {
 /// to the length its sidecar says was written without gaps (0 if the sidecar is unreadable).
 async fn repair_segmented_part(part: &str) {
     let sidecar = segments_sidecar(part);
-    let Ok(text) = tokio::fs::read_to_string(&sidecar).await else {
+    let Some(text) = local::read_note(&sidecar).await else {
         return;
     };
     let safe = text.trim().parse::<u64>().unwrap_or(0);
@@ -695,6 +858,65 @@ async fn repair_segmented_part(part: &str) {
         }
     }
     let _ = tokio::fs::remove_file(&sidecar).await;
+}
+
+/// Whether the sidecar of `part` says it was started from the version of the source listed as `entry`.
+async fn part_continues(part: &str, entry: &Entry) -> bool {
+    local::read_note(&source_sidecar(part))
+        .await
+        .and_then(|note| SourceVersion::parse(&note))
+        .is_some_and(|recorded| SourceVersion::of(entry).continues(&recorded))
+}
+
+/// Starts `part` from nothing for the source listed as `entry`. The part is emptied before its sidecar names the
+/// new version, so that no moment pairs old bytes with the new version's name.
+async fn start_part(part: &str, entry: &Entry) -> Result<()> {
+    drop(local::open_at(part, 0).await?);
+    write_sidecar(&source_sidecar(part), &SourceVersion::of(entry).to_note()).await;
+    Ok(())
+}
+
+/// Whether two modification times are known and the same to the second (the precision of every listing that
+/// gives seconds; a copy's time is set from its source's).
+fn same_mtime(a: Option<SystemTime>, b: Option<SystemTime>) -> bool {
+    let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs());
+    match (a.and_then(secs), b.and_then(secs)) {
+        (Some(a), Some(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Where a transfer starts, from what is at the destination.
+enum Start {
+    /// Continue as decided; with the whole file's checksum when a complete part was hashed.
+    At(ResumeDecision, Option<(HashAlgorithm, String)>),
+    /// The final file is the source already: nothing to move.
+    Complete(Verification, Option<(HashAlgorithm, String)>),
+}
+
+/// The report of a file found complete at the destination.
+fn skipped_report(
+    job: &Job,
+    size: u64,
+    started: Instant,
+    verified: Verification,
+    sum: Option<(HashAlgorithm, String)>,
+) -> TransferReport {
+    let (algorithm, checksum) = split_sum(sum);
+    TransferReport {
+        path: job.name.clone(),
+        source: job.source.clone(),
+        destination: job.destination.clone(),
+        size,
+        bytes: 0,
+        resumed_from: size,
+        seconds: started.elapsed().as_secs_f64(),
+        algorithm,
+        checksum,
+        verified,
+        skipped: true,
+        segments: 0,
+    }
 }
 
 /// The length from `offset` that the segments wrote without a gap.
@@ -721,13 +943,13 @@ async fn read_range(
     id: usize,
     progress: Arc<dyn Progress>,
     counter: Arc<AtomicU64>,
-    limit_rate: Option<u64>,
+    limiter: Option<RateLimit>,
 ) -> Result<u64> {
     let mut file = local::open_existing(part).await?;
     file.seek(SeekFrom::Start(start))
         .await
         .map_err(|e| ClientError::local(part, e))?;
-    let mut sink = Metered::with(file, id, progress, counter, limit_rate);
+    let mut sink = Metered::with(file, id, progress, counter, limiter);
     let read = conn.read(path, start, Some(end - start), &mut sink).await;
     // tokio writes files from a blocking thread: a write still in flight when the file is dropped would land after
     // the caller cuts the file back. Flush first, whatever happened.
@@ -749,11 +971,14 @@ struct Failure {
     resumed: bool,
     /// Whether a transient error may be retried (not when retries were used up below).
     retry: bool,
+    /// Whether the connections are in a known state and may serve another file.
+    reusable: bool,
 }
 
 impl Failure {
     fn new(error: ClientError) -> Failure {
         Failure {
+            reusable: !error.is_transient(),
             error,
             resumed: false,
             retry: true,
@@ -764,6 +989,15 @@ impl Failure {
         Failure {
             resumed,
             ..Failure::new(error)
+        }
+    }
+
+    /// A failure while data moved: whatever the error, one side may have stopped in the middle of a transfer
+    /// (a read cut off when the write was refused), so neither connection is used again.
+    fn midway(error: ClientError, resumed: bool) -> Failure {
+        Failure {
+            reusable: false,
+            ..Failure::resumed(error, resumed)
         }
     }
 
@@ -790,27 +1024,33 @@ fn relabel_local(e: ClientError, local_path: &str) -> ClientError {
     }
 }
 
-/// Paces a stream to a number of bytes per second.
-struct RateLimit {
+/// Paces the streams of one file to a number of bytes per second, all of them together: the segments of a
+/// download share one.
+#[derive(Clone)]
+struct RateLimit(Arc<std::sync::Mutex<Allowance>>);
+
+/// Bytes sent since a start, at a rate.
+struct Allowance {
     rate: u64,
-    started: Instant,
+    started: tokio::time::Instant,
     bytes: u64,
 }
 
 impl RateLimit {
     fn new(rate: u64) -> RateLimit {
-        RateLimit {
+        RateLimit(Arc::new(std::sync::Mutex::new(Allowance {
             rate: rate.max(1),
-            started: Instant::now(),
+            started: tokio::time::Instant::now(),
             bytes: 0,
-        }
+        })))
     }
 
     /// Counts `n` bytes; returns when the next bytes may go.
-    fn account(&mut self, n: u64) -> Option<tokio::time::Instant> {
-        self.bytes += n;
-        let due = self.started + Duration::from_secs_f64(self.bytes as f64 / self.rate as f64);
-        (due > Instant::now()).then(|| tokio::time::Instant::from_std(due))
+    fn account(&self, n: u64) -> Option<tokio::time::Instant> {
+        let mut a = self.0.lock().ok()?;
+        a.bytes = a.bytes.saturating_add(n);
+        let due = a.started + Duration::from_secs_f64(a.bytes as f64 / a.rate as f64);
+        (due > tokio::time::Instant::now()).then_some(due)
     }
 }
 
@@ -825,13 +1065,14 @@ struct Metered<T> {
 }
 
 impl<T> Metered<T> {
+    /// A stream of a file that is not split, paced on its own.
     fn new(inner: T, id: usize, engine: &Engine, counter: Arc<AtomicU64>) -> Metered<T> {
         Metered::with(
             inner,
             id,
             engine.progress.clone(),
             counter,
-            engine.options.limit_rate,
+            engine.rate_limit(),
         )
     }
 
@@ -840,14 +1081,14 @@ impl<T> Metered<T> {
         id: usize,
         progress: Arc<dyn Progress>,
         counter: Arc<AtomicU64>,
-        limit_rate: Option<u64>,
+        limit: Option<RateLimit>,
     ) -> Metered<T> {
         Metered {
             inner,
             id,
             progress,
             counter,
-            limit: limit_rate.map(RateLimit::new),
+            limit,
             pause: None,
         }
     }
@@ -866,7 +1107,7 @@ impl<T> Metered<T> {
         }
         self.counter.fetch_add(n as u64, Ordering::Relaxed);
         self.progress.advance(self.id, n as u64);
-        if let Some(due) = self.limit.as_mut().and_then(|l| l.account(n as u64)) {
+        if let Some(due) = self.limit.as_ref().and_then(|l| l.account(n as u64)) {
             self.pause = Some(Box::pin(tokio::time::sleep_until(due)));
         }
     }
@@ -919,32 +1160,98 @@ mod tests {
 
     #[test]
     fn resume_decisions() {
-        assert_eq!(decide_resume(None, 100, None), ResumeDecision::Fresh);
-        assert_eq!(decide_resume(Some(0), 100, None), ResumeDecision::Fresh);
+        let d = |existing, size, same, prefix| decide_resume(existing, size, same, prefix);
+        assert_eq!(d(None, 100, true, None), ResumeDecision::Fresh);
+        assert_eq!(d(Some(0), 100, false, None), ResumeDecision::Fresh);
+        assert_eq!(d(Some(40), 100, true, None), ResumeDecision::Resume(40));
         assert_eq!(
-            decide_resume(Some(40), 100, None),
+            d(Some(40), 100, true, Some(true)),
             ResumeDecision::Resume(40)
         );
-        assert_eq!(
-            decide_resume(Some(40), 100, Some(true)),
-            ResumeDecision::Resume(40)
-        );
         assert!(matches!(
-            decide_resume(Some(40), 100, Some(false)),
+            d(Some(40), 100, true, Some(false)),
             ResumeDecision::Restart(_)
         ));
         assert!(matches!(
-            decide_resume(Some(101), 100, None),
+            d(Some(101), 100, true, None),
             ResumeDecision::Restart(_)
         ));
-        assert_eq!(
-            decide_resume(Some(100), 100, None),
-            ResumeDecision::Complete
-        );
+        assert_eq!(d(Some(100), 100, true, None), ResumeDecision::Complete);
         assert!(matches!(
-            decide_resume(Some(100), 100, Some(false)),
+            d(Some(100), 100, true, Some(false)),
             ResumeDecision::Restart(_)
         ));
+    }
+
+    #[test]
+    fn what_may_be_another_version_is_never_continued_or_complete() {
+        for existing in [1, 10, 40, 100] {
+            assert!(
+                matches!(
+                    decide_resume(Some(existing), 100, false, None),
+                    ResumeDecision::Restart(_)
+                ),
+                "{existing}"
+            );
+        }
+    }
+
+    fn listed(mtime: Option<u64>, precision: u64) -> Entry {
+        Entry {
+            name: "f".to_owned(),
+            kind: crate::transport::EntryKind::File,
+            size: 10,
+            mtime: mtime.map(|s| UNIX_EPOCH + Duration::from_millis(s)),
+            mtime_precision: Duration::from_secs(precision),
+            mode: None,
+        }
+    }
+
+    #[test]
+    fn a_remote_file_older_than_the_local_one_is_not_its_start() {
+        let local = listed(Some(100_500), 1);
+        // Interrupted upload: written after the local file changed.
+        assert!(written_after(&listed(Some(200_000), 1), &local));
+        // Finished upload: given the local time, to the second.
+        assert!(written_after(&listed(Some(100_000), 1), &local));
+        // An older version, uploaded before the local file changed.
+        assert!(!written_after(&listed(Some(99_000), 1), &local));
+        // LIST shows minutes.
+        assert!(written_after(&listed(Some(60_000), 60), &local));
+        assert!(!written_after(&listed(Some(0), 60), &local));
+        assert!(!written_after(&listed(None, 1), &local));
+        assert!(!written_after(&listed(Some(200_000), 1), &listed(None, 1)));
+    }
+
+    #[test]
+    fn a_source_version_note_round_trips_and_needs_a_time_to_match() {
+        let v = SourceVersion::of(&listed(Some(1_700_000_000_123), 1));
+        assert_eq!(SourceVersion::parse(&v.to_note()), Some(v));
+        assert!(v.continues(&v));
+        let other_time = SourceVersion::of(&listed(Some(1_700_000_001_123), 1));
+        assert!(!v.continues(&other_time));
+        let mut bigger = listed(Some(1_700_000_000_123), 1);
+        bigger.size = 11;
+        assert!(!v.continues(&SourceVersion::of(&bigger)));
+        let timeless = SourceVersion::of(&listed(None, 1));
+        assert_eq!(SourceVersion::parse(&timeless.to_note()), Some(timeless));
+        assert!(!timeless.continues(&timeless));
+        for bad in ["", "10", "x 1.0", "10 1.0 extra", "10 1.1000000000", "10 1"] {
+            assert_eq!(SourceVersion::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn transfer_leftovers_name_their_file() {
+        assert_eq!(leftover_of("a/b.bin.part"), Some("a/b.bin"));
+        assert_eq!(leftover_of("b.bin.part.segments"), Some("b.bin"));
+        assert_eq!(leftover_of("b.bin.part.source"), Some("b.bin"));
+        assert_eq!(leftover_of("b.bin.part.source.new"), Some("b.bin"));
+        assert_eq!(leftover_of("b.bin.part.segments.new"), Some("b.bin"));
+        assert_eq!(leftover_of("b.bin"), None);
+        assert_eq!(leftover_of(".part"), None);
+        assert_eq!(leftover_of("d/.part"), None);
+        assert_eq!(leftover_of("b.source"), None);
     }
 
     proptest! {
@@ -966,13 +1273,17 @@ mod tests {
         }
 
         #[test]
-        fn resuming_never_goes_past_the_source(existing in proptest::option::of(0u64..1000), size in 0u64..1000, matches in proptest::option::of(any::<bool>())) {
-            match decide_resume(existing, size, matches) {
+        fn resuming_never_goes_past_the_source(existing in proptest::option::of(0u64..1000), size in 0u64..1000, same in any::<bool>(), matches in proptest::option::of(any::<bool>())) {
+            match decide_resume(existing, size, same, matches) {
                 ResumeDecision::Resume(n) => {
                     prop_assert!(n > 0 && n < size);
+                    prop_assert!(same);
                     prop_assert_ne!(matches, Some(false));
                 }
-                ResumeDecision::Complete => prop_assert_eq!(existing, Some(size)),
+                ResumeDecision::Complete => {
+                    prop_assert_eq!(existing, Some(size));
+                    prop_assert!(same);
+                }
                 _ => {}
             }
         }
@@ -993,7 +1304,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let part = dir.path().join("f.part").to_string_lossy().into_owned();
         std::fs::write(&part, vec![7u8; 1000]).unwrap();
-        write_sidecar(&segments_sidecar(&part), 300).await;
+        write_sidecar(&segments_sidecar(&part), "300").await;
         repair_segmented_part(&part).await;
         assert_eq!(std::fs::metadata(&part).unwrap().len(), 300);
         assert!(!std::path::Path::new(&segments_sidecar(&part)).exists());
@@ -1002,25 +1313,40 @@ mod tests {
         assert_eq!(std::fs::metadata(&part).unwrap().len(), 300);
     }
 
-    /// The local filesystem, but lying: with `checksums`, every checksum it reports is wrong; with `size`, it
-    /// lists every file with that size, whatever it holds.
-    #[derive(Clone, Copy)]
+    /// The local filesystem as if it were remote, and lying: with `checksums`, every checksum it reports is wrong;
+    /// with `size`, it lists every file with that size, whatever it holds; with `hashless`, it computes no
+    /// checksum (as vsftpd); with `refuse_writes`, every upload is refused at once (as with a 553 reply).
+    #[derive(Clone, Copy, Default)]
     struct Liar {
         checksums: bool,
         size: Option<u64>,
+        hashless: bool,
+        refuse_writes: bool,
     }
 
     impl Liar {
         /// An engine that copies from this liar to the local filesystem.
         fn engine(self) -> Arc<Engine> {
             Engine::new(
-                Pool::custom(Arc::new(move || Box::new(self) as Box<dyn Transport>)),
+                self.pool(),
                 Pool::local(),
                 TransferOptions::default(),
                 Arc::new(NoProgress),
             )
         }
+
+        /// Connections to this liar.
+        fn pool(self) -> Arc<Pool> {
+            Pool::custom(Arc::new(move || Box::new(self) as Box<dyn Transport>))
+        }
     }
+
+    const HASHLESS: Liar = Liar {
+        checksums: false,
+        size: None,
+        hashless: true,
+        refuse_writes: false,
+    };
 
     #[async_trait::async_trait]
     impl Transport for Liar {
@@ -1052,6 +1378,9 @@ mod tests {
             offset: u64,
             source: crate::transport::Source<'_>,
         ) -> Result<u64> {
+            if self.refuse_writes {
+                return Err(ClientError::remote(path, "553 Could not create file."));
+            }
             LocalTransport.write(path, offset, source).await
         }
         async fn remove_file(&mut self, path: &str) -> Result<()> {
@@ -1070,14 +1399,16 @@ mod tests {
             LocalTransport.set_mtime(path, mtime).await
         }
         async fn checksum_algorithms(&mut self) -> Vec<HashAlgorithm> {
-            if self.checksums {
+            if self.hashless {
+                Vec::new()
+            } else if self.checksums {
                 vec![HashAlgorithm::Sha256]
             } else {
                 LocalTransport.checksum_algorithms().await
             }
         }
         async fn supports_ranged_checksum(&mut self) -> bool {
-            !self.checksums && LocalTransport.supports_ranged_checksum().await
+            !self.checksums && !self.hashless && LocalTransport.supports_ranged_checksum().await
         }
         async fn checksum(
             &mut self,
@@ -1102,9 +1433,10 @@ mod tests {
         std::fs::write(&src, vec![5u8; 50_000]).unwrap();
         // A part to resume from: the mismatch after a resumed transfer is retried once from scratch.
         std::fs::write(dir.path().join("dst.part"), vec![5u8; 10_000]).unwrap();
+        note_part(&dir.path().join("dst.part"), &src).await;
         let engine = Liar {
             checksums: true,
-            size: None,
+            ..Liar::default()
         }
         .engine();
         let err = engine.copy(0, &job(&src, &dst)).await.unwrap_err();
@@ -1126,8 +1458,8 @@ mod tests {
         let dst = dir.path().join("dst");
         std::fs::write(&src, vec![3u8; 1_000_000]).unwrap();
         let engine = Liar {
-            checksums: false,
             size: Some(10),
+            ..Liar::default()
         }
         .engine();
         let err = engine.copy(0, &job(&src, &dst)).await.unwrap_err();
@@ -1168,7 +1500,35 @@ mod tests {
             source: src.to_string_lossy().into_owned(),
             destination: dst.to_string_lossy().into_owned(),
             name: "f".to_owned(),
+            fresh: false,
         }
+    }
+
+    /// Records beside `part` that it was started from `src` as it is now.
+    async fn note_part(part: &std::path::Path, src: &std::path::Path) {
+        let entry = LocalTransport
+            .stat(&src.to_string_lossy())
+            .await
+            .unwrap()
+            .unwrap();
+        let part = part.to_string_lossy();
+        write_sidecar(&source_sidecar(&part), &SourceVersion::of(&entry).to_note()).await;
+    }
+
+    /// Gives the file at `path` a modification time `secs` seconds from now.
+    fn touch(path: &std::path::Path, secs: i64) {
+        let now = SystemTime::now();
+        let t = if secs >= 0 {
+            now + Duration::from_secs(secs.unsigned_abs())
+        } else {
+            now - Duration::from_secs(secs.unsigned_abs())
+        };
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(t)
+            .unwrap();
     }
 
     #[tokio::test]
@@ -1179,6 +1539,7 @@ mod tests {
         let dst = dir.path().join("dst");
         std::fs::write(&src, &data).unwrap();
         std::fs::write(dir.path().join("dst.part"), &data[..100_000]).unwrap();
+        note_part(&dir.path().join("dst.part"), &src).await;
         let report = engine(TransferOptions::default())
             .copy(0, &job(&src, &dst))
             .await
@@ -1234,5 +1595,215 @@ mod tests {
         assert!(matches!(err, ClientError::NotFound { .. }), "{err}");
         assert!(!dst.exists());
         assert!(!dir.path().join("dst.part").exists());
+    }
+
+    fn engine_between(source: Arc<Pool>, destination: Arc<Pool>) -> Arc<Engine> {
+        Engine::new(
+            source,
+            destination,
+            TransferOptions::default(),
+            Arc::new(NoProgress),
+        )
+    }
+
+    const NEW_VERSION: &[u8] = b"version-B: the local file as it is now, longer than the old one by far, so that \
+        appending to the old one would make a file of the right size out of the wrong bytes. The end.\n";
+
+    #[tokio::test]
+    async fn a_part_without_a_note_of_its_source_is_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        std::fs::write(dir.path().join("dst.part"), b"old version!!\n").unwrap();
+        let report = HASHLESS.engine().copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.resumed_from, 0);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
+        assert!(!dir.path().join("dst.part.source").exists());
+    }
+
+    #[tokio::test]
+    async fn a_part_noted_for_another_version_is_started_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let part = dir.path().join("dst.part");
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        touch(&src, -100);
+        std::fs::write(&part, b"old version!!\n").unwrap();
+        note_part(&part, &src).await;
+        // The source changed (same size, new time) since the part was started.
+        touch(&src, -50);
+        let report = HASHLESS.engine().copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.resumed_from, 0);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_part_noted_for_this_version_is_resumed_without_checksums() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let part = dir.path().join("dst.part");
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        std::fs::write(&part, &NEW_VERSION[..40]).unwrap();
+        note_part(&part, &src).await;
+        let report = HASHLESS.engine().copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.resumed_from, 40);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
+        assert!(!dir.path().join("dst.part.source").exists());
+    }
+
+    #[tokio::test]
+    async fn a_download_notes_its_source_so_that_it_can_be_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        // A verification failure keeps the part, and its note.
+        let engine = Liar {
+            checksums: true,
+            ..Liar::default()
+        }
+        .engine();
+        engine.copy(0, &job(&src, &dst)).await.unwrap_err();
+        let part = dir.path().join("dst.part");
+        assert!(
+            part_continues(
+                &part.to_string_lossy(),
+                &LocalTransport
+                    .stat(&src.to_string_lossy())
+                    .await
+                    .unwrap()
+                    .unwrap()
+            )
+            .await
+        );
+    }
+
+    #[tokio::test]
+    async fn a_final_file_without_checksums_is_complete_only_with_the_source_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        std::fs::write(&src, b"version-B\n").unwrap();
+        touch(&src, -50);
+        std::fs::write(&dst, b"version-A\n").unwrap();
+        touch(&dst, -100);
+        let report = HASHLESS.engine().copy(0, &job(&src, &dst)).await.unwrap();
+        assert!(!report.skipped);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"version-B\n");
+        // Downloaded with the source's time: now it is complete.
+        let again = HASHLESS.engine().copy(0, &job(&src, &dst)).await.unwrap();
+        assert!(again.skipped);
+        assert_eq!(again.bytes, 0);
+    }
+
+    #[tokio::test]
+    async fn an_upload_over_an_older_remote_version_of_the_same_size_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("v.txt"), dir.path().join("remote-v.txt"));
+        std::fs::write(&dst, b"version-A\n").unwrap();
+        touch(&dst, -100);
+        std::fs::write(&src, b"version-B\n").unwrap();
+        touch(&src, -50);
+        let engine = engine_between(Pool::local(), HASHLESS.pool());
+        let report = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.resumed_from, 0);
+        assert_eq!(report.bytes, 10);
+        assert_eq!(std::fs::read(&dst).unwrap(), b"version-B\n");
+    }
+
+    #[tokio::test]
+    async fn an_upload_over_an_older_shorter_remote_file_starts_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("v.txt"), dir.path().join("remote-v.txt"));
+        std::fs::write(&dst, b"old version!!\n").unwrap();
+        touch(&dst, -100);
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        touch(&src, -50);
+        let engine = engine_between(Pool::local(), HASHLESS.pool());
+        let report = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.resumed_from, 0);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
+    }
+
+    #[tokio::test]
+    async fn an_interrupted_upload_written_after_the_local_file_changed_is_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("v.txt"), dir.path().join("remote-v.txt"));
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        touch(&src, -50);
+        std::fs::write(&dst, &NEW_VERSION[..40]).unwrap();
+        let engine = engine_between(Pool::local(), HASHLESS.pool());
+        let report = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.resumed_from, 40);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
+        // Finished, and given the local time: complete.
+        let again = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(
+            (again.resumed_from, again.bytes),
+            (NEW_VERSION.len() as u64, 0)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_fresh_job_never_continues_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("v.txt"), dir.path().join("remote-v.txt"));
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        touch(&src, -50);
+        // Looks like an interrupted upload (newer than the local file), but is another version.
+        std::fs::write(&dst, b"old version!!\n").unwrap();
+        let engine = engine_between(Pool::local(), HASHLESS.pool());
+        let fresh = Job {
+            fresh: true,
+            ..job(&src, &dst)
+        };
+        let report = engine.copy(0, &fresh).await.unwrap();
+        assert_eq!(report.resumed_from, 0);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
+    }
+
+    #[tokio::test]
+    async fn a_refused_write_between_servers_reports_the_refusal_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("big"), dir.path().join("copy"));
+        // More than the pipe between the two sides holds.
+        std::fs::write(&src, vec![1u8; 3 * 1024 * 1024]).unwrap();
+        let refusing = Liar {
+            refuse_writes: true,
+            ..HASHLESS
+        };
+        let engine = engine_between(HASHLESS.pool(), refusing.pool());
+        let copied =
+            tokio::time::timeout(Duration::from_secs(30), engine.copy(0, &job(&src, &dst)))
+                .await
+                .expect("the reader kept waiting for room in the pipe");
+        let err = copied.unwrap_err();
+        assert!(err.to_string().contains("553"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_segments_of_a_file_share_its_rate_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("big"), dir.path().join("copy"));
+        std::fs::write(&src, vec![2u8; 4 * MIN_SEGMENT as usize]).unwrap();
+        let options = TransferOptions {
+            segments: 4,
+            limit_rate: Some(MIN_SEGMENT),
+            ..TransferOptions::default()
+        };
+        let engine = Engine::new(
+            HASHLESS.pool(),
+            Pool::local(),
+            options,
+            Arc::new(NoProgress),
+        );
+        // The clock is the runtime's paused one: it moves only as far as the pacing sleeps make it.
+        let started = tokio::time::Instant::now();
+        let report = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.segments, 4);
+        // 4 MiB at 1 MiB/s takes (nearly) 4 s however it is split; four allowances would take 1 s.
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

@@ -245,18 +245,31 @@ pub fn parent(path: &str) -> &str {
 
 /// `input` with the password of its user information, if any, replaced by `***`: for messages, which must never
 /// show a password.
+///
+/// The user information ends at the last `@` of the authority. A password that holds a `/` (which should have
+/// been written `%2F`) makes the authority look as if it ended early (`ftp://bob:se/cret@host/`): when what comes
+/// before the first `/` has a `:` but no `@`, the user information runs to the last `@` of the whole input, so
+/// that no part of such a password is shown (a URL with a port and a path holding `@` is then shown with less
+/// than it holds, never more).
 pub fn redact(input: &str) -> String {
     let Some((scheme, rest)) = input.split_once("://") else {
         return input.to_owned();
     };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(authority_end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) if userinfo.contains(':') => {
-            let user = userinfo.split(':').next().unwrap_or("");
-            format!("{scheme}://{user}:***@{host}{path}")
-        }
-        _ => input.to_owned(),
+    let head = &rest[..rest.find('/').unwrap_or(rest.len())];
+    let userinfo_end = if head.contains('@') {
+        head.rfind('@')
+    } else if head.contains(':') && !head.starts_with('[') {
+        rest.rfind('@')
+    } else {
+        None
+    };
+    let Some(end) = userinfo_end else {
+        return input.to_owned();
+    };
+    let (userinfo, after) = (&rest[..end], &rest[end..]);
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***{after}"),
+        None => input.to_owned(),
     }
 }
 
@@ -489,6 +502,27 @@ mod tests {
             "a path is not user information"
         );
         assert_eq!(redact("ftp://u@h/x"), "ftp://u@h/x");
+        assert_eq!(redact("sftp://[::1]:22/a@b"), "sftp://[::1]:22/a@b");
+    }
+
+    #[test]
+    fn a_password_holding_a_slash_is_hidden_whole() {
+        for (input, shown) in [
+            ("ftp://bob:se/cret@host/", "ftp://bob:***@host/"),
+            (
+                "ftp://bob:se/cr/et@host:21/dir/f",
+                "ftp://bob:***@host:21/dir/f",
+            ),
+            ("ftp://bob:12/34@host/x", "ftp://bob:***@host/x"),
+            ("ftp://bob:se/cret@h/a@b", "ftp://bob:***@b"),
+            ("ftp://bob:s@cret@host/p", "ftp://bob:***@host/p"),
+        ] {
+            assert_eq!(redact(input), shown, "{input}");
+        }
+        let err = RemoteUrl::parse("ftp://bob:se/cret@host/")
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("se/cret") && !err.contains("cret"), "{err}");
     }
 
     #[test]

@@ -62,6 +62,8 @@ struct Features {
     legacy_hash: Vec<HashAlgorithm>,
     mfmt: bool,
     mdtm: bool,
+    /// `LIST -a` was refused where a bare `LIST` worked.
+    list_a_refused: bool,
 }
 
 impl FtpTransport {
@@ -300,6 +302,32 @@ impl FtpTransport {
         .await
     }
 
+    /// The lines of `LIST -a` of `dir`: vsftpd and others leave names starting with a dot out of a bare `LIST`,
+    /// and a mirror would take them for files the source does not have. A server that refuses the option (a 5xx
+    /// reply where a bare `LIST` works) is asked without it from then on, as lftp does; one that takes `-a` for a
+    /// name and lists nothing is asked again without it.
+    async fn list_all(&mut self, dir: &str) -> Result<Vec<String>> {
+        let bare = (!dir.is_empty()).then(|| dir.to_owned());
+        if self.features.list_a_refused {
+            return self.listing(dir, bare.as_deref(), false).await;
+        }
+        let with_a = if dir.is_empty() {
+            "-a".to_owned()
+        } else {
+            format!("-a {dir}")
+        };
+        match self.listing(dir, Some(&with_a), false).await {
+            Ok(lines) if !lines.is_empty() => Ok(lines),
+            Ok(_) => self.listing(dir, bare.as_deref(), false).await,
+            Err(ClientError::Remote { .. }) => {
+                let lines = self.listing(dir, bare.as_deref(), false).await?;
+                self.features.list_a_refused = true;
+                Ok(lines)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     async fn mlst(&mut self, path: &str) -> Result<Option<Entry>> {
         let arg = if path.is_empty() { "." } else { path };
         let reply = tokio::time::timeout(
@@ -442,7 +470,7 @@ impl Transport for FtpTransport {
                 .filter(|e| e.name != "." && e.name != "..")
                 .collect())
         } else {
-            let lines = self.listing(dir, arg.as_deref(), false).await?;
+            let lines = self.list_all(dir).await?;
             Ok(lines
                 .iter()
                 .filter_map(|l| parse_list_line(l))

@@ -208,6 +208,23 @@ pub async fn open_existing(path: &str) -> Result<tokio::fs::File> {
         .map_err(|e| io_error(path, e))
 }
 
+/// The text of a small note file such as a transfer's sidecar (at most [`NOTE_LIMIT`] bytes read); `None` when it
+/// is missing, unreadable or a symbolic link.
+pub async fn read_note(path: &str) -> Option<String> {
+    let file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .await
+        .ok()?;
+    let mut text = String::new();
+    file.take(NOTE_LIMIT).read_to_string(&mut text).await.ok()?;
+    Some(text)
+}
+
+/// The most of a note file [`read_note`] reads.
+pub const NOTE_LIMIT: u64 = 4096;
+
 /// Write access that does not follow a symbolic link in the last component: a link planted as `NAME.part` must not
 /// turn a download into a write to the file it points to.
 fn write_options() -> tokio::fs::OpenOptions {
