@@ -156,6 +156,15 @@ class RawFtp:
         self.close()
 
 
+def login_reply(server, user, password):
+    """The reply to a login on a new raw connection (closed after)."""
+    c = RawFtp(server.host, server.port)
+    try:
+        return c.login(user, password)
+    finally:
+        c.close()
+
+
 def parse_pasv(reply):
     m = re.search(r"(\d+),(\d+),(\d+),(\d+),(\d+),(\d+)", reply)
     assert m, f"bad PASV reply {reply!r}"

@@ -4,16 +4,8 @@ import paramiko
 import pytest
 
 from conftest import run_ferry
-from helpers_ftp import RawFtp
+from helpers_ftp import RawFtp, login_reply
 from helpers_sftp import add_key_user, make_key, sftp_addr, sftp_batch
-
-
-def login_reply(server, user, password):
-    c = RawFtp(server.host, server.port)
-    try:
-        return c.login(user, password)
-    finally:
-        c.close()
 
 
 def test_removing_every_account_does_not_bring_admin_back(ferry_factory):

@@ -8,15 +8,7 @@ import time
 import pytest
 
 from helpers_files import put_file, random_bytes, sha256_bytes, wait_until
-from helpers_ftp import RawFtp, ftp_login, parse_pasv, retrieve, store
-
-
-def login_reply(server, user, password):
-    c = RawFtp(server.host, server.port)
-    try:
-        return c.login(user, password)
-    finally:
-        c.close()
+from helpers_ftp import RawFtp, ftp_login, login_reply, parse_pasv, retrieve, store
 
 
 # --- accounts changed while the server runs ---------------------------------------------------------------
