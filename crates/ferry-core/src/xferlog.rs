@@ -34,12 +34,26 @@ pub fn format_line(event: &Event) -> Option<String> {
         )),
         host = event.remote_ip,
         bytes = event.bytes,
-        file = path.replace(char::is_whitespace, "_"),
+        file = field(path),
         mode = if anonymous { 'a' } else { 'r' },
-        user = event.username,
+        user = field(&event.username),
         service = event.protocol,
         status = if event.succeeded() { 'c' } else { 'i' },
     ))
+}
+
+/// A client's string as one xferlog field: whitespace would split it into more fields, control characters (a
+/// newline, a terminal escape) would reach whoever reads the log. Both become `_`.
+fn field(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Appends a line to `path` for every finished transfer published on `events`, until the bus closes.
@@ -89,5 +103,16 @@ mod tests {
         );
         assert_eq!(line.split_whitespace().count(), 18);
         assert!(format_line(&Event::new(EventKind::Login, &client, "alice")).is_none());
+    }
+
+    #[test]
+    fn control_characters_from_clients_do_not_reach_the_log() {
+        let client = ClientInfo::new(Protocol::Ftp, "127.0.0.1".parse().unwrap());
+        let mut e = Event::new(EventKind::Download, &client, "guest\x1b[31m x");
+        e.real_path = Some("/srv/a/red\x1b[31m\nfake line".into());
+        let line = format_line(&e).unwrap();
+        assert!(!line.chars().any(char::is_control), "{line:?}");
+        assert!(line.contains("/srv/a/red_[31m_fake_line") && line.contains("guest_[31m_x"));
+        assert_eq!(line.split_whitespace().count(), 18);
     }
 }
