@@ -68,6 +68,17 @@ def test_preserve_keeps_times_and_modes_both_ways(ferry, tmp_path, bob, legacy):
     assert (tmp_path / "back/x.sh").stat().st_mode & 0o777 == 0o750
 
 
+def test_preserve_without_chmod_keeps_times(ferry, tmp_path):
+    """An account without the chmod permission: scp -O -p keeps the times and leaves the modes to the server, without
+    an error (before, the refused chmod skipped the time too and failed every file)."""
+    home, key = add_key_user(ferry, tmp_path, "carol", "--perm", "download,upload,overwrite,mkdir,set-time")
+    home.mkdir(parents=True, exist_ok=True)
+    write_random(tmp_path / "t.bin", 3000, seed=4)
+    os.utime(tmp_path / "t.bin", (OLD, OLD))
+    scp(ferry, tmp_path, key, "-p", "t.bin", "carol@HOST:t.bin", legacy=True)
+    assert int((home / "t.bin").stat().st_mtime) == OLD
+
+
 @pytest.mark.parametrize("legacy", MODES)
 def test_missing_source_fails_cleanly(ferry, tmp_path, bob, legacy):
     _, key = bob

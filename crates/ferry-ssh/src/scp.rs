@@ -475,7 +475,8 @@ where
     }
 
     /// Applies mode and time after a file or directory arrived, then acknowledges it. The mode is applied with
-    /// `-p`, and to new files (as a local `scp` would create them with it), where failing to set it is not an error.
+    /// `-p`, and to new files (as a local `scp` would create them with it), where failing to set it is not an error;
+    /// with `-p`, an account without the chmod permission keeps the server's mode and still gets the time.
     async fn finish_item(
         &mut self,
         path: &VirtualPath,
@@ -485,9 +486,13 @@ where
     ) -> Result<(), Stop> {
         let mut result = Ok(());
         if self.args.preserve {
-            result = self.session.set_mode(path, mode & 0o777).await;
-            if let (Ok(()), Some(mtime)) = (&result, mtime) {
-                result = self.session.set_modified(path, mtime).await;
+            result = match self.session.set_mode(path, mode & 0o777).await {
+                Err(CoreError::PermissionDenied(_)) => Ok(()),
+                other => other,
+            };
+            if let Some(mtime) = mtime {
+                let timed = self.session.set_modified(path, mtime).await;
+                result = result.and(timed);
             }
         } else if created {
             let _ = self
