@@ -151,3 +151,27 @@ def test_quota_is_per_user(ferry):
     ftp = ftp_login(ferry, "q", "qpw")
     assert avbl(ftp) == QUOTA
     ftp.quit()
+
+
+def test_rescan_of_a_home_with_more_directories_than_open_files(ferry):
+    """1,500 directories under an open-file limit of 128: the walk used to hold a descriptor for every directory
+    waiting to be walked and failed with "Too many open files"."""
+    import resource
+    import subprocess
+
+    from conftest import FERRY_BIN
+
+    home = ferry.add_user("wide", "widepw")
+    for i in range(1500):
+        (home / f"d{i:04}" / "inner").mkdir(parents=True)
+    put_file(home / "d0007/inner/f.bin", b"x" * 1000)
+
+    def few_files():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    done = subprocess.run([FERRY_BIN, "user", "rescan", "wide", "--data-dir", str(ferry.data_dir)],
+                          capture_output=True, text=True, timeout=60, preexec_fn=few_files)
+    assert done.returncode == 0, done.stderr
+    listed = [line.split() for line in ferry.user("list").stdout.splitlines()[1:]]
+    used = [row[4:6] for row in listed if row[0] == "wide"]
+    assert used == [["1000", "1"]], listed

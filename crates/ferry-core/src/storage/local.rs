@@ -454,13 +454,16 @@ impl Storage for LocalStorage {
         let path = rel(path).to_owned();
         self.run(move |d| {
             let mut usage = QuotaUsage::default();
-            let mut pending = vec![d.open_dir(path)?];
-            while let Some(dir) = pending.pop() {
+            // Directories still to walk are kept as paths and opened one at a time: a home with thousands of
+            // directories would otherwise hold a descriptor for each, up to the open-file limit.
+            let mut pending = vec![std::path::PathBuf::from(path)];
+            while let Some(dir_path) = pending.pop() {
+                let dir = d.open_dir(&dir_path)?;
                 for entry in dir.entries()? {
                     let entry = entry?;
                     let file_type = entry.file_type()?;
                     if file_type.is_dir() {
-                        pending.push(entry.open_dir()?);
+                        pending.push(dir_path.join(entry.file_name()));
                     } else if file_type.is_file() {
                         usage.files += 1;
                         usage.bytes += entry.metadata()?.len();
