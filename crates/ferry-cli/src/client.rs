@@ -365,7 +365,10 @@ async fn get(args: GetArgs) -> CmdResult {
     }
     let into_dir = match &local_dest {
         None => true,
-        Some(p) => many || p.is_dir() || p.to_string_lossy().ends_with('/'),
+        Some(p) => {
+            many || p.to_string_lossy().ends_with('/')
+                || tokio::fs::metadata(p).await.is_ok_and(|m| m.is_dir())
+        }
     };
     let base = local_dest.clone().unwrap_or_else(|| PathBuf::from("."));
     let jobs: Vec<Job> = files
@@ -386,11 +389,15 @@ async fn get(args: GetArgs) -> CmdResult {
         .collect();
     refuse_shared_destinations(&jobs)?;
     if into_dir && local_dest.is_some() {
-        std::fs::create_dir_all(&base).map_err(|e| ClientError::local(base.display(), e))?;
+        tokio::fs::create_dir_all(&base)
+            .await
+            .map_err(|e| ClientError::local(base.display(), e))?;
     }
     for d in &dirs {
         let p = base.join(d);
-        std::fs::create_dir_all(&p).map_err(|e| ClientError::local(p.display(), e))?;
+        tokio::fs::create_dir_all(&p)
+            .await
+            .map_err(|e| ClientError::local(p.display(), e))?;
     }
     let code = run_jobs(
         pool,
@@ -417,7 +424,7 @@ async fn put(args: PutArgs) -> CmdResult {
     let mut remote_dirs = Vec::new();
     for local in &raw {
         let path = Path::new(local);
-        let meta = match std::fs::metadata(path) {
+        let meta = match tokio::fs::metadata(path).await {
             Ok(m) => m,
             Err(e) => {
                 let e = ClientError::local(local, e);

@@ -249,8 +249,17 @@ impl Account {
         self.allowed_ips.is_empty() || self.allowed_ips.iter().any(|net| net.contains(&ip))
     }
 
-    /// Checks that `name` is acceptable as an account name: it becomes a directory name and a log field.
+    /// Checks that `name` is acceptable as an account name: it becomes a directory name and a log field. The names
+    /// of anonymous access are reserved: with it enabled, such an account could never log in.
     pub fn validate_name(name: &str) -> CoreResult<()> {
+        if crate::auth::ANONYMOUS_NAMES
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(name))
+        {
+            return Err(CoreError::InvalidName(format!(
+                "account name {name:?} is reserved for anonymous access"
+            )));
+        }
         let ok = !name.is_empty()
             && name.len() <= 64
             && name
@@ -349,5 +358,7 @@ mod tests {
         assert!(Account::validate_name("../x").is_err());
         assert!(Account::validate_name("").is_err());
         assert!(Account::validate_name(".hidden").is_err());
+        assert!(Account::validate_name("FTP").is_err());
+        assert!(Account::validate_name("anonymous").is_err());
     }
 }
