@@ -155,3 +155,25 @@ def test_legacy_download_expands_wildcards_in_the_last_component(ferry, tmp_path
     (home / "logs" / "*.log").write_bytes(b"star")
     scp(ferry, tmp_path, key, "bob@HOST:logs/\\*.log", "star", legacy=True)
     assert (tmp_path / "star").read_bytes() == b"star"
+
+
+def test_creation_modes_need_no_chmod_permission(ferry, tmp_path):
+    """A private file uploaded by an account without the chmod permission stays private: the mode given at creation
+    (scp's C line, SFTP's MKDIR attributes) is applied like open(2)'s, less group and other write. Before, it went
+    through chmod, was refused, and the file got the server's default 0644."""
+    from helpers_sftp import sftp_client
+
+    home, key = add_key_user(ferry, tmp_path, "dave", "--perm", "download,upload,overwrite,mkdir")
+    home.mkdir(parents=True, exist_ok=True)
+    write_random(tmp_path / "private.bin", 3000, seed=5)
+    os.chmod(tmp_path / "private.bin", 0o600)
+    scp(ferry, tmp_path, key, "private.bin", "dave@HOST:private.bin", legacy=True)
+    assert (home / "private.bin").stat().st_mode & 0o777 == 0o600
+    with sftp_client(ferry, "dave", "unused-password") as sftp:
+        sftp.mkdir("mine", mode=0o700)
+        sftp.mkdir("shared", mode=0o777)
+        # chmod itself stays refused.
+        with pytest.raises(IOError):
+            sftp.chmod("private.bin", 0o644)
+    assert (home / "mine").stat().st_mode & 0o777 == 0o700
+    assert (home / "shared").stat().st_mode & 0o777 == 0o755

@@ -13,7 +13,9 @@ use crate::error::{CoreError, CoreResult};
 use crate::events::{Event, EventBus, EventKind, Protocol};
 use crate::limits::AccountSlot;
 use crate::quota::QuotaTracker;
-use crate::storage::{DirStream, Metadata, Storage, WriteMode, WritePlanner, WriteTarget};
+use crate::storage::{
+    DirStream, FileKind, Metadata, Storage, WriteMode, WritePlanner, WriteTarget,
+};
 use crate::transfer::{Download, TempTarget, Upload, UploadMode, UploadParts};
 use crate::vpath::VirtualPath;
 
@@ -495,6 +497,27 @@ impl Session {
         .await;
         self.publish(EventKind::SetTime, Some(path), None, result.as_ref().err());
         result
+    }
+
+    /// Gives a file or directory this session has just created the mode its client asked for, as open(2) and
+    /// mkdir(2) take one: allowed to whoever may create it (`upload`, or `mkdir` for a directory), and with group and
+    /// other write taken away, as the usual umask of 022 would. Unlike [`Session::set_mode`] it needs no `chmod`, so
+    /// that a client uploading a private file keeps it private.
+    pub async fn set_creation_mode(
+        &self,
+        path: &VirtualPath,
+        mode: u32,
+        kind: FileKind,
+    ) -> CoreResult<()> {
+        let needed = match kind {
+            FileKind::Dir => Permission::Mkdir,
+            _ => Permission::Upload,
+        };
+        self.check(needed, path)?;
+        Ok(self
+            .storage()
+            .set_mode(path.relative(), mode & 0o755)
+            .await?)
     }
 
     /// Changes Unix permission bits (only the 0o777 bits; setuid and friends are refused).

@@ -32,9 +32,3 @@ pub mod sftp;
 mod shell_words;
 
 pub use server::{SshConfig, SshServer};
-
-/// The mode given to a file or directory a client creates with a mode of its own: its permission bits less group
-/// and other write, as the usual umask of 022 would leave them.
-fn creation_mode(requested: u32) -> u32 {
-    requested & 0o755
-}

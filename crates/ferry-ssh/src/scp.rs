@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::error::CoreError;
 use ferry_core::session::Session;
-use ferry_core::storage::{Metadata, WriteMode};
+use ferry_core::storage::{FileKind, Metadata, WriteMode};
 use ferry_core::transfer::Download;
 use ferry_core::vpath::VirtualPath;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -497,7 +497,7 @@ where
         } else if created {
             let _ = self
                 .session
-                .set_mode(path, crate::creation_mode(mode))
+                .set_creation_mode(path, mode, FileKind::File)
                 .await;
         }
         match result {

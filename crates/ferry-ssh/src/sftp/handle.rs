@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use bytes::{Bytes, BytesMut};
 use ferry_core::error::CoreError;
 use ferry_core::session::Session;
-use ferry_core::storage::{DirStream, WriteMode};
+use ferry_core::storage::{DirStream, FileKind, WriteMode};
 use ferry_core::transfer::{Download, Upload};
 use ferry_core::vpath::VirtualPath;
 use russh_sftp::protocol::{Attrs, File, FileAttributes, Name, OpenFlags, Packet};
@@ -257,10 +257,10 @@ impl FileHandle {
             };
             handle.upload = Some(handle.session.open_write(&handle.path, mode).await?);
             if let (false, Some(mode)) = (existed, attrs.permissions) {
-                // Like open(2)'s mode argument: applied where allowed, otherwise the default stays.
+                // Like open(2)'s mode argument; where it cannot be set, the default stays.
                 let _ = handle
                     .session
-                    .set_mode(&handle.path, crate::creation_mode(mode))
+                    .set_creation_mode(&handle.path, mode, FileKind::File)
                     .await;
             }
         } else {

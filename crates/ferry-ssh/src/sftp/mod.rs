@@ -24,6 +24,7 @@ use bytes::{Bytes, BytesMut};
 use ferry_core::error::CoreError;
 use ferry_core::registry::SharedByKey;
 use ferry_core::session::Session;
+use ferry_core::storage::FileKind;
 use ferry_core::vpath::VirtualPath;
 use russh_sftp::protocol::{
     Attrs, File, FileAttributes, Handle as HandleReply, Name, Packet, StatusCode, Version,
@@ -524,10 +525,10 @@ impl Server {
                     let path = resolve(&m.path)?;
                     self.session.mkdir(&path).await?;
                     if let Some(mode) = m.attrs.permissions {
-                        // Like mkdir(2)'s mode: applied where allowed, otherwise the default stays.
+                        // Like mkdir(2)'s mode; where it cannot be set, the default stays.
                         let _ = self
                             .session
-                            .set_mode(&path, crate::creation_mode(mode))
+                            .set_creation_mode(&path, mode, FileKind::Dir)
                             .await;
                     }
                     Ok(ok())
