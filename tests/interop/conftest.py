@@ -5,6 +5,7 @@ directory under pytest's tmp_path, so tests run in parallel without sharing stat
 """
 import os
 import re
+import resource
 import subprocess
 import threading
 import time
@@ -29,7 +30,7 @@ def run_ferry(*args, input=None, check=True):
 class FerryServer:
     """A running `ferry serve`. `addresses` maps a listener name (ftp, ftps, sftp) to (host, port)."""
 
-    def __init__(self, data_dir: Path, args):
+    def __init__(self, data_dir: Path, args, nofile=None):
         self.data_dir = data_dir
         self.addresses = {}
         self.admin_password = None
@@ -40,8 +41,10 @@ class FerryServer:
             cmd += ["--ftp", "127.0.0.1:0"]
         if not any(a.startswith("--sftp") for a in args):
             cmd += ["--sftp", "127.0.0.1:0"]
+        # `nofile` sets the server's open-file limit, hard and soft.
+        limit = None if nofile is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, preexec_fn=limit
         )
         threading.Thread(target=self._pump, daemon=True).start()
         if not self._ready.wait(30):
@@ -116,9 +119,9 @@ def ferry_factory(tmp_path):
     """Starts servers with extra `ferry serve` arguments: `ferry_factory("--upload-mode", "atomic")`."""
     servers = []
 
-    def start(*args, data_dir=None):
+    def start(*args, data_dir=None, nofile=None):
         d = data_dir or tmp_path / f"data{len(servers)}"
-        server = FerryServer(d, list(args))
+        server = FerryServer(d, list(args), nofile=nofile)
         servers.append(server)
         return server
 

@@ -1,11 +1,12 @@
 """Connection, session, timeout, login-failure, line-length and source-address limits."""
+import ftplib
 import socket
 import time
 
 import pytest
 
 from helpers_files import put_file, random_bytes, sha256_bytes, wait_until
-from helpers_ftp import RawFtp, ftp_login, parse_pasv
+from helpers_ftp import RawFtp, ftp_login, parse_pasv, retrieve, store
 
 FAST = ("--failed-login-delay-ms", "0")
 
@@ -46,6 +47,39 @@ def test_max_connections_refuses_the_third_with_421(ferry_factory):
     assert c4.login().startswith("230")
     for c in (c2, c3, c4):
         c.close()
+
+
+def test_connection_cap_fits_the_open_file_limit(ferry_factory):
+    """With 128 descriptors the cap comes down to 64 connections (the rest kept for listeners, files and data
+    connections): the connections past it are refused with 421 instead of waiting unanswered for a descriptor,
+    and the sessions admitted still transfer files."""
+    server = ferry_factory(*FAST, nofile=128)
+    server.add_user("alice", "secret")
+    admitted, refused = [], []
+    for _ in range(140):
+        c = RawFtp(server.host, server.port, timeout=5)
+        (admitted if c.greeting.startswith("220") else refused).append(c)
+    assert len(admitted) == 64, f"{len(admitted)} admitted, {len(refused)} refused"
+    for c in refused:
+        assert_refused_and_closed(c)
+        c.close()
+    for c in admitted[1:]:
+        assert c.login().startswith("230")
+    admitted[0].close()
+    ftp = wait_until(lambda: try_ftp_login(server), timeout=10, interval=0.1, message="a login")
+    data = random_bytes(256 * 1024)
+    store(ftp, "fits.bin", data)
+    assert sha256_bytes(retrieve(ftp, "fits.bin")) == sha256_bytes(data)
+    ftp.quit()
+    for c in admitted[1:]:
+        c.close()
+
+
+def try_ftp_login(server):
+    try:
+        return ftp_login(server)
+    except (ftplib.error_temp, EOFError, OSError):
+        return None
 
 
 def test_max_connections_per_ip(ferry_factory):

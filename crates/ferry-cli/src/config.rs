@@ -135,6 +135,9 @@ pub struct ServeConfig {
     pub require_tls: bool,
     pub require_tls_resumption: bool,
     pub limits: Limits,
+    /// Whether `limits.max_connections` was set (flag, environment or file) rather than defaulted: a set cap that
+    /// the open-file limit cannot hold is worth a warning, the default lowered to fit is not.
+    pub max_connections_set: bool,
     pub upload_mode: UploadMode,
     pub xferlog: Option<PathBuf>,
     pub log_format: LogFormat,
@@ -239,6 +242,7 @@ impl ServeArgs {
             require_tls: merged.require_tls.unwrap_or(false),
             require_tls_resumption: merged.require_tls_resumption.unwrap_or(false),
             limits,
+            max_connections_set: merged.max_connections.is_some(),
             upload_mode: match merged.upload_mode {
                 Some(UploadModeArg::Atomic) => UploadMode::Atomic,
                 Some(UploadModeArg::Direct) | None => UploadMode::Direct,

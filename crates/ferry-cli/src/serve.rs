@@ -10,6 +10,7 @@ use anyhow::Context;
 use ferry_core::account::{Account, AccountStore};
 use ferry_core::auth::{random_password, Authenticator};
 use ferry_core::events::{Event, EventBus};
+use ferry_core::limits::Limits;
 use ferry_core::server::{ServerCore, ServerSettings};
 use ferry_core::store::SqliteAccountStore;
 use ferry_ftp::datachan::PassivePorts;
@@ -25,7 +26,7 @@ use crate::user::{create_private_dir, default_home, hash, open_store, store_exis
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
     init_logging(config.log_format);
-    raise_open_file_limit();
+    let open_files = raise_open_file_limit();
     tune_malloc();
 
     create_private_dir(&config.data_dir)?;
@@ -48,8 +49,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         auth = auth.with_anonymous(std::path::absolute(dir)?);
     }
     let events = EventBus::default();
+    let mut limits = config.limits.clone();
+    if let Some(open_files) = open_files {
+        fit_connections(&mut limits, open_files, config.max_connections_set);
+    }
     let settings = ServerSettings {
-        limits: config.limits.clone(),
+        limits,
         upload_mode: config.upload_mode,
     };
     let core = ServerCore::new(auth, events.clone(), settings);
@@ -205,20 +210,60 @@ fn tune_malloc() {
     }
 }
 
-/// Serving many sessions needs many descriptors: raise the soft limit to the hard limit.
-fn raise_open_file_limit() {
+/// Serving many sessions needs many descriptors: raise the soft limit to the hard limit. Returns the soft limit
+/// in force afterwards, `None` when there is none.
+fn raise_open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed to them.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
-        {
-            limit.rlim_cur = limit.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                ..limit
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
         }
     }
+    (limit.rlim_cur != libc::RLIM_INFINITY).then_some(limit.rlim_cur)
+}
+
+/// Descriptors the connection cap leaves to everything but the connections themselves: listeners, the account
+/// database, logs, and the passive listeners, data connections and files of transfers (a session holds one
+/// descriptor while idle and up to three more while it transfers). Half the limit when that is smaller.
+const RESERVED_DESCRIPTORS: u64 = 512;
+
+/// The most connections that `open_files` descriptors hold, [`RESERVED_DESCRIPTORS`] kept back.
+fn connections_fitting(open_files: u64) -> usize {
+    let fitting = open_files - RESERVED_DESCRIPTORS.min(open_files / 2);
+    usize::try_from(fitting).unwrap_or(usize::MAX)
+}
+
+/// Lowers the connection cap to what the open-file limit holds. Past it, accepting a connection fails for want
+/// of a descriptor: the client would wait unanswered in the listen queue, and sessions already in could not open
+/// files or data connections, where the cap refuses the newcomer with a reply and keeps the sessions working.
+fn fit_connections(limits: &mut Limits, open_files: u64, set: bool) {
+    let fitting = connections_fitting(open_files);
+    if limits.max_connections != 0 && limits.max_connections <= fitting {
+        return;
+    }
+    if set {
+        tracing::warn!(
+            configured = limits.max_connections,
+            open_file_limit = open_files,
+            "max-connections lowered to {fitting}: raise the open-file limit (ulimit -n, LimitNOFILE=) for more"
+        );
+    } else {
+        tracing::debug!(open_file_limit = open_files, "max-connections {fitting}");
+    }
+    limits.max_connections = fitting;
 }
 
 /// Writes every event to the log: one line per login, transfer and file operation.
@@ -297,6 +342,28 @@ mod tests {
     use ferry_core::session::ClientInfo;
 
     use super::*;
+
+    fn cap_after_fit(max_connections: usize, open_files: u64) -> usize {
+        let mut limits = Limits {
+            max_connections,
+            ..Limits::default()
+        };
+        fit_connections(&mut limits, open_files, true);
+        limits.max_connections
+    }
+
+    #[test]
+    fn connection_cap_fits_the_open_file_limit() {
+        // The default cap and an unlimited one come down to what the descriptors hold, a reserve kept back.
+        assert_eq!(cap_after_fit(20_000, 20_000), 19_488);
+        assert_eq!(cap_after_fit(0, 20_000), 19_488);
+        assert_eq!(cap_after_fit(20_000, 1_024), 512);
+        assert_eq!(cap_after_fit(20_000, 128), 64);
+        // A cap that fits stays as it is.
+        assert_eq!(cap_after_fit(5_000, 20_000), 5_000);
+        assert_eq!(cap_after_fit(19_488, 20_000), 19_488);
+        assert_eq!(cap_after_fit(30_000, 1_048_576), 30_000);
+    }
 
     #[tokio::test]
     async fn admin_is_created_with_a_new_database_only() {
