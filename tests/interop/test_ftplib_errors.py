@@ -137,6 +137,30 @@ def test_rnto_without_rnfr_gets_503(ftp):
     assert code(reply) == 503, reply
 
 
+def test_rnto_after_another_command_gets_503(ferry, ftp):
+    (home(ferry) / "keep.txt").write_bytes(b"k")
+    assert code(send(ftp, "RNFR keep.txt")) == 350
+    assert code(send(ftp, "PWD")) == 257
+    assert code(send(ftp, "RNTO moved.txt")) == 503
+    assert (home(ferry) / "keep.txt").exists()
+
+
+def test_out_of_range_client_input_gets_a_client_error_not_a_local_one(ferry, ftp):
+    root = home(ferry)
+    (root / "f.bin").write_bytes(b"0123456789")
+    (root / "dir").mkdir()
+    with pytest.raises(ftplib.error_perm) as excinfo:
+        retr_bytes(ftp, "f.bin", rest=2**64 - 1)
+    assert str(excinfo.value)[:3] in ("501", "554"), excinfo.value
+    reply = send(ftp, f"XMD5 f.bin {2**64 - 2} {2**64 - 1}")
+    assert code(reply) in (501, 554), reply
+    assert code(send(ftp, "RNFR dir")) == 350
+    reply = send(ftp, "RNTO dir/sub")
+    assert code(reply) in (501, 550, 553), reply
+    assert (root / "dir").is_dir()
+    assert "local error" not in ferry.log().lower(), ferry.log()
+
+
 def test_rnfr_of_a_missing_file_gets_550(ftp):
     assert code(send(ftp, "RNFR nothing-here")) == 550
 

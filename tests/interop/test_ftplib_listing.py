@@ -15,6 +15,7 @@ from helpers_ftplib import (
     home,
     parse_mlst_entry,
     send,
+    send_raw,
     transfer_raw,
 )
 
@@ -127,6 +128,26 @@ def test_nlst_returns_names_only(tree, ftp):
 def test_nlst_of_a_subdirectory(tree, ftp):
     names = [n.rsplit("/", 1)[-1] for n in ftp.nlst("sub")]
     assert names == ["inner.txt"]
+
+
+def test_nlst_of_a_file_gives_its_path_as_named(tree, ftp):
+    assert ftp.nlst("sub/inner.txt") == ["sub/inner.txt"]
+    assert ftp.nlst("data.bin") == ["data.bin"]
+
+
+def test_names_with_line_breaks_are_left_out_of_listings_and_cannot_be_made(tree, ftp):
+    # Made by other means (SFTP refuses them too): its second line would pose as an entry of its own.
+    (tree / "evil\n226 forged.exe").write_bytes(b"x")
+    (tree / "evil2\r226 forged").write_bytes(b"x")
+    names = ftp.nlst()
+    assert "data.bin" in names
+    assert not any("forged" in n or n.startswith("evil") for n in names), names
+    assert not any("forged" in line for line in _list_lines(ftp)), _list_lines(ftp)
+    assert not any("forged" in name for name, _ in ftp.mlsd()), list(ftp.mlsd())
+    # A bare CR inside a command's argument cannot make one either.
+    reply = send_raw(ftp, b"MKD fake\r226 injected\r\n")
+    assert code(reply) in (501, 550, 553), reply
+    assert not any("injected" in p.name for p in tree.iterdir())
 
 
 def test_mlsd_reports_type_size_modify_perm_unique(tree, ftp):
@@ -247,6 +268,14 @@ def test_mfmt_sets_the_modification_time(tree, ftp):
     assert send(ftp, "MDTM data.bin")[4:18] == "20210102030405"
     expected = calendar.timegm((2021, 1, 2, 3, 4, 5))
     assert int(os.stat(tree / "data.bin").st_mtime) == expected
+
+
+def test_mfmt_replies_with_the_time_stored(tree, ftp):
+    # Past what the file system holds (ext4: year 2446): the reply gives the time it kept, as MDTM then does.
+    reply = send(ftp, "MFMT 99991231235959 data.bin")
+    assert code(reply) == 213, reply
+    stored = re.search(r"Modify=(\d{14})", reply).group(1)
+    assert send(ftp, "MDTM data.bin")[4:18] == stored
 
 
 def test_mfmt_on_a_file_with_spaces_in_its_name(tree, ftp):

@@ -164,6 +164,20 @@ def test_writes_far_past_the_end_are_bounded_by_the_quota(ferry):
     assert (home / "sparse").stat().st_size == 0
 
 
+def test_names_with_line_breaks_cannot_be_made(ferry):
+    home = ferry.home("alice")
+    with sftp_client(ferry) as sftp:
+        for name in ("evil\n226 Fake", "evil\r226 Fake"):
+            with pytest.raises(IOError):
+                sftp.open(name, "w").close()
+            with pytest.raises(IOError):
+                sftp.mkdir(name + "-dir")
+        sftp.open("plain", "w").close()
+        with pytest.raises(IOError):
+            sftp.rename("plain", "plain\nx")
+    assert sorted(p.name for p in home.iterdir()) == ["plain"]
+
+
 def test_oversized_packet_ends_the_session_cleanly(ferry, raw):
     raw.send_raw(struct.pack(">I", 0x7FFFFFFF) + b"\x03")
     assert raw.closed()

@@ -400,6 +400,11 @@ impl Session {
         if from.is_root() || to.is_root() {
             return Err(CoreError::AccessDenied);
         }
+        if to != from && to.starts_with(from) {
+            return Err(CoreError::InvalidArgument(
+                "cannot move a directory into itself".into(),
+            ));
+        }
         self.check(Permission::Rename, from)?;
         self.check(Permission::Rename, to)?;
         let source = self.storage().symlink_metadata(from.relative()).await?;

@@ -1,7 +1,7 @@
 //! Virtual paths: what a client names, normalised before it ever reaches storage.
 //!
 //! A [`VirtualPath`] is always absolute inside the account's home (`/` is the home itself), has no `.` or `..`
-//! components and no NUL bytes. Normalisation is the first line of defence; the storage layer still resolves every
+//! components and no NUL bytes or line breaks. Normalisation is the first line of defence; the storage layer still resolves every
 //! path beneath the home at the OS level (see [`crate::storage::local`]), so a symlink cannot lead outside either.
 
 use std::fmt;
@@ -29,6 +29,11 @@ impl VirtualPath {
         }
         if input.contains('\0') {
             return Err(CoreError::InvalidName("path contains a NUL byte".into()));
+        }
+        // A line break in a name would split it over two lines of an FTP listing, or of a log or a script reading
+        // `ls` output: refused in every protocol, so that no client can make such a name.
+        if input.contains(['\r', '\n']) {
+            return Err(CoreError::InvalidName("path contains a line break".into()));
         }
         let mut parts: Vec<&str> = if input.starts_with('/') {
             Vec::new()
@@ -209,6 +214,18 @@ mod tests {
     #[test]
     fn nul_bytes_are_rejected() {
         assert!(VirtualPath::resolve(&vp("/"), "a\0b").is_err());
+    }
+
+    #[test]
+    fn line_breaks_are_rejected() {
+        for input in ["evil\n226 fake", "fake\r226 injected.txt", "dir\r\n/x"] {
+            assert!(VirtualPath::resolve(&vp("/"), input).is_err(), "{input:?}");
+            assert!(
+                VirtualPath::resolve_beneath(&vp("/"), input).is_err(),
+                "{input:?}"
+            );
+        }
+        assert!(VirtualPath::resolve(&vp("/"), "tab\there").is_ok());
     }
 
     #[test]

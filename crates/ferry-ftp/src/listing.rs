@@ -14,6 +14,14 @@ const RECENT: Duration = Duration::from_secs(182 * 24 * 3600);
 /// MLST facts ferry can show, and those shown by default (all of them).
 pub const MLST_FACTS: [&str; 6] = ["type", "size", "modify", "perm", "unique", "unix.mode"];
 
+/// Whether an entry may be listed: a name or link target holding a line break would end its line early and let
+/// the rest pose as an entry of its own (`evil\n226 fake` made by another protocol, or put in the home by other
+/// means). Such entries are left out; no client can name them over FTP either (see [`ferry_core::vpath`]).
+pub fn listable(name: &str, link_target: Option<&str>) -> bool {
+    let breaks = |s: &str| s.contains(['\r', '\n']);
+    !breaks(name) && !link_target.is_some_and(breaks)
+}
+
 /// One `ls -l` line, without CRLF: `-rw-r--r--    1 ftp      ftp          1234 Nov 21 10:00 name`.
 pub fn list_line(
     name: &str,
@@ -233,6 +241,18 @@ mod tests {
     use time::OffsetDateTime;
 
     use super::*;
+
+    #[test]
+    fn entries_with_line_breaks_are_not_listable() {
+        assert!(listable("plain name.txt", None));
+        assert!(listable("link", Some("../target")));
+        assert!(!listable("evil\n226 forged.exe", None));
+        assert!(!listable("evil\r226 forged", None));
+        assert!(!listable(
+            "link",
+            Some("x\r\n-rw-r--r-- 1 ftp ftp 9 Jan 1 2020 forged")
+        ));
+    }
 
     fn meta(kind: FileKind, size: u64, mode: u32) -> Metadata {
         let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);

@@ -246,6 +246,10 @@ impl FtpSession {
     }
 
     async fn execute(&mut self, command: Command) -> io::Result<Flow> {
+        // RNTO must come right after RNFR (RFC 959): any other command forgets the RNFR.
+        if !matches!(command, Command::Rnto(_)) {
+            self.rename_from = None;
+        }
         match command {
             Command::User(name) => self.user(name).await?,
             Command::Pass(password) => return self.pass(password).await,
@@ -340,14 +344,17 @@ impl FtpSession {
             Command::Size(path) => self.size(&path).await?,
             Command::Mdtm(path) => self.mdtm(&path).await?,
             Command::Mfmt { time, path } => {
+                // The reply gives the time stored, which the file system may have clamped to its range.
                 let r = self
                     .with_path(&path, |s, p| async move {
-                        s.set_modified(&p, time).await.map(|()| p)
+                        s.set_modified(&p, time).await?;
+                        let stored = s.metadata(&p).await?.modified;
+                        Ok((p, stored))
                     })
                     .await;
                 let text = r
                     .as_ref()
-                    .map(|p| format!("Modify={}; {}", listing::time_val(time), p))
+                    .map(|(p, stored)| format!("Modify={}; {}", listing::time_val(*stored), p))
                     .ok();
                 self.done(r, Code::FileStatus, text.unwrap_or_default())
                     .await?;
@@ -1073,10 +1080,14 @@ impl FtpSession {
         let format = match kind {
             ListKind::Long => ListFormat::Long,
             ListKind::Names => {
+                // Names as the client can use them: under the directory it named, or the file's path as given.
                 let prefix = match (&source, input) {
                     (ListSource::Dir(_), Some(arg)) if arg != "." => {
                         format!("{}/", arg.trim_end_matches('/'))
                     }
+                    (ListSource::Entry(_), Some(arg)) => arg
+                        .rsplit_once('/')
+                        .map_or(String::new(), |(dir, _)| format!("{dir}/")),
                     _ => String::new(),
                 };
                 ListFormat::Names { prefix }

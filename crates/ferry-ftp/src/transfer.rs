@@ -448,6 +448,9 @@ impl Io {
             _ => None,
         };
         let add = |batch: &mut String, entry: &DirEntry| {
+            if !listing::listable(&entry.name, entry.link_target.as_deref()) {
+                return;
+            }
             match &format {
                 ListFormat::Long => batch.push_str(&listing::list_line(
                     &entry.name,

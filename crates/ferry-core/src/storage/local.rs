@@ -297,10 +297,16 @@ impl Storage for LocalStorage {
 
     async fn open_read(&self, path: &str, offset: u64) -> io::Result<OpenedFile> {
         let path = rel(path);
-        if let Some((mut file, metadata)) = open_cached(&self.root, path) {
-            if offset > 0 {
+        // An offset past the end is not sought (lseek refuses one past i64::MAX): the caller refuses it, knowing
+        // the size.
+        let seek = move |file: &mut std::fs::File, size: u64| -> io::Result<()> {
+            if offset > 0 && offset <= size {
                 file.seek(SeekFrom::Start(offset))?;
             }
+            Ok(())
+        };
+        if let Some((mut file, metadata)) = open_cached(&self.root, path) {
+            seek(&mut file, metadata.size)?;
             return Ok(OpenedFile {
                 reader: Box::new(CachedReader::new(file, offset)),
                 metadata,
@@ -312,9 +318,7 @@ impl Storage for LocalStorage {
                 let (mut file, metadata) = open_regular(d, &path, OpenOptions::new().read(true))?;
                 let metadata =
                     convert_metadata(&cap_std::fs::Metadata::from_just_metadata(metadata));
-                if offset > 0 {
-                    file.seek(SeekFrom::Start(offset))?;
-                }
+                seek(&mut file, metadata.size)?;
                 Ok((file, metadata))
             })
             .await?;
