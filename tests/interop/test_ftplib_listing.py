@@ -144,6 +144,8 @@ def test_names_with_line_breaks_are_left_out_of_listings_and_cannot_be_made(tree
     assert not any("forged" in n or n.startswith("evil") for n in names), names
     assert not any("forged" in line for line in _list_lines(ftp)), _list_lines(ftp)
     assert not any("forged" in name for name, _ in ftp.mlsd()), list(ftp.mlsd())
+    status = send(ftp, "STAT .")
+    assert "data.bin" in status and "forged" not in status and "evil" not in status, status
     # A bare CR inside a command's argument cannot make one either.
     reply = send_raw(ftp, b"MKD fake\r226 injected\r\n")
     assert code(reply) in (501, 550, 553), reply

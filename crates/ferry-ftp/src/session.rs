@@ -1034,10 +1034,15 @@ impl FtpSession {
             }
             ListSource::Dir(mut entries) => {
                 while let Some(entry) = entries.next().await {
-                    if let Ok(entry) = entry {
-                        self.control
-                            .write_raw(write_entry(&entry).as_bytes())
-                            .await?;
+                    match entry {
+                        Ok(entry)
+                            if listing::listable(&entry.name, entry.link_target.as_deref()) =>
+                        {
+                            self.control
+                                .write_raw(write_entry(&entry).as_bytes())
+                                .await?
+                        }
+                        _ => {}
                     }
                 }
             }
