@@ -207,7 +207,8 @@ class Ferry(Server):
 
     def command(self):
         return [self.binary, "serve", "--data-dir", str(self.data), "--ftp", f"127.0.0.1:{self.port}",
-                "--sftp", f"127.0.0.1:{self.sftp_port}", "--max-connections", "30000", "--idle-timeout", "900",
+                "--sftp", f"127.0.0.1:{self.sftp_port}", "--max-connections", "30000", "--max-connections-per-ip", "0",
+                "--idle-timeout", "900",
                 "--login-timeout", "900"]
 
     def env(self):

@@ -75,6 +75,19 @@ def test_connection_cap_fits_the_open_file_limit(ferry_factory):
         c.close()
 
 
+def test_one_address_holds_at_most_256_connections_by_default(ferry_factory):
+    """Without the cap one address could take every slot and keep it for the login timeout."""
+    server = ferry_factory(*FAST)
+    server.add_user("alice", "secret")
+    held = [RawFtp(server.host, server.port) for _ in range(256)]
+    assert all(c.greeting.startswith("220") for c in held)
+    assert_refused_and_closed(RawFtp(server.host, server.port), codes=("421",))
+    other = RawFtp(server.host, server.port, source_address=("127.0.0.2", 0))
+    assert other.login().startswith("230")
+    for c in held + [other]:
+        c.close()
+
+
 def try_ftp_login(server):
     try:
         return ftp_login(server)

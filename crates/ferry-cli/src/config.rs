@@ -81,7 +81,7 @@ pub struct ServeArgs {
     /// Most connections at once, all protocols [default: 20000].
     #[arg(long, env = "FERRY_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Most connections at once from one address [default: unlimited].
+    /// Most connections at once from one address, an IPv6 /64 counting as one; 0: unlimited [default: 256].
     #[arg(long, env = "FERRY_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
     /// Seconds a session may stay idle, 1 to 604800 (7 days) [default: 300].

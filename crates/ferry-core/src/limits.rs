@@ -35,7 +35,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 20_000,
-            max_connections_per_ip: 0,
+            // Enough for a NAT of many clients with parallel transfers, and too few for one address to take every
+            // slot (the rest of 20,000) and keep them for the login timeout.
+            max_connections_per_ip: 256,
             idle_timeout: Duration::from_secs(300),
             login_timeout: Duration::from_secs(60),
             data_timeout: Duration::from_secs(60),
@@ -92,9 +94,10 @@ impl ConnectionLimiter {
         self.counts.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes a connection slot for a client at `ip`.
+    /// Takes a connection slot for a client at `ip` (an IPv6 client's /64 counts as one address, as for failed
+    /// logins: a subscriber has all of its addresses to connect from).
     pub fn connect(&self, ip: IpAddr, limits: &Limits) -> Result<ConnectionSlot, LimitError> {
-        let ip = canonical_ip(ip);
+        let ip = address_key(ip);
         let mut counts = self.counts();
         if limits.max_connections > 0 && counts.total >= limits.max_connections {
             return Err(LimitError::TooManyConnections);
@@ -306,6 +309,34 @@ mod tests {
             .is_ok());
         drop(a);
         assert!(limiter.connect(ip, &limits).is_ok());
+    }
+
+    #[test]
+    fn an_ipv6_64_counts_as_one_address() {
+        let limiter = ConnectionLimiter::default();
+        let limits = Limits {
+            max_connections_per_ip: 1,
+            ..Limits::default()
+        };
+        let _a = limiter
+            .connect("2001:db8:1:2::1".parse().unwrap(), &limits)
+            .unwrap();
+        assert_eq!(
+            limiter
+                .connect("2001:db8:1:2:ffff::9".parse().unwrap(), &limits)
+                .err(),
+            Some(LimitError::TooManyFromAddress)
+        );
+        assert!(limiter
+            .connect("2001:db8:1:3::1".parse().unwrap(), &limits)
+            .is_ok());
+        // An IPv4 client seen through an IPv6 socket is its IPv4 address.
+        let _v4 = limiter
+            .connect("::ffff:192.0.2.7".parse().unwrap(), &limits)
+            .unwrap();
+        assert!(limiter
+            .connect("192.0.2.7".parse().unwrap(), &limits)
+            .is_err());
     }
 
     #[test]
