@@ -15,6 +15,7 @@ from helpers_ftplib import (
     parse_mlst_entry,
     retr_bytes,
     send,
+    transfer_raw,
 )
 
 
@@ -121,6 +122,19 @@ def test_rein_logs_out_and_requires_a_new_login(ferry):
     assert code(send(client, "PWD")) == 530
     assert code(client.login("alice", "secret")) == 230
     assert ftplib.parse257(send(client, "PWD")) == "/"
+    close_quietly(client)
+
+
+def test_rein_resets_the_transfer_type_and_epsv_all(ferry):
+    (home(ferry) / "lines.txt").write_bytes(b"a\nb\n")
+    client = connect(ferry)
+    assert code(send(client, "TYPE A")) == 200
+    assert code(send(client, "EPSV ALL")) == 200
+    assert code(send(client, "REIN")) == 220
+    assert code(client.login("alice", "secret")) == 230
+    assert code(send(client, "PASV")) == 227  # refused after EPSV ALL, until REIN
+    client.set_pasv(True)
+    assert transfer_raw(client, "RETR lines.txt") == b"a\nb\n"  # binary again: no CR added
     close_quietly(client)
 
 

@@ -263,6 +263,11 @@ impl FtpSession {
             Command::Rein => {
                 self.abort_transfer().await;
                 self.reset_login();
+                // Back to the defaults of a new connection, except for the control connection's TLS and its PBSZ/PROT.
+                self.transfer_type = TransferType::Binary;
+                self.epsv_all = false;
+                self.hash_algorithm = HashAlgorithm::Sha256;
+                self.mlst_facts = u8::MAX;
                 self.send(Code::Ready, "Ready for a new user").await?;
             }
             Command::Quit => {
