@@ -176,6 +176,29 @@ pub fn written_after(dst: &Entry, src: &Entry) -> bool {
     }
 }
 
+/// Bytes at the end of an uploaded part that are compared with the source's where no hash can compare the parts.
+const TAIL_CHECK: u64 = 64 * 1024;
+
+/// Whether the last bytes of the first `n` (up to [`TAIL_CHECK`]) are the same in `src_path` and `dst_path`. The
+/// time rule of [`written_after`] trusts the server's clock; a server whose clock is ahead of ours dates a part
+/// left by an older version of the file after the local change, and only its bytes can tell it apart. A read that
+/// fails counts as a difference (the upload starts over).
+async fn tail_matches(
+    src: &mut Box<dyn Transport>,
+    src_path: &str,
+    dst: &mut Box<dyn Transport>,
+    dst_path: &str,
+    n: u64,
+) -> bool {
+    let len = n.min(TAIL_CHECK);
+    let offset = n - len;
+    let buffer = || Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    let (mut theirs, mut ours) = (buffer(), buffer());
+    let theirs_read = dst.read(dst_path, offset, Some(len), &mut theirs).await;
+    let ours_read = src.read(src_path, offset, Some(len), &mut ours).await;
+    matches!((theirs_read, ours_read), (Ok(a), Ok(b)) if a == len && b == len) && theirs == ours
+}
+
 /// The version of a source file a `.part` was started from, as its server lists it: size and modification time.
 /// Recorded beside the part in `NAME.part.source`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -552,8 +575,14 @@ impl Engine {
         };
         let same_version = match &existing {
             Some(_) if local_dst => recorded,
-            // Uploads: a hash of the prefix says it all; without one, the times must.
-            Some(e) => prefix.is_some() || written_after(e, entry),
+            // Uploads: a hash of the prefix says it all; without one, the times must, and the part's last bytes
+            // must be the source's.
+            Some(e) => {
+                prefix.is_some()
+                    || (written_after(e, entry)
+                        && e.size <= size
+                        && tail_matches(src, &job.source, dst, part, e.size).await)
+            }
             None => true,
         };
         let n = existing.as_ref().map(|e| e.size);
@@ -1740,6 +1769,20 @@ mod tests {
             (again.resumed_from, again.bytes),
             (NEW_VERSION.len() as u64, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn a_remote_file_dated_after_the_change_but_holding_other_bytes_starts_over() {
+        // A server clock ahead of ours dates a part of an older version after the local change.
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("v.txt"), dir.path().join("remote-v.txt"));
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        touch(&src, -50);
+        std::fs::write(&dst, b"old version!!\n").unwrap();
+        let engine = engine_between(Pool::local(), HASHLESS.pool());
+        let report = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert_eq!(report.resumed_from, 0);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
     }
 
     #[tokio::test]
