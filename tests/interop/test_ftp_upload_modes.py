@@ -1,10 +1,12 @@
 """Upload modes (`--upload-mode direct|atomic`): where an upload's bytes live while it runs, and what is left
 when it breaks off. Atomic uploads write to a temporary name and rename on success; an aborted upload of a new file
 is moved to its final name so that REST/APPE can resume it; an existing file is never replaced by a partial one."""
+import ftplib
 import hashlib
 import io
 import os
 
+import paramiko
 import pytest
 
 from helpers_files import wait_until
@@ -155,4 +157,80 @@ def test_upload_events_report_failure_and_success(ferry):
     ftp.storbinary("STOR ev2.bin", io.BytesIO(b"y" * 10))
     ferry.wait_for_log(r"upload ok.*path=\"?/ev2\.bin")
     assert code(send(ftp, "NOOP")) == 200
+    close_quietly(ftp)
+
+
+def test_temporary_files_are_out_of_every_other_session_s_reach(atomic):
+    """Another session could rename or delete an upload's temporary file: its data stayed, uncounted, or a file that
+    was never counted was given back. Their names are now reserved on every protocol."""
+    d = home(atomic)
+    (d / "x.bin").write_bytes(b"old")
+    data = os.urandom(200_000)
+    ftp = connect(atomic)
+    conn = start_upload(ftp, "x.bin", data[:100_000])
+    wait_until(lambda: temp_files(d))
+    temp = temp_files(d)[0]
+    other = connect(atomic)
+    assert other.nlst() == ["x.bin"]
+    lines = []
+    other.retrlines("LIST", lines.append)
+    assert len(lines) == 1 and lines[0].endswith(" x.bin")
+    assert [name for name, facts in other.mlsd() if facts.get("type") == "file"] == ["x.bin"]
+    for command in ("SIZE", "MDTM", "MLST", "DELE", "RNFR"):
+        assert code(send(other, f"{command} {temp}")) == 550, command
+    assert code(send(other, f"MKD {temp}")) == 553
+    host, port = atomic.addresses["sftp"]
+    transport = paramiko.Transport((host, port))
+    transport.connect(username="alice", password="secret")
+    sftp = paramiko.SFTPClient.from_transport(transport)
+    try:
+        assert sftp.listdir("/") == ["x.bin"]
+        with pytest.raises(FileNotFoundError):
+            sftp.remove(temp)
+        with pytest.raises(FileNotFoundError):
+            sftp.posix_rename(temp, "stolen.bin")
+        with pytest.raises(FileNotFoundError):
+            sftp.stat(temp)
+    finally:
+        sftp.close()
+        transport.close()
+    conn.sendall(data[100_000:])
+    conn.close()
+    assert ftp.voidresp().startswith("226")
+    assert (d / "x.bin").read_bytes() == data
+    assert sorted(p.name for p in d.iterdir()) == ["x.bin"]
+    close_quietly(other)
+    close_quietly(ftp)
+
+
+def test_atomic_upload_does_not_replace_a_file_created_meanwhile_without_overwrite(ferry_factory):
+    server = ferry_factory("--failed-login-delay-ms", "0", "--upload-mode", "atomic")
+    server.add_user("alice", "secret", "--perm", "list,download,upload,delete,rename")
+    d = home(server)
+    ftp = connect(server)
+    conn = start_upload(ftp, "n.bin", b"a" * 1000)
+    wait_until(lambda: temp_files(d))
+    other = connect(server)
+    other.storbinary("STOR n.bin", io.BytesIO(b"precious"))
+    conn.close()
+    with pytest.raises(ftplib.error_perm) as refused:
+        ftp.voidresp()
+    assert str(refused.value).startswith("550")
+    assert (d / "n.bin").read_bytes() == b"precious"
+    assert temp_files(d) == []
+    close_quietly(other)
+    close_quietly(ftp)
+
+
+@pytest.mark.parametrize("mode", ["direct", "atomic"])
+def test_rang_then_stor_overwrites_the_range_and_keeps_the_rest(ferry_factory, mode):
+    server = ferry_factory("--failed-login-delay-ms", "0", "--upload-mode", mode)
+    server.add_user("alice", "secret")
+    d = home(server)
+    (d / "x").write_bytes(b"0123456789")
+    ftp = connect(server)
+    ftp.voidcmd("TYPE I")
+    assert code(send(ftp, "RANG 0 1")) == 350
+    ftp.storbinary("STOR x", io.BytesIO(b"AB"))
+    assert (d / "x").read_bytes() == b"AB23456789"
     close_quietly(ftp)

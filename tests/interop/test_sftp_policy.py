@@ -489,20 +489,59 @@ def test_connection_caps_count_ssh_connections(ferry_factory):
         pytest.fail("the SSH slot was not released")
 
 
-def test_hard_links_count_against_the_quota_like_copies(ferry):
-    home = ferry.add_user("q", "pw", "--quota-bytes", str(QUOTA))
+def hardlink(client, source, link):
+    client.sftp._request(paramiko.sftp.CMD_EXTENDED, "hardlink@openssh.com", source, link)
+
+
+def usage(server, name):
+    """(bytes, files) that `ferry user list` reports for `name` (the usage the server stored)."""
+    for line in server.user("list").stdout.splitlines()[1:]:
+        fields = line.split()
+        if fields[0] == name:
+            return int(fields[4]), int(fields[5])
+    raise AssertionError(f"{name} not listed")
+
+
+@pytest.mark.parametrize("quota", [("--quota-bytes", str(QUOTA)), ("--quota-files", "100")], ids=["bytes", "files"])
+def test_hard_links_are_refused_to_accounts_with_a_quota(ferry, quota):
+    """The review's bypass: an empty file linked, grown through one name, the link removed: usage 0, data kept."""
+    home = ferry.add_user("q", "pw", *quota)
     c = SftpClient(ferry, "q", "pw")
     try:
-        c.put("a.bin", random_bytes(600_000, seed=7))
-        c.put("s.bin", random_bytes(100_000, seed=8))
-        with pytest.raises(IOError):
-            c.sftp._request(paramiko.sftp.CMD_EXTENDED, "hardlink@openssh.com", "a.bin", "a2.bin")
-        c.sftp._request(paramiko.sftp.CMD_EXTENDED, "hardlink@openssh.com", "s.bin", "s2.bin")
-        assert (home / "s2.bin").stat().st_ino == (home / "s.bin").stat().st_ino
-        # A rescan counts every name, so usage stays consistent with what the quota allowed.
-        assert home_usage(home) == 800_000 <= QUOTA
-        c.delete("s2.bin")
-        c.put("t.bin", random_bytes(300_000, seed=9))
+        c.put("a.bin", b"")
+        with pytest.raises(PermissionError):
+            hardlink(c, "a.bin", "link.bin")
     finally:
         c.close()
-    assert home_usage(home) == 1_000_000
+    assert not os.path.lexists(home / "link.bin")
+
+
+def test_without_a_quota_a_linked_file_counts_each_name_and_its_bytes_once(ferry):
+    home = ferry.add_user("u", "pw")
+    c = SftpClient(ferry, "u", "pw")
+    try:
+        c.put("a.bin", random_bytes(1000, seed=7))
+        hardlink(c, "a.bin", "link.bin")
+        assert (home / "link.bin").stat().st_ino == (home / "a.bin").stat().st_ino
+        assert usage(ferry, "u") == (1000, 2)
+        c.append("a.bin", random_bytes(1000, seed=8))
+        c.delete("link.bin")
+    finally:
+        c.close()
+    assert usage(ferry, "u") == (2000, 1)
+    os.link(home / "a.bin", home / "admin-link.bin")
+    ferry.user("rescan", "u")
+    assert usage(ferry, "u") == (2000, 2)
+
+
+def test_sftp_setstat_growing_a_file_needs_upload(ferry):
+    home = ferry.add_user("o", "pw", "--perm", "list,download,overwrite")
+    put_file(home / "f", b"abc")
+    c = SftpClient(ferry, "o", "pw")
+    try:
+        with pytest.raises(PermissionError):
+            c.sftp.truncate("f", 50_000_000)
+        c.sftp.truncate("f", 1)
+    finally:
+        c.close()
+    assert (home / "f").read_bytes() == b"a"

@@ -38,6 +38,9 @@ pub struct QuotaTracker {
     /// Files that uploads have open (see the module's documentation). Taken when an upload starts and ends and by
     /// operations that shrink or delete files, never while data is written.
     open: Mutex<OpenFiles>,
+    /// Held by operations that look at a file and then delete, replace, resize or link it, from the look until
+    /// they have accounted for what they did (see [`QuotaTracker::lock_names`]). Never taken by writes.
+    names: tokio::sync::Mutex<()>,
 }
 
 #[derive(Default)]
@@ -91,6 +94,7 @@ impl QuotaTracker {
             max_bytes: AtomicU64::new(u64::MAX),
             max_files: AtomicU64::new(u64::MAX),
             open: Mutex::default(),
+            names: tokio::sync::Mutex::new(()),
         };
         tracker.set_quota(quota);
         tracker
@@ -145,6 +149,14 @@ impl QuotaTracker {
 
     pub fn release_file(&self) {
         release(&self.files, 1);
+    }
+
+    /// Serialises, across the account's sessions, the operations that look at a file and then act on what they saw
+    /// (remove, rename, resize, link, an atomic upload replacing a file): without it, two of them could see the
+    /// same file and both give it back, or one could give back a file another had already replaced. Held across
+    /// the storage calls, so it is an async lock; uploads' writes never take it.
+    pub(crate) async fn lock_names(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.names.lock().await
     }
 
     /// Counts one more file even past the file quota: a file that exists and was not counted (an upload found a

@@ -16,7 +16,9 @@ use crate::quota::QuotaTracker;
 use crate::storage::{
     DirStream, FileKind, Metadata, Storage, WriteMode, WritePlanner, WriteTarget,
 };
-use crate::transfer::{Download, TempTarget, Upload, UploadMode, UploadParts};
+use crate::transfer::{
+    is_upload_temp_name, upload_temp_name, Download, TempTarget, Upload, UploadMode, UploadParts,
+};
 use crate::vpath::VirtualPath;
 
 /// Size of the chunks read while hashing a file.
@@ -141,24 +143,32 @@ impl Session {
     /// Metadata of a file or directory (symlinks inside the home are followed).
     pub async fn metadata(&self, path: &VirtualPath) -> CoreResult<Metadata> {
         self.check(Permission::List, &path.parent())?;
+        visible(path)?;
         Ok(self.storage().metadata(path.relative()).await?)
     }
 
     /// Metadata of the entry itself, not following a final symlink.
     pub async fn symlink_metadata(&self, path: &VirtualPath) -> CoreResult<Metadata> {
         self.check(Permission::List, &path.parent())?;
+        visible(path)?;
         Ok(self.storage().symlink_metadata(path.relative()).await?)
     }
 
-    /// Streams the entries of a directory.
+    /// Streams the entries of a directory, without the temporary files of atomic uploads.
     pub async fn list(&self, path: &VirtualPath) -> CoreResult<DirStream> {
         self.check(Permission::List, path)?;
-        Ok(self.storage().read_dir(path.relative()).await?)
+        visible(path)?;
+        Ok(self
+            .storage()
+            .read_dir(path.relative())
+            .await?
+            .hiding(is_upload_temp_name))
     }
 
     /// Opens a file for download from `offset` on; an offset beyond the end is an error.
     pub async fn open_read(&self, path: &VirtualPath, offset: u64) -> CoreResult<Download> {
         self.check(Permission::Download, path)?;
+        visible(path)?;
         let opened = self.storage().open_read(path.relative(), offset).await?;
         let size = opened.metadata.size;
         check_offset(offset, size)?;
@@ -178,6 +188,7 @@ impl Session {
             return Err(CoreError::IsADirectory);
         }
         self.check(Permission::Upload, path)?;
+        creatable(path)?;
         let releases = self.quota().releases();
         // The plan is made where the storage looks at the file, in the same trip as the open; it comes back here,
         // or the reason the upload is refused does.
@@ -233,7 +244,7 @@ impl Session {
         }
         let temp = plan.temp.map(|temp| TempTarget {
             temp,
-            replaced_size: plan.existing,
+            replaces: plan.existing_id,
         });
         Ok(Upload::new(UploadParts {
             session: self.clone(),
@@ -287,7 +298,9 @@ impl Session {
         if destroys_data {
             self.check(Permission::Overwrite, path)?;
         }
-        let atomic = self.inner.upload_mode == UploadMode::Atomic && position == 0;
+        // Only an upload that replaces the whole file goes through a temporary file: one that keeps the rest of
+        // the file (`RANG 0 n` and STOR) writes in place, as in direct mode.
+        let atomic = self.inner.upload_mode == UploadMode::Atomic && position == 0 && kept == 0;
         let overwrite_floor = if atomic || self.allowed(Permission::Overwrite, path) {
             0
         } else {
@@ -296,7 +309,7 @@ impl Session {
         let temp = if atomic {
             Some(
                 path.parent()
-                    .join(&temp_name(path.file_name().unwrap_or("file")))?,
+                    .join(&upload_temp_name(path.file_name().unwrap_or("file")))?,
             )
         } else {
             None
@@ -346,16 +359,39 @@ impl Session {
 
     async fn remove_inner(&self, path: &VirtualPath) -> CoreResult<()> {
         self.check(Permission::Delete, path)?;
+        visible(path)?;
+        let names = self.quota().lock_names().await;
         let meta = self.storage().symlink_metadata(path.relative()).await?;
         if meta.is_dir() {
             return Err(CoreError::IsADirectory);
         }
         self.storage().remove_file(path.relative()).await?;
-        // A file an upload has open stays counted until the upload ends (see `crate::quota`).
-        if meta.is_file() && self.quota().release_unlinked(meta.unique_id, meta.size, 1) {
-            self.persist_usage(-(meta.size as i64), -1).await;
-        }
+        let (bytes, files) = if meta.is_file() {
+            self.release_name(&meta, 1)
+        } else {
+            (0, 0)
+        };
+        drop(names);
+        self.persist_usage(bytes, files).await;
         Ok(())
+    }
+
+    /// Gives back what a name of the file `meta` held now that the name is gone (deleted, or replaced by a
+    /// rename): `files` (0 or 1), and the file's bytes unless the file keeps other names (hard links), which still
+    /// hold them. A file an upload has open keeps its bytes counted until the upload ends (see `crate::quota`).
+    /// Returns the change of usage to persist. Called with [`QuotaTracker::lock_names`] held.
+    pub(crate) fn release_name(&self, meta: &Metadata, files: u64) -> (i64, i64) {
+        let quota = self.quota();
+        if meta.nlink > 1 {
+            if files > 0 {
+                quota.release_file();
+            }
+            (0, -(files as i64))
+        } else if quota.release_unlinked(meta.unique_id, meta.size, files) {
+            (-(meta.size as i64), -(files as i64))
+        } else {
+            (0, 0)
+        }
     }
 
     pub async fn mkdir(&self, path: &VirtualPath) -> CoreResult<()> {
@@ -364,6 +400,7 @@ impl Session {
                 return Err(CoreError::AlreadyExists);
             }
             self.check(Permission::Mkdir, path)?;
+            creatable(path)?;
             Ok(self.storage().create_dir(path.relative()).await?)
         }
         .await;
@@ -377,6 +414,7 @@ impl Session {
                 return Err(CoreError::AccessDenied);
             }
             self.check(Permission::Rmdir, path)?;
+            visible(path)?;
             Ok(self.storage().remove_dir(path.relative()).await?)
         }
         .await;
@@ -407,6 +445,9 @@ impl Session {
         }
         self.check(Permission::Rename, from)?;
         self.check(Permission::Rename, to)?;
+        visible(from)?;
+        creatable(to)?;
+        let names = self.quota().lock_names().await;
         let source = self.storage().symlink_metadata(from.relative()).await?;
         if source.is_dir() && self.inner.account.has_permissions_within(from) {
             return Err(CoreError::AccessDenied);
@@ -424,17 +465,16 @@ impl Session {
             .await?;
         // Renaming a name onto another name of the same file (hard links) changes nothing.
         let replaced = replaced.filter(|m| m.is_file() && m.unique_id != source.unique_id);
-        if let Some(meta) = replaced {
-            if self.quota().release_unlinked(meta.unique_id, meta.size, 1) {
-                self.persist_usage(-(meta.size as i64), -1).await;
-            }
-        }
+        let (bytes, files) = replaced.map_or((0, 0), |meta| self.release_name(&meta, 1));
+        drop(names);
+        self.persist_usage(bytes, files).await;
         Ok(())
     }
 
     /// The target of a symlink, as stored.
     pub async fn read_link(&self, path: &VirtualPath) -> CoreResult<String> {
         self.check(Permission::List, &path.parent())?;
+        visible(path)?;
         Ok(self.storage().read_link(path.relative()).await?)
     }
 
@@ -444,18 +484,27 @@ impl Session {
         self.check_link(link)?;
         let dir = link.parent();
         let target = VirtualPath::resolve_beneath(&dir, target)?;
+        visible(&target)?;
         Ok(self
             .storage()
             .symlink(&target.relative_from(&dir), link.relative())
             .await?)
     }
 
-    /// Creates a hard link `to` for the regular file `from`. The new name counts against the quota like a copy, as a
-    /// quota rescan would count it.
+    /// Creates a hard link `to` for the regular file `from`. The new name counts as a file; its bytes are the
+    /// file's, counted once for all its names, as a quota rescan counts them. Refused to accounts with a quota:
+    /// the bytes of a file with several names are given back only with its last name, so one name could be
+    /// deleted, and the others grown, in ways whose accounting a client could play against the quota.
     pub async fn hard_link(&self, from: &VirtualPath, to: &VirtualPath) -> CoreResult<()> {
         self.check_link(to)?;
         self.check(Permission::Download, from)?;
         self.check(Permission::Overwrite, from)?;
+        visible(from)?;
+        let quota = self.inner.account.quota;
+        if quota.max_bytes.is_some() || quota.max_files.is_some() {
+            return Err(CoreError::AccessDenied);
+        }
+        let names = self.quota().lock_names().await;
         let meta = self.storage().symlink_metadata(from.relative()).await?;
         if meta.is_dir() {
             return Err(CoreError::IsADirectory);
@@ -466,20 +515,16 @@ impl Session {
             ));
         }
         self.quota().reserve_file()?;
-        if let Err(e) = self.quota().reserve_bytes(meta.size) {
-            self.quota().release_file();
-            return Err(e);
-        }
         if let Err(e) = self
             .storage()
             .hard_link(from.relative(), to.relative())
             .await
         {
-            self.quota().release_bytes(meta.size);
             self.quota().release_file();
             return Err(e.into());
         }
-        self.persist_usage(meta.size as i64, 1).await;
+        drop(names);
+        self.persist_usage(0, 1).await;
         Ok(())
     }
 
@@ -487,6 +532,7 @@ impl Session {
     /// would reach data through a path whose permissions differ from those of the data's own directory.
     fn check_link(&self, link: &VirtualPath) -> CoreResult<()> {
         self.check(Permission::Upload, link)?;
+        creatable(link)?;
         if self.inner.account.dir_permissions.is_empty() {
             Ok(())
         } else {
@@ -497,6 +543,7 @@ impl Session {
     pub async fn set_modified(&self, path: &VirtualPath, time: SystemTime) -> CoreResult<()> {
         let result = async {
             self.check(Permission::SetTime, path)?;
+            visible(path)?;
             Ok(self.storage().set_modified(path.relative(), time).await?)
         }
         .await;
@@ -519,6 +566,7 @@ impl Session {
             _ => Permission::Upload,
         };
         self.check(needed, path)?;
+        visible(path)?;
         Ok(self
             .storage()
             .set_mode(path.relative(), mode & 0o755)
@@ -529,6 +577,7 @@ impl Session {
     pub async fn set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
         let result = async {
             self.check(Permission::Chmod, path)?;
+            visible(path)?;
             if mode & !0o777 != 0 {
                 return Err(CoreError::InvalidArgument(format!(
                     "mode {mode:o} not allowed"
@@ -541,13 +590,23 @@ impl Session {
         result
     }
 
-    /// Truncates or extends a file to `len` bytes. Bytes cut from a file that an upload has open stay counted until
+    /// Truncates or extends a file to `len` bytes: growing it needs `upload` (it adds data, as an append does),
+    /// shrinking it `overwrite` (it destroys data). Bytes cut from a file that an upload has open stay counted until
     /// the upload ends (see `crate::quota`).
     pub async fn set_len(&self, path: &VirtualPath, len: u64) -> CoreResult<()> {
-        self.check(Permission::Overwrite, path)?;
+        if !self.allowed(Permission::Upload, path) {
+            self.check(Permission::Overwrite, path)?;
+        }
+        visible(path)?;
+        let names = self.quota().lock_names().await;
         let meta = self.storage().metadata(path.relative()).await?;
         if meta.is_dir() {
             return Err(CoreError::IsADirectory);
+        }
+        if len > meta.size {
+            self.check(Permission::Upload, path)?;
+        } else if len < meta.size {
+            self.check(Permission::Overwrite, path)?;
         }
         if len > meta.size {
             self.quota().reserve_bytes(len - meta.size)?;
@@ -560,6 +619,7 @@ impl Session {
         }
         let released =
             len < meta.size && self.quota().release_shrunk(meta.unique_id, meta.size - len);
+        drop(names);
         if len > meta.size || released {
             self.persist_usage(len as i64 - meta.size as i64, 0).await;
         }
@@ -576,6 +636,7 @@ impl Session {
         length: Option<u64>,
     ) -> CoreResult<(String, u64, u64)> {
         self.check(Permission::Download, path)?;
+        visible(path)?;
         let opened = self.storage().open_read(path.relative(), start).await?;
         let size = opened.metadata.size;
         check_offset(start, size)?;
@@ -725,18 +786,25 @@ impl WritePlan {
     }
 }
 
-/// The hidden name an atomic upload of `name` is written under until it completes: random, so that no one can
-/// place anything at it beforehand, and short enough for any file system (the name is cut to 200 bytes).
-fn temp_name(name: &str) -> String {
-    let mut end = name.len().min(200);
-    while !name.is_char_boundary(end) {
-        end -= 1;
+/// Refuses a path to or through an atomic upload's temporary file as if nothing were there (see
+/// [`is_upload_temp_name`]).
+fn visible(path: &VirtualPath) -> CoreResult<()> {
+    if path.components().any(is_upload_temp_name) {
+        Err(CoreError::NotFound)
+    } else {
+        Ok(())
     }
-    format!(
-        ".{}.ferry-upload-{:016x}",
-        name.get(..end).unwrap_or("file"),
-        rand::random::<u64>()
-    )
+}
+
+/// Refuses to create anything at a name reserved for atomic uploads' temporary files.
+fn creatable(path: &VirtualPath) -> CoreResult<()> {
+    visible(&path.parent())?;
+    if path.file_name().is_some_and(is_upload_temp_name) {
+        return Err(CoreError::InvalidName(
+            "the name is reserved for uploads in progress".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Reading or hashing from `offset` needs the offset within the file.

@@ -26,17 +26,66 @@ pub enum UploadMode {
     /// Write the file in place.
     #[default]
     Direct,
-    /// Write to a temporary name in the same directory and rename into place on success. If a new file's upload
-    /// breaks off, the partial data is moved to the final name so that the client can resume it; an existing
-    /// file is never replaced by a partial one.
+    /// Write an upload that replaces the whole file to a temporary name in the same directory (reserved: see
+    /// [`is_upload_temp_name`]) and rename it into place on success; uploads that keep part of the file write in
+    /// place. If a new file's upload breaks off, the partial data is moved to the final name so that the client
+    /// can resume it; an existing file, or one created at the name meanwhile, is never replaced by a partial one.
     Atomic,
+}
+
+/// What follows the upload's name in the name of an atomic upload's temporary file.
+const TEMP_MARK: &str = ".ferry-upload-";
+/// Longest part of the upload's name kept in its temporary file's name, in bytes.
+const TEMP_STEM_MAX: usize = 200;
+/// Hex digits of the random part of a temporary file's name.
+const TEMP_RANDOM_DIGITS: usize = 16;
+
+/// The hidden name an atomic upload of `name` is written under until it completes: random, so that no one can
+/// place anything at it beforehand, and short enough for any file system (the name is cut to 200 bytes). Names of
+/// this form are reserved (see [`is_upload_temp_name`]).
+pub(crate) fn upload_temp_name(name: &str) -> String {
+    let mut end = name.len().min(TEMP_STEM_MAX);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        ".{}{TEMP_MARK}{:0width$x}",
+        name.get(..end).unwrap_or("file"),
+        rand::random::<u64>(),
+        width = TEMP_RANDOM_DIGITS
+    )
+}
+
+/// Whether `name` has the form of an atomic upload's temporary file: `.NAME.ferry-upload-` and 16 lower-case hex
+/// digits. Such names are reserved: sessions treat them as if nothing were there, and listings leave them out, so
+/// that no client can read, move, delete or replace a file an upload is writing (its quota accounts rely on that).
+pub fn is_upload_temp_name(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix('.') else {
+        return false;
+    };
+    let Some(split) = stem.len().checked_sub(TEMP_MARK.len() + TEMP_RANDOM_DIGITS) else {
+        return false;
+    };
+    let (Some(upload), Some(mark), Some(random)) = (
+        stem.get(..split),
+        stem.get(split..split + TEMP_MARK.len()),
+        stem.get(split + TEMP_MARK.len()..),
+    ) else {
+        return false;
+    };
+    !upload.is_empty()
+        && upload.len() <= TEMP_STEM_MAX
+        && mark == TEMP_MARK
+        && random
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Where an atomic upload is written until it completes.
 pub(crate) struct TempTarget {
     pub temp: VirtualPath,
-    /// Whether a file existed at the final name when the upload started, and its size.
-    pub replaced_size: Option<u64>,
+    /// The identity of the file at the final name when the upload started, if there was one.
+    pub replaces: Option<u128>,
 }
 
 /// An upload in progress. End it with [`Upload::finish`] or [`Upload::fail`]; if it is dropped instead, it is
@@ -212,17 +261,24 @@ impl Upload {
         let Some(mut s) = self.state.take() else {
             return Err(CoreError::Aborted);
         };
-        let result = complete(&mut s).await;
-        let transferred = s.transferred;
-        let error = result.as_ref().err().map(ToString::to_string);
-        record(s, error, None).await;
-        result.map(|()| transferred)
+        match complete(&mut s).await {
+            Ok(()) => {
+                let transferred = s.transferred;
+                record(s, None, None).await;
+                Ok(transferred)
+            }
+            Err(e) => {
+                let refused = matches!(e, CoreError::AlreadyExists);
+                fail_upload(s, e.to_string(), !refused).await;
+                Err(e)
+            }
+        }
     }
 
     /// Ends the upload as failed because of `reason`, keeping what was written (see [`UploadMode::Atomic`]).
     pub async fn fail(mut self, reason: impl fmt::Display) {
         if let Some(s) = self.state.take() {
-            fail_upload(s, reason.to_string()).await;
+            fail_upload(s, reason.to_string(), true).await;
         }
     }
 }
@@ -300,55 +356,73 @@ where
     Ok(())
 }
 
+/// Flushes the upload and moves an atomic upload into place. The temporary file of a new file takes the final
+/// name only if nothing has appeared there meanwhile; otherwise, as for an upload over an existing file, whatever is
+/// there now is replaced if the account may overwrite it (or it is the very file the upload set out to replace),
+/// and its usage given back. On an error the temporary file is left for [`fail_upload`].
 async fn complete(s: &mut UploadState) -> CoreResult<()> {
     s.writer.shutdown().await?;
-    if let Some(temp) = s.temp.take() {
-        let storage = s.session.storage();
-        // What is replaced now, which need not be what was there when the upload started.
-        let replaced = match temp.replaced_size {
-            Some(_) => storage
-                .symlink_metadata(s.path.relative())
-                .await
-                .ok()
-                .filter(Metadata::is_file),
-            None => None,
-        };
-        storage
-            .rename(temp.temp.relative(), s.path.relative())
-            .await?;
-        match (replaced, temp.replaced_size) {
-            // The new file takes the old one's place in the file count.
-            (Some(old), _) => {
-                if s.session
-                    .quota()
-                    .release_unlinked(old.unique_id, old.size, 0)
-                {
-                    s.bytes_delta -= old.size as i64;
-                }
+    let Some(temp) = &s.temp else {
+        return Ok(());
+    };
+    let (temp_path, path, replaces) = (temp.temp.clone(), s.path.clone(), temp.replaces);
+    let (from, to) = (temp_path.relative(), path.relative());
+    let session = s.session.clone();
+    let storage = session.storage();
+    if replaces.is_none() {
+        match storage.rename_noreplace(from, to).await {
+            Ok(()) => {
+                s.temp = None;
+                return Ok(());
             }
-            // The file to replace is gone (and was given back): this one is new.
-            (None, Some(_)) => {
-                s.session.quota().add_file();
-                s.files_delta += 1;
-            }
-            (None, None) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e.into()),
         }
     }
+    let names = session.quota().lock_names().await;
+    // What is replaced now, which need not be what was there when the upload started.
+    let old = storage.symlink_metadata(to).await.ok();
+    let planned = old
+        .as_ref()
+        .is_some_and(|old| Some(old.unique_id) == replaces);
+    if old.is_some() && !planned && !session.allowed(Permission::Overwrite, &path) {
+        return Err(CoreError::AlreadyExists);
+    }
+    storage.rename(from, to).await?;
+    // A new file counted itself when it started: it takes the place of the one it replaced, whose count goes.
+    let counted_as_new = replaces.is_none();
+    s.temp = None;
+    match old.filter(Metadata::is_file) {
+        Some(old) => {
+            let (bytes, files) = session.release_name(&old, u64::from(counted_as_new));
+            s.bytes_delta += bytes;
+            s.files_delta += files;
+        }
+        // The file to replace is gone (and was given back): this one is new.
+        None if !counted_as_new => {
+            session.quota().add_file();
+            s.files_delta += 1;
+        }
+        None => {}
+    }
+    drop(names);
     Ok(())
 }
 
-async fn fail_upload(mut s: UploadState, error: String) {
+/// Ends a failed upload. The partial data of an atomic upload of a new file is moved to the final name, so that the
+/// client can resume, unless something has appeared there meanwhile; otherwise the temporary file is deleted and
+/// its usage given back. An existing file is never replaced by partial data. `keep`: whether the data may take the
+/// final name (not when it was refused it).
+async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
     let _ = s.writer.shutdown().await;
     if let Some(temp) = s.temp.take() {
         let storage = s.session.storage();
-        let kept = match temp.replaced_size {
-            // A new file: keep the partial data under the final name so that the client can resume.
-            None => storage
-                .rename(temp.temp.relative(), s.path.relative())
+        let kept = keep
+            && temp.replaces.is_none()
+            && storage
+                .rename_noreplace(temp.temp.relative(), s.path.relative())
                 .await
-                .is_ok(),
-            Some(_) => false,
-        };
+                .is_ok();
         if !kept && storage.remove_file(temp.temp.relative()).await.is_ok() {
             // Registered, so normally left counted until the upload leaves below, knowing the file deleted.
             let files = u64::from(s.files_delta > 0);
@@ -385,7 +459,7 @@ impl Drop for Upload {
     fn drop(&mut self) {
         if let Some(s) = self.state.take() {
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(fail_upload(s, CoreError::Aborted.to_string()));
+                rt.spawn(fail_upload(s, CoreError::Aborted.to_string(), true));
             }
         }
     }
@@ -794,6 +868,28 @@ mod tests {
         ) -> std::task::Poll<io::Result<()>> {
             std::task::Poll::Ready(Ok(()))
         }
+    }
+
+    #[test]
+    fn temporary_names_are_recognised_exactly() {
+        for name in ["x", "a.b", &"l".repeat(300), "caf\u{e9}"] {
+            let temp = upload_temp_name(name);
+            assert!(is_upload_temp_name(&temp), "{temp}");
+        }
+        for other in [
+            "x",
+            ".x.ferry-upload-",
+            ".x.ferry-upload-0123456789abcdef0",
+            ".x.ferry-upload-0123456789ABCDEF",
+            ".x.ferry-upload-0123456789abcdeg",
+            "..ferry-upload-0123456789abcdef",
+            "x.ferry-upload-0123456789abcdef",
+            ".x.ferry-uploads0123456789abcdef",
+            ".ferry-upload-0123456789abcdef",
+        ] {
+            assert!(!is_upload_temp_name(other), "{other}");
+        }
+        assert!(is_upload_temp_name(".x.ferry-upload-0123456789abcdef"));
     }
 
     #[tokio::test]

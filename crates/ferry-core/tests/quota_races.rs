@@ -1,12 +1,15 @@
 //! Quota accounting while other sessions of the account shrink, delete or replace a file that an upload has open:
 //! the account never stores more than it is charged for, and ends charged for exactly what it stores.
 
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use ferry_core::account::{Account, AccountStore, Permissions, Quota, QuotaUsage};
+use ferry_core::account::{Account, AccountStore, Permission, Permissions, Quota, QuotaUsage};
 use ferry_core::auth::{hash_password, Authenticator};
 use ferry_core::events::{EventBus, Protocol};
+use ferry_core::quota::rescan;
 use ferry_core::server::{ServerCore, ServerSettings};
 use ferry_core::session::{ClientInfo, Session};
 use ferry_core::storage::WriteMode;
@@ -20,25 +23,59 @@ use ferry_core::CoreError;
 struct Account2 {
     tmp: tempfile::TempDir,
     store: Arc<dyn AccountStore>,
+    core: ServerCore,
     a: Session,
     b: Session,
 }
 
+/// How [`Account2::with`] sets an account up.
+struct Setup {
+    upload_mode: UploadMode,
+    permissions: Permissions,
+    quota: Quota,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            upload_mode: UploadMode::Direct,
+            permissions: Permissions::all(),
+            quota: Quota {
+                max_bytes: Some(100),
+                max_files: Some(10),
+            },
+        }
+    }
+}
+
 impl Account2 {
     async fn new(upload_mode: UploadMode) -> Self {
+        Self::with(
+            Setup {
+                upload_mode,
+                ..Setup::default()
+            },
+            |_| {},
+        )
+        .await
+    }
+
+    /// An account set up as `setup` says, whose home `fill` fills (as an administrator would) before a rescan
+    /// counts it and the account logs in.
+    async fn with(setup: Setup, fill: impl FnOnce(&Path)) -> Self {
         let tmp = tempfile::tempdir().unwrap();
         let store = SqliteAccountStore::open(&tmp.path().join("db")).unwrap();
         let mut account = Account::new("u", tmp.path().join("home"));
         account.password_hash = Some(hash_password("pw").unwrap());
-        account.permissions = Permissions::all();
-        account.quota = Quota {
-            max_bytes: Some(100),
-            max_files: Some(10),
-        };
+        account.permissions = setup.permissions;
+        account.quota = setup.quota;
         store.create(&account).await.unwrap();
+        std::fs::create_dir_all(&account.home).unwrap();
+        fill(&account.home);
+        rescan(&store, &account).await.unwrap();
         let store: Arc<dyn AccountStore> = Arc::new(store);
         let settings = ServerSettings {
-            upload_mode,
+            upload_mode: setup.upload_mode,
             ..ServerSettings::default()
         };
         let core = ServerCore::new(
@@ -46,12 +83,20 @@ impl Account2 {
             EventBus::default(),
             settings,
         );
-        let login = || async {
-            let client = ClientInfo::new(Protocol::Sftp, "127.0.0.1".parse().unwrap());
-            core.login("u", "pw", &client).await.unwrap()
-        };
-        let (a, b) = (login().await, login().await);
-        Account2 { tmp, store, a, b }
+        let a = login(&core).await;
+        let b = login(&core).await;
+        Account2 {
+            tmp,
+            store,
+            core,
+            a,
+            b,
+        }
+    }
+
+    /// Another session of the account.
+    async fn login(&self) -> Session {
+        login(&self.core).await
     }
 
     fn home(&self) -> std::path::PathBuf {
@@ -82,17 +127,26 @@ impl Account2 {
     }
 }
 
+async fn login(core: &ServerCore) -> Session {
+    let client = ClientInfo::new(Protocol::Sftp, "127.0.0.1".parse().unwrap());
+    core.login("u", "pw", &client).await.unwrap()
+}
+
 fn path(s: &str) -> VirtualPath {
     VirtualPath::parse(s).unwrap()
 }
 
+/// What the files in `dir` hold: each name is a file, and the bytes of a file with several names count once.
 fn disk_usage(dir: &Path) -> QuotaUsage {
     let mut usage = QuotaUsage::default();
+    let mut seen = HashSet::new();
     for entry in std::fs::read_dir(dir).unwrap() {
         let meta = entry.unwrap().metadata().unwrap();
         if meta.is_file() {
             usage.files += 1;
-            usage.bytes += meta.len();
+            if seen.insert(meta.ino()) {
+                usage.bytes += meta.len();
+            }
         }
     }
     usage
@@ -283,4 +337,348 @@ async fn atomic_uploads_count_the_file_they_replace_or_create() {
     up.write(&[b'y'; 10]).await.unwrap();
     up.fail("broken off").await;
     acct.assert_charged_for_disk().await;
+}
+
+/// No quota, so that hard links may be made; usage is still kept.
+fn unlimited() -> Setup {
+    Setup {
+        quota: Quota::default(),
+        ..Setup::default()
+    }
+}
+
+/// The name of the one temporary file of an atomic upload in `dir`.
+fn temp_file_in(dir: &Path) -> String {
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains(".ferry-upload-"))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    names.into_iter().next().unwrap()
+}
+
+/// The review's bypass: an empty file linked, grown through one name, the other name removed, repeated.
+#[tokio::test]
+async fn hard_links_are_refused_to_accounts_with_a_quota() {
+    let acct = Account2::new(UploadMode::Direct).await;
+    acct.put("/a", 0).await;
+    assert!(matches!(
+        acct.b.hard_link(&path("/a"), &path("/link")).await,
+        Err(CoreError::AccessDenied)
+    ));
+    assert!(!acct.home().join("link").exists());
+    acct.assert_charged_for_disk().await;
+}
+
+#[tokio::test]
+async fn a_name_removed_from_a_linked_file_gives_back_the_file_count_only() {
+    let acct = Account2::with(unlimited(), |home| {
+        std::fs::write(home.join("a"), [b'a'; 30]).unwrap();
+        std::fs::hard_link(home.join("a"), home.join("admin-link")).unwrap();
+    })
+    .await;
+    acct.assert_charged_for_disk().await;
+    acct.b.hard_link(&path("/a"), &path("/link")).await.unwrap();
+    acct.assert_charged_for_disk().await;
+    let mut up = acct.open("/a", WriteMode::Append).await;
+    up.write(&[b'y'; 20]).await.unwrap();
+    up.finish().await.unwrap();
+    acct.b.remove(&path("/link")).await.unwrap();
+    acct.assert_charged_for_disk().await;
+    acct.put("/other", 5).await;
+    acct.b
+        .rename(&path("/other"), &path("/admin-link"))
+        .await
+        .unwrap();
+    acct.assert_charged_for_disk().await;
+    acct.b.remove(&path("/a")).await.unwrap();
+    assert_eq!(acct.a.quota().usage(), QuotaUsage { bytes: 5, files: 1 });
+    acct.assert_charged_for_disk().await;
+}
+
+#[tokio::test]
+async fn a_name_removed_while_an_upload_has_the_file_open_by_another_gives_back_its_file() {
+    let acct = Account2::with(unlimited(), |home| {
+        std::fs::write(home.join("a"), [b'a'; 30]).unwrap();
+        std::fs::hard_link(home.join("a"), home.join("b")).unwrap();
+    })
+    .await;
+    let mut up = acct.open("/a", WriteMode::Append).await;
+    up.write(&[b'y'; 10]).await.unwrap();
+    acct.b.remove(&path("/b")).await.unwrap();
+    up.finish().await.unwrap();
+    acct.assert_charged_for_disk().await;
+    assert_eq!(
+        acct.a.quota().usage(),
+        QuotaUsage {
+            bytes: 40,
+            files: 1
+        }
+    );
+}
+
+/// Another session renamed or deleted an upload's temporary file: its data stayed on disk, uncounted, or a file
+/// that was never counted was given back.
+#[tokio::test]
+async fn temporary_files_of_atomic_uploads_are_out_of_every_client_s_reach() {
+    let acct = Account2::new(UploadMode::Atomic).await;
+    acct.put("/x", 10).await;
+    let mut up = acct.open("/x", WriteMode::Truncate).await;
+    up.write(&[b'n'; 20]).await.unwrap();
+    let temp = temp_file_in(&acct.home());
+    let temp_path = path(&format!("/{temp}"));
+    let b = &acct.b;
+    let mut listing = b.list(&path("/")).await.unwrap();
+    let mut listed = Vec::new();
+    while let Some(entry) = listing.next().await {
+        listed.push(entry.unwrap().name);
+    }
+    assert_eq!(listed, ["x"]);
+    let not_found = |what: &str, r: Result<(), CoreError>| {
+        assert!(matches!(r, Err(CoreError::NotFound)), "{what}: {r:?}");
+    };
+    not_found("stat", b.metadata(&temp_path).await.map(drop));
+    not_found("lstat", b.symlink_metadata(&temp_path).await.map(drop));
+    not_found("download", b.open_read(&temp_path, 0).await.map(drop));
+    not_found("remove", b.remove(&temp_path).await);
+    not_found("rename", b.rename(&temp_path, &path("/stolen")).await);
+    not_found("truncate", b.set_len(&temp_path, 0).await);
+    not_found("chmod", b.set_mode(&temp_path, 0o600).await);
+    not_found("link", b.hard_link(&temp_path, &path("/stolen")).await);
+    not_found("symlink", b.symlink(&temp, &path("/sym")).await);
+    let invalid = |what: &str, r: Result<(), CoreError>| {
+        assert!(matches!(r, Err(CoreError::InvalidName(_))), "{what}: {r:?}");
+    };
+    invalid("rename onto", b.rename(&path("/x"), &temp_path).await);
+    invalid("mkdir", b.mkdir(&temp_path).await);
+    invalid(
+        "upload",
+        b.open_write(&temp_path, WriteMode::Truncate)
+            .await
+            .map(drop),
+    );
+    up.finish().await.unwrap();
+    assert_eq!(std::fs::read(acct.home().join("x")).unwrap(), [b'n'; 20]);
+    acct.assert_charged_for_disk().await;
+}
+
+/// An atomic upload of `/n`, which does not exist when it starts, while session `b` creates `/n` with 30 bytes;
+/// the upload then ends with `end`. Returns the result and what `/n` holds.
+async fn atomic_upload_racing_a_new_file(
+    permissions: &str,
+    end: fn(Upload) -> upload_ends::End,
+) -> (Account2, Result<u64, CoreError>, Vec<u8>) {
+    let acct = Account2::with(
+        Setup {
+            upload_mode: UploadMode::Atomic,
+            permissions: permissions.parse().unwrap(),
+            ..Setup::default()
+        },
+        |_| {},
+    )
+    .await;
+    let mut up = acct.open("/n", WriteMode::Truncate).await;
+    up.write(&[b'a'; 10]).await.unwrap();
+    let mut other = acct
+        .b
+        .open_write(&path("/n"), WriteMode::Truncate)
+        .await
+        .unwrap();
+    other.write(&[b'b'; 30]).await.unwrap();
+    other.finish().await.unwrap();
+    let result = end(up).await;
+    let held = std::fs::read(acct.home().join("n")).unwrap();
+    (acct, result, held)
+}
+
+/// Ways an upload ends, as futures of its result.
+mod upload_ends {
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use ferry_core::transfer::Upload;
+    use ferry_core::CoreError;
+
+    pub type End = Pin<Box<dyn Future<Output = Result<u64, CoreError>>>>;
+
+    pub fn finish(up: Upload) -> End {
+        Box::pin(up.finish())
+    }
+
+    pub fn fail(up: Upload) -> End {
+        Box::pin(async move {
+            up.fail("broken off").await;
+            Err(CoreError::Aborted)
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_atomic_upload_does_not_replace_a_file_created_meanwhile_without_overwrite() {
+    let no_overwrite = "list,download,upload,delete,rename";
+    let (acct, result, held) =
+        atomic_upload_racing_a_new_file(no_overwrite, upload_ends::finish).await;
+    assert!(
+        matches!(result, Err(CoreError::AlreadyExists)),
+        "{result:?}"
+    );
+    assert_eq!(held, [b'b'; 30]);
+    assert_eq!(std::fs::read_dir(acct.home()).unwrap().count(), 1);
+    acct.assert_charged_for_disk().await;
+}
+
+#[tokio::test]
+async fn an_atomic_upload_replaces_a_file_created_meanwhile_with_overwrite_and_gives_it_back() {
+    let (acct, result, held) = atomic_upload_racing_a_new_file("all", upload_ends::finish).await;
+    assert_eq!(result.unwrap(), 10);
+    assert_eq!(held, [b'a'; 10]);
+    assert_eq!(std::fs::read_dir(acct.home()).unwrap().count(), 1);
+    acct.assert_charged_for_disk().await;
+}
+
+#[tokio::test]
+async fn a_broken_off_atomic_upload_never_replaces_a_file_created_meanwhile() {
+    for permissions in ["all", "list,download,upload,delete,rename"] {
+        let (acct, _, held) = atomic_upload_racing_a_new_file(permissions, upload_ends::fail).await;
+        assert_eq!(held, [b'b'; 30], "{permissions}");
+        assert_eq!(std::fs::read_dir(acct.home()).unwrap().count(), 1);
+        acct.assert_charged_for_disk().await;
+    }
+}
+
+/// `RANG 0 2` and STOR: before the fix, atomic mode replaced the file with the two bytes.
+#[tokio::test]
+async fn an_atomic_mode_write_from_the_start_that_keeps_the_rest_writes_in_place() {
+    let acct = Account2::new(UploadMode::Atomic).await;
+    let mut up = acct.open("/x", WriteMode::Truncate).await;
+    up.write(b"0123456789").await.unwrap();
+    up.finish().await.unwrap();
+    let keep_rest = WriteMode::At {
+        offset: 0,
+        truncate: false,
+    };
+    let mut up = acct.open("/x", keep_rest).await;
+    up.write(b"AB").await.unwrap();
+    up.finish().await.unwrap();
+    assert_eq!(std::fs::read(acct.home().join("x")).unwrap(), b"AB23456789");
+    acct.assert_charged_for_disk().await;
+}
+
+#[tokio::test]
+async fn growing_a_file_by_its_size_needs_upload_and_shrinking_it_overwrite() {
+    let setup = |permissions: &str| Setup {
+        permissions: permissions.parse().unwrap(),
+        ..Setup::default()
+    };
+    let fill = |home: &Path| std::fs::write(home.join("f"), b"abc").unwrap();
+    let acct = Account2::with(setup("list,download,overwrite"), fill).await;
+    assert!(matches!(
+        acct.a.set_len(&path("/f"), 50).await,
+        Err(CoreError::PermissionDenied(Permission::Upload))
+    ));
+    acct.a.set_len(&path("/f"), 1).await.unwrap();
+    let acct = Account2::with(setup("list,download,upload"), fill).await;
+    assert!(matches!(
+        acct.a.set_len(&path("/f"), 1).await,
+        Err(CoreError::PermissionDenied(Permission::Overwrite))
+    ));
+    acct.a.set_len(&path("/f"), 50).await.unwrap();
+    assert_eq!(std::fs::metadata(acct.home().join("f")).unwrap().len(), 50);
+    acct.assert_charged_for_disk().await;
+}
+
+/// Runs `test` on a runtime with several worker threads, where sessions' operations really run at once.
+fn on_many_threads(test: impl std::future::Future<Output = ()>) {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(test);
+}
+
+/// An account without limits holding a file of 1000 bytes, which keeps the counters away from 0 (where a release
+/// made twice would be hidden), and `n` more sessions of it.
+async fn busy_account(n: usize) -> (Account2, Vec<Session>) {
+    let acct = Account2::with(unlimited(), |_| {}).await;
+    acct.put("/base", 1000).await;
+    let mut sessions = Vec::new();
+    for _ in 0..n {
+        sessions.push(acct.login().await);
+    }
+    (acct, sessions)
+}
+
+/// Runs `op` on every session at once and waits for all; their errors are expected (all but one find the file
+/// gone) and ignored.
+async fn all_at_once<F, Fut>(sessions: &[Session], op: F)
+where
+    F: Fn(usize, Session) -> Fut,
+    Fut: std::future::Future<Output = Result<(), CoreError>> + Send + 'static,
+{
+    let tasks: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| tokio::spawn(op(i, s.clone())))
+        .collect();
+    for task in tasks {
+        let _ = task.await.unwrap();
+    }
+}
+
+#[test]
+fn concurrent_truncations_of_one_file_give_its_bytes_back_once() {
+    on_many_threads(async {
+        let (acct, sessions) = busy_account(6).await;
+        for _ in 0..30 {
+            acct.put("/victim", 100).await;
+            all_at_once(&sessions, |_, s| async move {
+                s.set_len(&path("/victim"), 0).await
+            })
+            .await;
+            acct.assert_charged_for_disk().await;
+        }
+    });
+}
+
+#[test]
+fn concurrent_renames_onto_one_file_give_back_each_file_they_replace() {
+    on_many_threads(async {
+        let (acct, sessions) = busy_account(6).await;
+        for _ in 0..30 {
+            acct.put("/t", 100).await;
+            for i in 0..sessions.len() {
+                acct.put(&format!("/s{i}"), 1).await;
+            }
+            all_at_once(&sessions, |i, s| async move {
+                s.rename(&path(&format!("/s{i}")), &path("/t")).await
+            })
+            .await;
+            acct.assert_charged_for_disk().await;
+        }
+    });
+}
+
+#[test]
+fn removals_racing_a_rename_onto_the_same_name_give_back_what_they_removed() {
+    on_many_threads(async {
+        let (acct, sessions) = busy_account(4).await;
+        for _ in 0..30 {
+            acct.put("/t", 100).await;
+            acct.put("/s", 1).await;
+            all_at_once(&sessions, |i, s| async move {
+                if i == 0 {
+                    s.rename(&path("/s"), &path("/t")).await
+                } else {
+                    s.remove(&path("/t")).await
+                }
+            })
+            .await;
+            acct.assert_charged_for_disk().await;
+            for name in ["/s", "/t"] {
+                let _ = acct.a.remove(&path(name)).await;
+            }
+        }
+    });
 }

@@ -1383,6 +1383,8 @@ fn transfer_error_reply(e: &TransferError) -> Reply {
         ),
         TransferError::Core(c) => match error_reply(c) {
             r if matches!(r.code, Code::QuotaExceeded | Code::InsufficientStorage) => r,
+            // An atomic upload that found a file it may not replace at its name (docs/ftp.md).
+            r if matches!(c, CoreError::AlreadyExists) => r,
             r => Reply {
                 code: Code::LocalError,
                 ..r

@@ -185,6 +185,40 @@ fn symlink_in_real_dir(root: &Dir, target: &str, link: &str) -> io::Result<()> {
     root.symlink(target, link)
 }
 
+/// Renames `from` to `to` unless something is at `to` (blocking): each name's directory is opened beneath the
+/// root, then renameat2 with `RENAME_NOREPLACE` moves the last component.
+#[cfg(target_os = "linux")]
+fn rename_noreplace(root: &Dir, from: &str, to: &str) -> io::Result<()> {
+    use rustix::fs::RenameFlags;
+    let (from_dir, from_name) = split_parent(root, from)?;
+    let (to_dir, to_name) = split_parent(root, to)?;
+    Ok(rustix::fs::renameat_with(
+        &from_dir,
+        from_name,
+        &to_dir,
+        to_name,
+        RenameFlags::NOREPLACE,
+    )?)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn rename_noreplace(root: &Dir, from: &str, to: &str) -> io::Result<()> {
+    // A new name fails if one exists; the old name goes once the new one is there.
+    root.hard_link(from, root, to)?;
+    root.remove_file(from)
+}
+
+/// The directory holding `path`, opened beneath the root, and the last component of `path`, which names a plain
+/// entry in it (a [`crate::vpath::VirtualPath`] has no `.` or `..`).
+#[cfg(target_os = "linux")]
+fn split_parent<'a>(root: &Dir, path: &'a str) -> io::Result<(Dir, &'a str)> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or((".", path));
+    if name.is_empty() || name == "." || name == ".." {
+        return Err(io::ErrorKind::InvalidInput.into());
+    }
+    Ok((root.open_dir(parent)?, name))
+}
+
 /// Opens `path` with `options` (blocking), refusing anything but a regular file. `O_NONBLOCK` keeps the open of a
 /// FIFO from waiting for a peer (one left in a home by an administrator would otherwise hold a blocking-pool thread
 /// until someone opened its other end), and is cleared again on the file returned. Devices and sockets are refused
@@ -387,6 +421,11 @@ impl Storage for LocalStorage {
         self.run(move |d| d.rename(from, d, to)).await
     }
 
+    async fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
+        let (from, to) = (from.to_owned(), to.to_owned());
+        self.run(move |d| rename_noreplace(d, &from, &to)).await
+    }
+
     async fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()> {
         let path = rel(path).to_owned();
         self.run(move |d| {
@@ -458,6 +497,8 @@ impl Storage for LocalStorage {
         let path = rel(path).to_owned();
         self.run(move |d| {
             let mut usage = QuotaUsage::default();
+            // Files with several names: each name is a file, but their bytes are stored (and counted) once.
+            let mut linked = std::collections::HashSet::new();
             // Directories still to walk are kept as paths and opened one at a time: a home with thousands of
             // directories would otherwise hold a descriptor for each, up to the open-file limit.
             let mut pending = vec![std::path::PathBuf::from(path)];
@@ -469,8 +510,11 @@ impl Storage for LocalStorage {
                     if file_type.is_dir() {
                         pending.push(dir_path.join(entry.file_name()));
                     } else if file_type.is_file() {
+                        let meta = entry.metadata()?;
                         usage.files += 1;
-                        usage.bytes += entry.metadata()?.len();
+                        if meta.nlink() < 2 || linked.insert((meta.dev(), meta.ino())) {
+                            usage.bytes += meta.len();
+                        }
                     }
                 }
             }
@@ -769,6 +813,40 @@ mod tests {
             .map(|(n, t)| (n.to_string(), t.map(str::to_owned)))
             .collect();
         assert_eq!(seen, expected);
+    }
+
+    #[tokio::test]
+    async fn a_rescan_counts_every_name_but_the_bytes_of_a_linked_file_once() {
+        let (tmp, s) = storage().await;
+        let home = tmp.path().join("home");
+        std::fs::create_dir(home.join("d")).unwrap();
+        std::fs::write(home.join("a"), [0u8; 100]).unwrap();
+        std::fs::hard_link(home.join("a"), home.join("b")).unwrap();
+        std::fs::hard_link(home.join("a"), home.join("d/c")).unwrap();
+        std::fs::write(home.join("d/e"), [0u8; 7]).unwrap();
+        assert_eq!(
+            s.disk_usage("").await.unwrap(),
+            QuotaUsage {
+                bytes: 107,
+                files: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_rename_without_replacing_leaves_what_is_there() {
+        let (tmp, s) = storage().await;
+        let home = tmp.path().join("home");
+        std::fs::create_dir(home.join("d")).unwrap();
+        std::fs::write(home.join("d/a"), b"a").unwrap();
+        std::fs::write(home.join("d/b"), b"b").unwrap();
+        let e = s.rename_noreplace("d/a", "d/b").await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read(home.join("d/b")).unwrap(), b"b");
+        s.rename_noreplace("d/a", "c").await.unwrap();
+        assert_eq!(std::fs::read(home.join("c")).unwrap(), b"a");
+        assert!(s.rename_noreplace("c", "../escaped").await.is_err());
+        assert!(!tmp.path().join("escaped").exists());
     }
 
     #[tokio::test]

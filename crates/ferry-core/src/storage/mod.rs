@@ -169,6 +169,8 @@ pub struct DirStream {
     ahead: Option<Arc<ReadAhead>>,
     /// The batch being consumed.
     current: std::vec::IntoIter<DirEntry>,
+    /// Names the stream leaves out (see [`DirStream::hiding`]).
+    hidden: Option<fn(&str) -> bool>,
 }
 
 /// Batches a [`DirStream`] reads ahead of its consumer before its reader stops.
@@ -252,6 +254,7 @@ impl DirStream {
         DirStream {
             ahead: Some(ahead),
             current: Vec::new().into_iter(),
+            hidden: None,
         }
     }
 
@@ -260,12 +263,22 @@ impl DirStream {
         DirStream {
             ahead: None,
             current: entries.into_iter(),
+            hidden: None,
         }
+    }
+
+    /// The same stream without the entries whose names `hidden` picks.
+    pub fn hiding(mut self, hidden: fn(&str) -> bool) -> Self {
+        self.hidden = Some(hidden);
+        self
     }
 
     pub async fn next(&mut self) -> Option<io::Result<DirEntry>> {
         loop {
             if let Some(entry) = self.current.next() {
+                if self.hidden.is_some_and(|hidden| hidden(&entry.name)) {
+                    continue;
+                }
                 return Some(Ok(entry));
             }
             let ahead = self.ahead.as_ref()?;
@@ -352,6 +365,9 @@ pub trait Storage: Send + Sync + 'static {
     async fn remove_file(&self, path: &str) -> io::Result<()>;
     /// Renames, replacing an existing file at `to`.
     async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+    /// Renames, failing with `AlreadyExists` if anything is at `to`: the look and the move are one step, so that
+    /// nothing created at `to` meanwhile is replaced.
+    async fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()>;
     async fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()>;
     async fn set_mode(&self, path: &str, mode: u32) -> io::Result<()>;
     async fn set_len(&self, path: &str, len: u64) -> io::Result<()>;
@@ -361,7 +377,8 @@ pub trait Storage: Send + Sync + 'static {
     async fn hard_link(&self, from: &str, to: &str) -> io::Result<()>;
     /// Free bytes on the device holding the root, when known.
     async fn free_space(&self) -> io::Result<Option<u64>>;
-    /// Total size and number of regular files below `path` (symlinks not followed), for quota rescans.
+    /// Total size and number of regular files below `path` (symlinks not followed), for quota rescans. Each name
+    /// of a file with several (hard links) is a file, but its bytes count once, as a quota tracker counts them.
     async fn disk_usage(&self, path: &str) -> io::Result<QuotaUsage>;
 }
 
