@@ -175,3 +175,23 @@ def test_rescan_of_a_home_with_more_directories_than_open_files(ferry):
     listed = [line.split() for line in ferry.user("list").stdout.splitlines()[1:]]
     used = [row[4:6] for row in listed if row[0] == "wide"]
     assert used == [["1000", "1"]], listed
+
+
+def test_a_stor_whose_data_connection_never_comes_leaves_the_file_as_it_was(ferry):
+    """A passive connection that a firewall or NAT blocks must not cost the user the file it was to replace."""
+    home = quota_user(ferry)
+    ftp = ftp_login(ferry, "q", "qpw")
+    old = random_bytes(400_000, seed=80)
+    store(ftp, "keep.bin", old)
+    assert ftp.sendcmd("EPSV").startswith("229")
+    ftp.putcmd("STOR keep.bin")
+    assert ftp.getresp().startswith("150")
+    reply = ftp.abort()  # before any data connection
+    if reply.startswith("426"):
+        assert ftp.getresp().startswith("226")
+    assert (home / "keep.bin").read_bytes() == old
+    assert avbl(ftp) == QUOTA - 400_000
+    # The file is still counted: a second one of the same size does not fit beside it.
+    assert_quota_exceeded(upload_expecting_failure(ftp, "STOR other.bin", random_bytes(700_000, seed=81)))
+    ftp.quit()
+    assert home_usage(home) <= QUOTA

@@ -262,6 +262,24 @@ impl QuotaTracker {
         }
     }
 
+    /// Counts again the `bytes` that the upload of `unique_id` gave back when it joined (the old data it was to
+    /// replace) if that upload is the file's only one, grew nothing and saw nothing change: it ends without having
+    /// written, and the file keeps its old data. Returns whether they are counted again (past the quota if need
+    /// be: they are on the disk); otherwise the caller empties the file, as the upload would have.
+    pub(crate) fn restore_replaced(&self, unique_id: u128, bytes: u64) -> bool {
+        let mut open = self.open();
+        let Some(file) = open.files.get_mut(&unique_id) else {
+            return false;
+        };
+        if file.uploads != 1 || file.joins != 0 || file.changed || file.settling || file.grown != 0
+        {
+            return false;
+        }
+        file.base = file.base.saturating_add(bytes);
+        self.bytes.fetch_add(bytes, Ordering::AcqRel);
+        true
+    }
+
     /// Whether the file `unique_id`, which an upload has open, changed behind it (so that its last upload will
     /// look at it when it leaves).
     pub(crate) fn upload_changed(&self, unique_id: u128) -> bool {
@@ -446,6 +464,24 @@ mod tests {
 
     fn tracker_holding(bytes: u64, files: u64) -> QuotaTracker {
         QuotaTracker::new(Quota::default(), QuotaUsage { bytes, files })
+    }
+
+    #[test]
+    fn a_replaced_file_left_untouched_is_counted_again_only_by_its_sole_upload() {
+        let t = tracker_holding(100, 1);
+        let joined = t.join_upload(1, 60, 0, t.releases());
+        assert_eq!(joined.released, 60);
+        assert_eq!(t.usage().bytes, 40);
+        assert!(t.restore_replaced(1, 60));
+        assert_eq!(t.usage().bytes, 100);
+        assert_eq!(t.leave_upload(1, 0, None), Released::default());
+        assert_eq!(t.usage().bytes, 100);
+
+        // Another upload joined: the file is theirs to change, and the old bytes stay given back.
+        t.join_upload(2, 30, 0, t.releases());
+        t.join_upload(2, 0, 0, t.releases());
+        assert!(!t.restore_replaced(2, 30));
+        assert_eq!(t.usage().bytes, 70);
     }
 
     #[test]

@@ -281,6 +281,17 @@ impl Upload {
             fail_upload(s, reason.to_string(), true).await;
         }
     }
+
+    /// Ends the upload as failed before its data could start (FTP: the data connection never came). A file it was
+    /// to replace is left as it was, as vsftpd leaves it, rather than emptied: a firewall in the way of a passive
+    /// connection must not cost the user the file. Once data could come, [`Upload::fail`] empties the file even if
+    /// nothing arrived, so that a client resuming by size finds nothing of the old file to append to.
+    pub async fn fail_unstarted(mut self, reason: impl fmt::Display) {
+        if let Some(mut s) = self.state.take() {
+            keep_untouched_file(&mut s);
+            fail_upload(s, reason.to_string(), true).await;
+        }
+    }
 }
 
 impl UploadState {
@@ -440,6 +451,21 @@ async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
         }
     }
     record(s, Some(error), None).await;
+}
+
+/// Leaves the file an upload that wrote nothing was to replace as it was, and counts its old bytes again (see
+/// [`Upload::fail_unstarted`]). Only where nothing else has touched the file's accounts since (see
+/// [`crate::quota::QuotaTracker::restore_replaced`]); otherwise the file is emptied as the upload would have, so
+/// that the accounts hold.
+fn keep_untouched_file(s: &mut UploadState) {
+    let released = u64::try_from(-s.bytes_delta).unwrap_or(0);
+    if s.transferred > 0 || s.grown > 0 || s.temp.is_some() || released == 0 {
+        return;
+    }
+    if s.writer.holds_old_data() && s.session.quota().restore_replaced(s.file_id, released) {
+        s.writer.keep_old_data();
+        s.bytes_delta = 0;
+    }
 }
 
 /// Leaves the file's registration (see [`UploadState::leave`]), then stores the usage and publishes the event.

@@ -112,7 +112,7 @@ pub async fn run(
     let mut stream = match connected {
         Ok(stream) => stream,
         Err(e) => {
-            job.fail(&e).await;
+            job.fail_unconnected(&e).await;
             return Err(e);
         }
     };
@@ -171,10 +171,11 @@ fn cork(tcp: &TcpStream) {
 }
 
 impl Job {
-    async fn fail(self, reason: &TransferError) {
+    /// Ends a job whose data connection never came: an upload leaves the file it was to replace as it was.
+    async fn fail_unconnected(self, reason: &TransferError) {
         match self {
             Job::Download { download, .. } => download.fail(reason),
-            Job::Upload { upload, .. } => upload.fail(reason).await,
+            Job::Upload { upload, .. } => upload.fail_unstarted(reason).await,
             Job::Listing { .. } => {}
         }
     }

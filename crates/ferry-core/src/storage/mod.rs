@@ -149,6 +149,17 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {
         Ok(None)
     }
 
+    /// Whether the file still holds the data it had before the upload, which this writer is to replace (at its
+    /// first write, or its shutdown): false (the default) where nothing is to be replaced, or where the storage
+    /// replaced it when it opened the file.
+    fn holds_old_data(&self) -> bool {
+        false
+    }
+
+    /// Gives up replacing the old data (see [`FileWriter::holds_old_data`]), for an upload that ends before its
+    /// first write: the shutdown then leaves the file as it was.
+    fn keep_old_data(&mut self) {}
+
     /// The file as the open found it (before any truncation the open did itself), known without a trip of its own.
     fn opened(&self) -> FileState;
 

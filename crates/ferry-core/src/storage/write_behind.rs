@@ -185,6 +185,15 @@ impl FileWriter for WriteBehind {
         Ok(Some(Arc::clone(file)))
     }
 
+    fn holds_old_data(&self) -> bool {
+        // Set until the first write empties the file (or the shutdown does).
+        self.emptying
+    }
+
+    fn keep_old_data(&mut self) {
+        self.emptying = false;
+    }
+
     fn opened(&self) -> FileState {
         self.opened
     }
