@@ -345,6 +345,14 @@ def test_site_chmod_changes_the_mode(ferry, ftp):
     assert os.stat(path).st_mode & 0o777 == 0o600
 
 
+def test_the_home_itself_keeps_its_mode(ferry, ftp):
+    before = os.stat(home(ferry)).st_mode & 0o777
+    assert code(send(ftp, "SITE CHMOD 000 /")) == 550
+    assert code(send(ftp, "SITE CHMOD 000 .")) == 550
+    assert os.stat(home(ferry)).st_mode & 0o777 == before
+    assert code(send(ftp, "NOOP")) == 200
+
+
 def test_site_chmod_of_a_missing_file_gets_550(ftp):
     assert code(send(ftp, "SITE CHMOD 600 missing.txt")) == 550
 

@@ -576,6 +576,11 @@ impl Session {
     /// Changes Unix permission bits (only the 0o777 bits; setuid and friends are refused).
     pub async fn set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
         let result = async {
+            // The home itself keeps the mode the server gave it: `chmod 000 /` would lock its owner out of it
+            // (the server, running as that owner, could no longer look inside), as `RMD /` would.
+            if path.is_root() {
+                return Err(CoreError::AccessDenied);
+            }
             self.check(Permission::Chmod, path)?;
             visible(path)?;
             if mode & !0o777 != 0 {
