@@ -17,8 +17,8 @@ use super::cached_read::CachedReader;
 use super::local_listing::LocalDirReader;
 use super::write_behind::{self, WriteBehind};
 use super::{
-    Capabilities, DirBatches, DirStream, FileKind, FileWriter, Metadata, NotARegularFile,
-    OpenedFile, Storage, WriteMode, WritePlanner,
+    Capabilities, DirBatches, DirStream, FileKind, FileState, FileWriter, Metadata,
+    NotARegularFile, OpenedFile, Storage, WriteMode, WritePlanner,
 };
 use crate::account::QuotaUsage;
 
@@ -117,19 +117,28 @@ pub(super) fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
-/// Opens the regular file `path` for reading on the calling thread if the kernel can do it from its caches alone:
-/// openat2 with `RESOLVE_CACHED` fails with `EAGAIN` rather than wait for the disk, and `RESOLVE_BENEATH |
-/// RESOLVE_NO_MAGICLINKS` confine it as cap-std's own opens are confined. A download of a cached file then needs no
-/// trip to the blocking pool at all (with [`CachedReader`] and sendfile). `None` for anything else, errors
-/// included: the caller opens on the blocking pool, which reports errors as usual. `O_NONBLOCK` keeps the open of a
-/// FIFO from waiting for a writer; it is cleared again on the regular files that are returned.
+/// Opens the existing regular file `path` as `access` says on the calling thread if the kernel can do it from its
+/// caches alone: openat2 with `RESOLVE_CACHED` fails with `EAGAIN` rather than wait for the disk, and
+/// `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS` confine it as cap-std's own opens are confined. A download of a cached
+/// file then needs no trip to the blocking pool at all (with [`CachedReader`] and sendfile), and an upload replacing
+/// a file one trip (its write with the close). The kernel refuses `RESOLVE_CACHED` with `O_CREAT`, so a new file is
+/// always created on the blocking pool. `None` for anything else, errors included: the caller opens on the blocking
+/// pool, which reports errors as usual. `O_NONBLOCK` keeps the open of a FIFO from waiting for a peer (and one
+/// breaking a lease from waiting for its holder); it is cleared again on the regular files that are returned.
 #[cfg(target_os = "linux")]
-fn open_cached(root: &Dir, path: &str) -> Option<(std::fs::File, Metadata)> {
+fn open_cached(root: &Dir, path: &str, access: Access) -> Option<(std::fs::File, Metadata)> {
     use rustix::fs::{openat2, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
+    let io = OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
+    let flags = match access {
+        Access::Read => OFlags::RDONLY | io,
+        Access::Write => OFlags::WRONLY | io,
+        Access::Append => OFlags::WRONLY | OFlags::APPEND | io,
+        Access::Lookup => OFlags::PATH | OFlags::CLOEXEC,
+    };
     let fd = openat2(
         root,
         path,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY,
+        flags,
         Mode::empty(),
         ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS | ResolveFlags::CACHED,
     )
@@ -139,13 +148,26 @@ fn open_cached(root: &Dir, path: &str) -> Option<(std::fs::File, Metadata)> {
     if metadata.kind != FileKind::File {
         return None;
     }
-    rustix::fs::fcntl_setfl(&fd, OFlags::empty()).ok()?;
+    if flags.contains(OFlags::NONBLOCK) {
+        // O_NONBLOCK off again, O_APPEND kept.
+        rustix::fs::fcntl_setfl(&fd, flags & OFlags::APPEND).ok()?;
+    }
     Some((std::fs::File::from(fd), metadata))
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_cached(_root: &Dir, _path: &str) -> Option<(std::fs::File, Metadata)> {
+fn open_cached(_root: &Dir, _path: &str, _access: Access) -> Option<(std::fs::File, Metadata)> {
     None
+}
+
+/// How [`open_cached`] opens a file.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+    Append,
+    /// Only to look at it (`O_PATH`).
+    Lookup,
 }
 
 /// Creates the symlink `link` to `target` (blocking), with the link's directory reached without following any
@@ -262,9 +284,37 @@ fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBeh
         WriteMode::At { .. } => options.create(true),
         WriteMode::Append => options.create(true).append(true),
     };
-    let (mut file, metadata) = open_regular(dir, path, &mut options)?;
+    let (file, metadata) = open_regular(dir, path, &mut options)?;
     // The one look at the opened file an upload needs (for its quota account), which the replacing check shares.
-    let opened = write_behind::state_of(&metadata);
+    writer_for(file, write_behind::state_of(&metadata), mode)
+}
+
+/// [`open_for_write`] on the calling thread, when the file exists, [`open_cached`] can open it, and nothing that
+/// could wait for the disk (a truncation) is to follow.
+fn open_existing_cached(root: &Dir, path: &str, mode: WriteMode) -> Option<WriteBehind> {
+    let access = match mode {
+        WriteMode::Truncate
+        | WriteMode::At {
+            truncate: false, ..
+        } => Access::Write,
+        WriteMode::Append => Access::Append,
+        WriteMode::CreateNew | WriteMode::At { truncate: true, .. } => return None,
+    };
+    let (file, metadata) = open_cached(root, path, access)?;
+    let opened = FileState {
+        unique_id: metadata.unique_id,
+        size: metadata.size,
+        nlink: metadata.nlink,
+    };
+    writer_for(file, opened, mode).ok()
+}
+
+/// The writer of `file`, just opened as `mode` says, which was `opened` then (blocking when `mode` truncates).
+fn writer_for(
+    mut file: std::fs::File,
+    opened: FileState,
+    mode: WriteMode,
+) -> io::Result<WriteBehind> {
     match mode {
         WriteMode::Truncate if opened.size > 0 => {
             return Ok(WriteBehind::replacing(file, opened));
@@ -339,7 +389,7 @@ impl Storage for LocalStorage {
             }
             Ok(())
         };
-        if let Some((mut file, metadata)) = open_cached(&self.root, path) {
+        if let Some((mut file, metadata)) = open_cached(&self.root, path, Access::Read) {
             seek(&mut file, metadata.size)?;
             return Ok(OpenedFile {
                 reader: Box::new(CachedReader::new(file, offset)),
@@ -363,7 +413,11 @@ impl Storage for LocalStorage {
     }
 
     async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>> {
-        let path = rel(path).to_owned();
+        let path = rel(path);
+        if let Some(writer) = open_existing_cached(&self.root, path, mode) {
+            return Ok(Box::new(writer));
+        }
+        let path = path.to_owned();
         let writer = self.run(move |d| open_for_write(d, &path, mode)).await?;
         Ok(Box::new(writer))
     }
@@ -373,7 +427,13 @@ impl Storage for LocalStorage {
         path: &str,
         plan: WritePlanner,
     ) -> io::Result<Box<dyn FileWriter>> {
-        let path = rel(path).to_owned();
+        let path = rel(path);
+        // An existing file the kernel has in its caches is planned for here, and opened here too if it can be.
+        if let Some((_, existing)) = open_cached(&self.root, path, Access::Lookup) {
+            let target = plan(Some(&existing))?;
+            return self.open_write(&target.path, target.mode).await;
+        }
+        let path = path.to_owned();
         let writer = self
             .run(move |d| {
                 let existing = match d.metadata(path) {
@@ -528,6 +588,7 @@ impl Storage for LocalStorage {
 mod tests {
     use super::*;
     use crate::error::CoreError;
+    use crate::storage::WriteTarget;
     use std::os::unix::fs::OpenOptionsExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -600,13 +661,14 @@ mod tests {
         for name in ["f", "d", "inside", "abs", "rel", "fifo"] {
             let _ = std::fs::symlink_metadata(home.join(name));
         }
-        let (file, meta) = open_cached(&s.root, "f").expect("a cached regular file opens inline");
+        let (file, meta) =
+            open_cached(&s.root, "f", Access::Read).expect("a cached regular file opens inline");
         assert_eq!(meta.size, 10);
         let flags = rustix::fs::fcntl_getfl(&file).unwrap();
         assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
         // A symlink inside the root may be followed inline or left to the blocking pool (the kernel does not
         // always follow links from its caches alone), never to anything but its target.
-        if let Some((_, meta)) = open_cached(&s.root, "inside") {
+        if let Some((_, meta)) = open_cached(&s.root, "inside", Access::Read) {
             assert_eq!(meta.size, 10);
         }
         // A FIFO without a writer would block an open without O_NONBLOCK: this returns at once.
@@ -619,12 +681,78 @@ mod tests {
             "/etc/passwd",
             "missing",
         ] {
-            assert!(open_cached(&s.root, other).is_none(), "{other}");
+            assert!(
+                open_cached(&s.root, other, Access::Read).is_none(),
+                "{other}"
+            );
         }
         let mut opened = s.open_read("f", 4).await.unwrap();
         let mut out = String::new();
         opened.reader.read_to_string(&mut out).await.unwrap();
         assert_eq!((out.as_str(), opened.metadata.size), ("456789", 10));
+    }
+
+    /// An upload over a cached file is planned for and opened on the calling thread; whatever could wait for the
+    /// disk (a truncation, a creation) is left to the blocking pool, with the same outcome.
+    #[tokio::test]
+    async fn cached_write_opens_replace_and_append_inline() {
+        let (tmp, s) = storage().await;
+        let home = tmp.path().join("home");
+        std::fs::write(home.join("f"), b"0123456789").unwrap();
+        let _ = std::fs::metadata(home.join("f"));
+        let (_, looked) = open_cached(&s.root, "f", Access::Lookup).expect("looked at inline");
+        let blocking = s.metadata("f").await.unwrap();
+        assert_eq!(
+            (looked.kind, looked.size, looked.unique_id, looked.mode),
+            (
+                blocking.kind,
+                blocking.size,
+                blocking.unique_id,
+                blocking.mode
+            )
+        );
+        let (file, _) = open_cached(&s.root, "f", Access::Append).expect("opened inline");
+        let flags = rustix::fs::fcntl_getfl(&file).unwrap();
+        assert!(flags.contains(rustix::fs::OFlags::APPEND));
+        assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
+        let truncating = WriteMode::At {
+            offset: 2,
+            truncate: true,
+        };
+        for mode in [WriteMode::CreateNew, truncating] {
+            assert!(open_existing_cached(&s.root, "f", mode).is_none());
+        }
+        let replacing = open_existing_cached(&s.root, "f", WriteMode::Truncate).expect("inline");
+        assert_eq!(replacing.opened().size, 10);
+        drop(replacing);
+
+        let planned = |mode| -> WritePlanner {
+            Box::new(move |existing: Option<&Metadata>| {
+                assert_eq!(existing.map(|m| m.size), Some(10));
+                Ok(WriteTarget {
+                    path: "f".into(),
+                    mode,
+                })
+            })
+        };
+        let mut w = s
+            .open_write_planned("f", planned(WriteMode::Truncate))
+            .await
+            .unwrap();
+        w.write_last(b"abc".to_vec()).await.unwrap();
+        w.shutdown().await.unwrap();
+        assert_eq!(std::fs::read(home.join("f")).unwrap(), b"abc");
+        std::fs::write(home.join("f"), b"0123456789").unwrap();
+        for (mode, expected) in [
+            (WriteMode::Append, &b"0123456789xy"[..]),
+            (truncating, b"01xy"),
+        ] {
+            let mut w = s.open_write_planned("f", planned(mode)).await.unwrap();
+            w.write_last(b"xy".to_vec()).await.unwrap();
+            w.shutdown().await.unwrap();
+            assert_eq!(std::fs::read(home.join("f")).unwrap(), expected);
+            std::fs::write(home.join("f"), b"0123456789").unwrap();
+        }
     }
 
     /// Without O_NONBLOCK on the blocking-pool opens, each of these waited for the FIFO's other end for ever.
