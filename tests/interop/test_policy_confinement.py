@@ -233,6 +233,28 @@ def test_nul_byte_in_path_is_refused(ferry, setup, verb):
     ftp.quit()
 
 
+def test_listings_do_not_show_link_targets_outside_the_home(ferry, setup, tmp_path):
+    """A link's target that leads outside the home would show the server's paths: LIST leaves it out (the link is
+    still listed); a target inside the home is shown."""
+    home, _ = setup
+    os.symlink(str(tmp_path / "far" / "far-secret.txt"), home / "abs-link")
+    os.symlink("../secret.txt", home / "rel-link")
+    os.symlink("mine.txt", home / "inside-link")
+    ftp = ftp_login(ferry)
+    for cmd in ("LIST", "LIST -a"):
+        lines = []
+        ftp.retrlines(cmd, lines.append)
+        by_name = {l.split(" -> ")[0].split()[-1]: l for l in lines}
+        assert set(by_name) >= {"abs-link", "rel-link", "inside-link"}, lines
+        assert by_name["inside-link"].endswith("inside-link -> mine.txt"), lines
+        for name in ("abs-link", "rel-link"):
+            assert by_name[name].endswith(f" {name}"), lines
+        assert not any("far" in l or "secret" in l for l in lines), lines
+    stat = ftp.sendcmd("STAT .")
+    assert "secret" not in stat and "far" not in stat, stat
+    ftp.quit()
+
+
 def test_home_symlink_inside_home_still_works(ferry, setup):
     """Links that stay inside the home are not refused for being links (the check is about the target)."""
     home, _ = setup

@@ -399,6 +399,23 @@ def test_sftp_symlinks_cannot_point_outside(ferry, outside):
     assert_untouched(outside)
 
 
+def test_sftp_readlink_hides_targets_outside_the_home(ferry, outside):
+    """READLINK of a link that leads outside the home would show the server's paths: refused; inside, answered."""
+    home = ferry.home("alice")
+    put_file(home / "mine.txt", b"mine")
+    os.symlink("mine.txt", home / "inside-link")
+    c = SftpClient(ferry, "alice", "secret")
+    try:
+        for link in ("abs-link", "rel-link", "dir-link"):
+            with pytest.raises(PermissionError):
+                c.sftp.readlink(link)
+        assert c.sftp.readlink("inside-link") == "mine.txt"
+        # The links themselves are still listed.
+        assert {"abs-link", "rel-link", "dir-link", "inside-link"} <= set(c.sftp.listdir("."))
+    finally:
+        c.close()
+
+
 def test_scp_and_checksums_cannot_reach_outside(ferry, tmp_path, outside):
     from helpers_sftp import ssh_exec
 

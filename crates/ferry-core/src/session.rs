@@ -154,15 +154,26 @@ impl Session {
         Ok(self.storage().symlink_metadata(path.relative()).await?)
     }
 
-    /// Streams the entries of a directory, without the temporary files of atomic uploads.
+    /// Streams the entries of a directory, without the temporary files of atomic uploads, and without the targets
+    /// of symlinks that lead outside the home (which would show the server's paths; the links themselves fail).
     pub async fn list(&self, path: &VirtualPath) -> CoreResult<DirStream> {
         self.check(Permission::List, path)?;
         visible(path)?;
+        let dir = path.clone();
         Ok(self
             .storage()
             .read_dir(path.relative())
             .await?
-            .hiding(is_upload_temp_name))
+            .filtering(Box::new(move |entry| {
+                if entry
+                    .link_target
+                    .as_deref()
+                    .is_some_and(|target| !dir.holds_link_to(target))
+                {
+                    entry.link_target = None;
+                }
+                !is_upload_temp_name(&entry.name)
+            })))
     }
 
     /// Opens a file for download from `offset` on; an offset beyond the end is an error.
@@ -471,11 +482,15 @@ impl Session {
         Ok(())
     }
 
-    /// The target of a symlink, as stored.
+    /// The target of a symlink, as stored, when it leads to a place inside the home (see [`Session::list`]).
     pub async fn read_link(&self, path: &VirtualPath) -> CoreResult<String> {
         self.check(Permission::List, &path.parent())?;
         visible(path)?;
-        Ok(self.storage().read_link(path.relative()).await?)
+        let target = self.storage().read_link(path.relative()).await?;
+        if !path.parent().holds_link_to(&target) {
+            return Err(CoreError::AccessDenied);
+        }
+        Ok(target)
     }
 
     /// Creates a symlink at `link` to `target`, a path relative to the link's directory or absolute from the home.
@@ -824,4 +839,49 @@ fn check_offset(offset: u64, size: u64) -> CoreResult<()> {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::Permissions;
+    use crate::transfer::tests::{path, session};
+
+    /// Targets that lead outside the home (absolute ones name the server's own file system) are not shown: not in
+    /// listings, not by READLINK. The links themselves are listed.
+    #[tokio::test]
+    async fn link_targets_outside_the_home_are_not_shown() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = session(&tmp, Permissions::all(), None).await;
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join("d/e")).unwrap();
+        std::fs::write(home.join("f"), b"x").unwrap();
+        let links = [
+            ("d/abs", "/etc/passwd", false),
+            ("d/climbs", "../../outside", false),
+            ("d/deep", "e/../../f", true),
+            ("d/up", "../f", true),
+            ("d/e/top", "../../f", true),
+        ];
+        for (link, target, _) in links {
+            std::os::unix::fs::symlink(target, home.join(link)).unwrap();
+        }
+        let mut shown = std::collections::BTreeMap::new();
+        for dir in ["/d", "/d/e"] {
+            let mut entries = s.list(&path(dir)).await.unwrap();
+            while let Some(entry) = entries.next().await {
+                let entry = entry.unwrap();
+                shown.insert(format!("{dir}/{}", entry.name), entry.link_target);
+            }
+        }
+        for (link, target, inside) in links {
+            let expected = inside.then(|| target.to_owned());
+            assert_eq!(shown[&format!("/{link}")], expected, "{link}");
+            let read = s.read_link(&path(&format!("/{link}"))).await;
+            match read {
+                Ok(read) => assert!(inside && read == target, "{link}"),
+                Err(e) => assert!(!inside && matches!(e, CoreError::AccessDenied), "{link}"),
+            }
+        }
+    }
 }

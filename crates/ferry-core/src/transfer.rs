@@ -631,7 +631,7 @@ impl Drop for Download {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::sync::Arc;
 
     use super::*;
@@ -644,7 +644,7 @@ mod tests {
     use crate::store::SqliteAccountStore;
 
     /// A session for an account with `permissions` and a byte quota of `max_bytes`.
-    pub(super) async fn session(
+    pub(crate) async fn session(
         tmp: &tempfile::TempDir,
         permissions: Permissions,
         max_bytes: Option<u64>,
@@ -668,7 +668,7 @@ mod tests {
         core.login("u", "pw", &client).await.unwrap()
     }
 
-    pub(super) fn path(s: &str) -> VirtualPath {
+    pub(crate) fn path(s: &str) -> VirtualPath {
         VirtualPath::parse(s).unwrap()
     }
 

@@ -63,23 +63,20 @@ impl VirtualPath {
     /// Like [`VirtualPath::resolve`], but a `..` that would climb above the root is an error instead of staying at
     /// the root: for symlink targets, which must not point outside the home.
     pub fn resolve_beneath(cwd: &VirtualPath, input: &str) -> Result<VirtualPath, CoreError> {
-        let depth_of_cwd = if input.starts_with('/') {
+        let start = if input.starts_with('/') {
             0
         } else {
             cwd.components().count()
         };
-        let mut depth = depth_of_cwd;
-        for part in input.split('/') {
-            match part {
-                "" | "." => {}
-                ".." if depth == 0 => {
-                    return Err(CoreError::AccessDenied);
-                }
-                ".." => depth -= 1,
-                _ => depth += 1,
-            }
-        }
+        depth_after(start, input).ok_or(CoreError::AccessDenied)?;
         Self::resolve(cwd, input)
+    }
+
+    /// Whether the symlink target `target`, as stored in a link in the directory `self`, leads to a place inside
+    /// the home: relative, and no `..` climbing above the home on the way. On disk an absolute target names the
+    /// server's own file system, which ferry never follows and does not show.
+    pub fn holds_link_to(&self, target: &str) -> bool {
+        !target.starts_with('/') && depth_after(self.components().count(), target).is_some()
     }
 
     /// The relative path that leads from the directory `dir` to `self` (`.` when they are the same), as stored in
@@ -180,6 +177,19 @@ impl fmt::Debug for VirtualPath {
     }
 }
 
+/// The depth below the root reached by following the relative `path` from a directory `depth` levels below it;
+/// `None` when a `..` climbs above the root on the way.
+fn depth_after(mut depth: usize, path: &str) -> Option<usize> {
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => depth = depth.checked_sub(1)?,
+            _ => depth += 1,
+        }
+    }
+    Some(depth)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -257,6 +267,17 @@ mod tests {
         );
         assert!(VirtualPath::resolve_beneath(&vp("/a"), "../../etc/passwd").is_err());
         assert!(VirtualPath::resolve_beneath(&vp("/"), "/..").is_err());
+    }
+
+    #[test]
+    fn link_targets_inside_are_relative_and_never_climb_out() {
+        assert!(vp("/a/b").holds_link_to("../c"));
+        assert!(vp("/a").holds_link_to("b/../../c"));
+        assert!(vp("/").holds_link_to("./x"));
+        assert!(!vp("/a").holds_link_to("../../c"));
+        assert!(!vp("/a").holds_link_to("b/../../../c"));
+        assert!(!vp("/").holds_link_to(".."));
+        assert!(!vp("/a").holds_link_to("/a/c"));
     }
 
     #[test]

@@ -180,9 +180,12 @@ pub struct DirStream {
     ahead: Option<Arc<ReadAhead>>,
     /// The batch being consumed.
     current: std::vec::IntoIter<DirEntry>,
-    /// Names the stream leaves out (see [`DirStream::hiding`]).
-    hidden: Option<fn(&str) -> bool>,
+    /// Decides on each entry (see [`DirStream::filtering`]).
+    filter: Option<EntryFilter>,
 }
+
+/// Keeps (`true`) or leaves out an entry of a [`DirStream`], and may change it on the way.
+pub type EntryFilter = Box<dyn FnMut(&mut DirEntry) -> bool + Send>;
 
 /// Batches a [`DirStream`] reads ahead of its consumer before its reader stops.
 pub const READ_AHEAD: usize = 2;
@@ -265,7 +268,7 @@ impl DirStream {
         DirStream {
             ahead: Some(ahead),
             current: Vec::new().into_iter(),
-            hidden: None,
+            filter: None,
         }
     }
 
@@ -274,20 +277,20 @@ impl DirStream {
         DirStream {
             ahead: None,
             current: entries.into_iter(),
-            hidden: None,
+            filter: None,
         }
     }
 
-    /// The same stream without the entries whose names `hidden` picks.
-    pub fn hiding(mut self, hidden: fn(&str) -> bool) -> Self {
-        self.hidden = Some(hidden);
+    /// The same stream with each entry passed through `filter` first.
+    pub fn filtering(mut self, filter: EntryFilter) -> Self {
+        self.filter = Some(filter);
         self
     }
 
     pub async fn next(&mut self) -> Option<io::Result<DirEntry>> {
         loop {
-            if let Some(entry) = self.current.next() {
-                if self.hidden.is_some_and(|hidden| hidden(&entry.name)) {
+            if let Some(mut entry) = self.current.next() {
+                if self.filter.as_mut().is_some_and(|keep| !keep(&mut entry)) {
                     continue;
                 }
                 return Some(Ok(entry));
