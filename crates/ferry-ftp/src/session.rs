@@ -54,6 +54,26 @@ struct RunningTransfer {
 }
 
 /// State of one control connection.
+/// What the client chose with `TYPE`, `EPSV ALL`, `OPTS HASH` and `OPTS MLST`; `REIN` restores the defaults.
+struct ClientOptions {
+    transfer_type: TransferType,
+    epsv_all: bool,
+    hash_algorithm: HashAlgorithm,
+    /// Bit i set: MLST_FACTS[i] is shown.
+    mlst_facts: u8,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            transfer_type: TransferType::Binary,
+            epsv_all: false,
+            hash_algorithm: HashAlgorithm::Sha256,
+            mlst_facts: u8::MAX,
+        }
+    }
+}
+
 pub(crate) struct FtpSession {
     shared: Arc<Shared>,
     control: Control,
@@ -62,17 +82,13 @@ pub(crate) struct FtpSession {
     pending_user: Option<String>,
     session: Option<Session>,
     cwd: VirtualPath,
-    transfer_type: TransferType,
+    options: ClientOptions,
     rest: u64,
     rename_from: Option<VirtualPath>,
     data: Option<DataSetup>,
-    epsv_all: bool,
     pbsz: bool,
     prot: ProtLevel,
-    hash_algorithm: HashAlgorithm,
     hash_range: Option<(u64, u64)>,
-    /// Bit i set: MLST_FACTS[i] is shown.
-    mlst_facts: u8,
     failed_logins: u32,
     transfer: Option<RunningTransfer>,
     shutting_down: bool,
@@ -97,16 +113,13 @@ impl FtpSession {
             pending_user: None,
             session: None,
             cwd: VirtualPath::root(),
-            transfer_type: TransferType::Binary,
+            options: ClientOptions::default(),
             rest: 0,
             rename_from: None,
             data: None,
-            epsv_all: false,
             pbsz: false,
             prot: ProtLevel::Clear,
-            hash_algorithm: HashAlgorithm::Sha256,
             hash_range: None,
-            mlst_facts: u8::MAX,
             failed_logins: 0,
             transfer: None,
             shutting_down: false,
@@ -264,10 +277,7 @@ impl FtpSession {
                 self.abort_transfer().await;
                 self.reset_login();
                 // Back to the defaults of a new connection, except for the control connection's TLS and its PBSZ/PROT.
-                self.transfer_type = TransferType::Binary;
-                self.epsv_all = false;
-                self.hash_algorithm = HashAlgorithm::Sha256;
-                self.mlst_facts = u8::MAX;
+                self.options = ClientOptions::default();
                 self.send(Code::Ready, "Ready for a new user").await?;
             }
             Command::Quit => {
@@ -321,7 +331,7 @@ impl FtpSession {
             Command::Stat(None) => self.stat().await?,
             Command::Stat(Some(path)) => self.stat_path(&path).await?,
             Command::Type(t) => {
-                self.transfer_type = t;
+                self.options.transfer_type = t;
                 let name = if t == TransferType::Ascii {
                     "ASCII"
                 } else {
@@ -341,7 +351,7 @@ impl FtpSession {
                     .reply(&features(
                         self.shared.acceptor.is_some(),
                         &self.facts(),
-                        self.hash_algorithm,
+                        self.options.hash_algorithm,
                     ))
                     .await?
             }
@@ -366,7 +376,7 @@ impl FtpSession {
             }
             Command::Pasv => self.pasv().await?,
             Command::Epsv { all: true, .. } => {
-                self.epsv_all = true;
+                self.options.epsv_all = true;
                 self.send(Code::Ok, "EPSV ALL ok").await?;
             }
             Command::Epsv {
@@ -387,8 +397,14 @@ impl FtpSession {
             Command::Hash(path) => {
                 let range = self.hash_range.take();
                 let (start, len) = range.map_or((0, None), |r| (r.0, range_len(r)));
-                self.hash(&path, self.hash_algorithm, start, len, HashReply::Draft)
-                    .await?
+                self.hash(
+                    &path,
+                    self.options.hash_algorithm,
+                    start,
+                    len,
+                    HashReply::Draft,
+                )
+                .await?
             }
             Command::Rang(range) => {
                 self.hash_range = range;
@@ -687,7 +703,7 @@ impl FtpSession {
         match opts {
             Opts::Utf8(_) => self.send(Code::Ok, "Always in UTF8 mode").await,
             Opts::Mlst(facts) => {
-                self.mlst_facts = MLST_FACTS
+                self.options.mlst_facts = MLST_FACTS
                     .iter()
                     .enumerate()
                     .filter(|(_, f)| facts.iter().any(|g| g == *f))
@@ -700,10 +716,13 @@ impl FtpSession {
                 self.send(Code::Ok, format!("MLST OPTS {shown}")).await
             }
             Opts::Hash(Some(algorithm)) => {
-                self.hash_algorithm = algorithm;
+                self.options.hash_algorithm = algorithm;
                 self.send(Code::Ok, algorithm.name()).await
             }
-            Opts::Hash(None) => self.send(Code::Ok, self.hash_algorithm.name()).await,
+            Opts::Hash(None) => {
+                self.send(Code::Ok, self.options.hash_algorithm.name())
+                    .await
+            }
             Opts::Other(name) => {
                 self.send(Code::ArgumentError, format!("Option {name} not understood"))
                     .await
@@ -715,7 +734,7 @@ impl FtpSession {
         MLST_FACTS
             .iter()
             .enumerate()
-            .filter(|(i, _)| self.mlst_facts & (1 << i) != 0)
+            .filter(|(i, _)| self.options.mlst_facts & (1 << i) != 0)
             .map(|(_, f)| f.to_string())
             .collect()
     }
@@ -771,7 +790,7 @@ impl FtpSession {
     }
 
     async fn pasv(&mut self) -> io::Result<()> {
-        if self.epsv_all {
+        if self.options.epsv_all {
             return self
                 .send(Code::BadSequence, "Only EPSV is allowed after EPSV ALL")
                 .await;
@@ -819,7 +838,7 @@ impl FtpSession {
     }
 
     async fn port(&mut self, target: SocketAddr) -> io::Result<()> {
-        if self.epsv_all {
+        if self.options.epsv_all {
             return self
                 .send(Code::BadSequence, "Only EPSV is allowed after EPSV ALL")
                 .await;
@@ -982,7 +1001,7 @@ impl FtpSession {
             format!("Logged in as {user}"),
             format!(
                 "TYPE: {}",
-                if self.transfer_type == TransferType::Ascii {
+                if self.options.transfer_type == TransferType::Ascii {
                     "ASCII"
                 } else {
                     "BINARY"
@@ -1179,7 +1198,7 @@ impl FtpSession {
             Ok(download) => download,
             Err(reply) => return self.control.reply(&restart_reply(reply, offset)).await,
         };
-        let ascii = self.transfer_type == TransferType::Ascii;
+        let ascii = self.options.transfer_type == TransferType::Ascii;
         let opening = format!(
             "Opening {} mode data connection for {} ({} bytes)",
             if ascii { "ASCII" } else { "BINARY" },
@@ -1228,7 +1247,7 @@ impl FtpSession {
             Err(reply) => return self.control.reply(&restart_reply(reply, offset)).await,
         };
         let path = upload.path().map(ToString::to_string).unwrap_or_default();
-        let ascii = self.transfer_type == TransferType::Ascii;
+        let ascii = self.options.transfer_type == TransferType::Ascii;
         let opening = format!("Ok to send data for {path}");
         self.start_transfer(
             setup,
@@ -1263,7 +1282,7 @@ impl FtpSession {
             .and_then(|p| p.file_name())
             .unwrap_or_default()
             .to_owned();
-        let ascii = self.transfer_type == TransferType::Ascii;
+        let ascii = self.options.transfer_type == TransferType::Ascii;
         let job = Job::Upload { upload, ascii };
         self.start_transfer(
             setup,
