@@ -57,6 +57,36 @@ def test_a_file_opened_with_trunc_is_empty_before_the_first_write(ferry):
     assert (ferry.home("alice") / "old.txt").read_bytes() == b"new\n"
 
 
+def test_create_exclusive_and_trunc_apply_without_the_write_flag(ferry):
+    """CREAT, EXCL and TRUNC act as open(2)'s flags on a handle opened only for reading, as OpenSSH's sftp-server
+    passes them on: paramiko's open(name, "x") is a lock that fails when the file exists. Before, they were ignored
+    unless WRITE was set, so the lock was taken twice."""
+    home = ferry.home("alice")
+    (home / "lock").write_bytes(b"")
+    (home / "full.txt").write_bytes(b"some data\n")
+    READ, CREAT, TRUNC, EXCL = 0x1, 0x8, 0x10, 0x20
+
+    def open_flags(sftp, name, flags):
+        t, msg = sftp._request(paramiko.sftp.CMD_OPEN, name, flags, paramiko.SFTPAttributes())
+        sftp._request(paramiko.sftp.CMD_CLOSE, msg.get_binary())
+
+    with sftp_client(ferry) as sftp:
+        with pytest.raises(IOError):
+            sftp.open("lock", "x")
+        with pytest.raises(IOError):
+            open_flags(sftp, "lock", READ | CREAT | EXCL)
+        sftp.open("new-lock", "x").close()
+        open_flags(sftp, "created.txt", READ | CREAT)
+        open_flags(sftp, "lock", READ | CREAT)
+        open_flags(sftp, "full.txt", READ | TRUNC)
+        with pytest.raises(IOError):
+            open_flags(sftp, "missing.txt", READ | TRUNC)
+    assert (home / "new-lock").read_bytes() == b""
+    assert (home / "created.txt").read_bytes() == b""
+    assert (home / "full.txt").read_bytes() == b""
+    assert not (home / "missing.txt").exists()
+
+
 def test_listdir_attr_and_stat(ferry):
     home = ferry.home("alice")
     (home / "d").mkdir(parents=True)

@@ -177,3 +177,50 @@ def test_creation_modes_need_no_chmod_permission(ferry, tmp_path):
             sftp.chmod("private.bin", 0o644)
     assert (home / "mine").stat().st_mode & 0o777 == 0o700
     assert (home / "shared").stat().st_mode & 0o777 == 0o755
+
+
+def test_legacy_recursive_upload_creates_directories_with_their_mode(ferry, tmp_path, bob):
+    """Without -p, a directory the upload creates gets the mode of its D line (less group and other write), as
+    OpenSSH's sink creates it: a private tree stays private. Before, directories got the server's default 0755."""
+    home, key = bob
+    write_random(tmp_path / "priv" / "inner" / "secret.bin", 1000, seed=7)
+    os.chmod(tmp_path / "priv" / "inner" / "secret.bin", 0o600)
+    for d in ("priv/inner", "priv"):
+        os.chmod(tmp_path / d, 0o700)
+    scp(ferry, tmp_path, key, "-r", "priv", "bob@HOST:", legacy=True)
+    assert (home / "priv").stat().st_mode & 0o777 == 0o700
+    assert (home / "priv" / "inner").stat().st_mode & 0o777 == 0o700
+    assert (home / "priv" / "inner" / "secret.bin").stat().st_mode & 0o777 == 0o600
+
+
+def test_legacy_upload_goes_on_after_the_client_reports_a_read_error(ferry, tmp_path):
+    """A client that cannot read all of its file (it shrank during the copy) sends padding, then an error instead of
+    its OK: the server acknowledges the file as OpenSSH's sink does, and the next file goes through. Before, the
+    server sent nothing and the client waited until the idle timeout."""
+    import paramiko
+
+    ferry.add_user("erin", "secret")
+    home = ferry.home("erin")
+    home.mkdir(parents=True, exist_ok=True)
+    host, port = ferry.addresses["sftp"]
+    transport = paramiko.Transport((host, port))
+    try:
+        transport.connect(username="erin", password="secret")
+        chan = transport.open_session()
+        chan.settimeout(10)
+        chan.exec_command("scp -t .")
+        assert chan.recv(1) == b"\0"
+        chan.sendall(b"C0644 10 shrunk.bin\n")
+        assert chan.recv(1) == b"\0"
+        chan.sendall(b"abcd" + b"\0" * 6 + b"\x01scp: shrunk.bin: file has shrunk\n")
+        assert chan.recv(1) == b"\0"
+        chan.sendall(b"C0644 5 next.txt\n")
+        assert chan.recv(1) == b"\0"
+        chan.sendall(b"hello\0")
+        assert chan.recv(1) == b"\0"
+        chan.shutdown_write()
+        # An error was reported during the copy: exit status 1, as OpenSSH's `scp -t` gives.
+        assert chan.recv_exit_status() == 1
+    finally:
+        transport.close()
+    assert (home / "next.txt").read_bytes() == b"hello"

@@ -27,14 +27,7 @@ impl VirtualPath {
         if input.len() > MAX_PATH_LEN {
             return Err(CoreError::InvalidName("path too long".into()));
         }
-        if input.contains('\0') {
-            return Err(CoreError::InvalidName("path contains a NUL byte".into()));
-        }
-        // A line break in a name would split it over two lines of an FTP listing, or of a log or a script reading
-        // `ls` output: refused in every protocol, so that no client can make such a name.
-        if input.contains(['\r', '\n']) {
-            return Err(CoreError::InvalidName("path contains a line break".into()));
-        }
+        check_characters(input)?;
         let mut parts: Vec<&str> = if input.starts_with('/') {
             Vec::new()
         } else {
@@ -138,16 +131,12 @@ impl VirtualPath {
 
     /// Appends one plain name (no slashes).
     pub fn join(&self, name: &str) -> Result<VirtualPath, CoreError> {
-        if name.is_empty()
-            || name == "."
-            || name == ".."
-            || name.contains('/')
-            || name.contains('\0')
-        {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
             return Err(CoreError::InvalidName(format!(
                 "invalid file name {name:?}"
             )));
         }
+        check_characters(name)?;
         let mut path = self.0.clone();
         if !self.is_root() {
             path.push('/');
@@ -175,6 +164,18 @@ impl fmt::Debug for VirtualPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", self.0)
     }
+}
+
+/// Refuses the characters no path may hold, in any protocol: NUL, and line breaks, which would split a name over
+/// two lines of an FTP listing, or of a log or a script reading `ls` output.
+fn check_characters(input: &str) -> Result<(), CoreError> {
+    if input.contains('\0') {
+        return Err(CoreError::InvalidName("path contains a NUL byte".into()));
+    }
+    if input.contains(['\r', '\n']) {
+        return Err(CoreError::InvalidName("path contains a line break".into()));
+    }
+    Ok(())
 }
 
 /// The depth below the root reached by following the relative `path` from a directory `depth` levels below it;
@@ -236,6 +237,11 @@ mod tests {
             );
         }
         assert!(VirtualPath::resolve(&vp("/"), "tab\there").is_ok());
+        // Names joined one by one (SCP's C and D lines) are held to the same rule.
+        for name in ["a\rb", "dir\nx", "nul\0"] {
+            assert!(vp("/d").join(name).is_err(), "{name:?}");
+        }
+        assert!(vp("/d").join("tab\there").is_ok());
     }
 
     #[test]

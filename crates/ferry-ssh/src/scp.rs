@@ -394,14 +394,18 @@ where
                             Ok(path) => path,
                             Err(e) => return Err(self.fatal(&e.to_string()).await),
                         };
-                        if let Err(e) = make_dir(self.session, &path).await {
-                            self.warn(&format!("{path}: {}", error_text(&e))).await?;
-                            times = None;
-                            continue;
-                        }
+                        let created = match make_dir(self.session, &path).await {
+                            Ok(created) => created,
+                            Err(e) => {
+                                self.warn(&format!("{path}: {}", error_text(&e))).await?;
+                                times = None;
+                                continue;
+                            }
+                        };
                         self.ok().await?;
                         self.receive(path.clone(), true, depth + 1).await?;
-                        self.finish_item(&path, mode, times.take(), false).await?;
+                        let created = created.then_some(FileKind::Dir);
+                        self.finish_item(&path, mode, times.take(), created).await?;
                     }
                     Header::File { mode, size, name } => {
                         let path = match target(&name) {
@@ -465,24 +469,28 @@ where
             return self.warn(&format!("{path}: {}", error_text(&e))).await;
         }
         if !client_ok {
+            // The client could not read all of its file (it shrank, a read failed) and sent padding, then said so:
+            // what arrived is kept, and the file is acknowledged as OpenSSH's sink does, for the client to go on.
             upload.fail("the client could not read the file").await;
-            return Ok(());
+            return self.ok().await;
         }
         if let Err(e) = upload.finish().await {
             return self.warn(&format!("{path}: {}", error_text(&e))).await;
         }
-        self.finish_item(path, mode, mtime, !existed).await
+        let created = (!existed).then_some(FileKind::File);
+        self.finish_item(path, mode, mtime, created).await
     }
 
     /// Applies mode and time after a file or directory arrived, then acknowledges it. The mode is applied with
-    /// `-p`, and to new files (as a local `scp` would create them with it), where failing to set it is not an error;
-    /// with `-p`, an account without the chmod permission keeps the server's mode and still gets the time.
+    /// `-p`, and to what this upload `created` (as a local `scp` would create it with that mode; a directory keeps
+    /// its owner's access, as OpenSSH's `mkdir(mode | S_IRWXU)`), where failing to set it is not an error; with
+    /// `-p`, an account without the chmod permission keeps the server's mode and still gets the time.
     async fn finish_item(
         &mut self,
         path: &VirtualPath,
         mode: u32,
         mtime: Option<SystemTime>,
-        created: bool,
+        created: Option<FileKind>,
     ) -> Result<(), Stop> {
         let mut result = Ok(());
         if self.args.preserve {
@@ -494,11 +502,13 @@ where
                 let timed = self.session.set_modified(path, mtime).await;
                 result = result.and(timed);
             }
-        } else if created {
-            let _ = self
-                .session
-                .set_creation_mode(path, mode, FileKind::File)
-                .await;
+        } else if let Some(kind) = created {
+            let mode = if kind == FileKind::Dir {
+                mode | 0o700
+            } else {
+                mode
+            };
+            let _ = self.session.set_creation_mode(path, mode, kind).await;
         }
         match result {
             Ok(()) => self.ok().await,
@@ -802,11 +812,12 @@ fn unescape_directory(dir: &str) -> Result<String, CoreError> {
 }
 
 /// Makes the directory a `D` line names, unless it exists already.
-async fn make_dir(session: &Session, path: &VirtualPath) -> Result<(), CoreError> {
+/// Makes the directory `path` unless it exists; returns whether it made it.
+async fn make_dir(session: &Session, path: &VirtualPath) -> Result<bool, CoreError> {
     match session.metadata(path).await {
-        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(meta) if meta.is_dir() => Ok(false),
         Ok(_) => Err(CoreError::NotADirectory),
-        Err(CoreError::NotFound) => session.mkdir(path).await,
+        Err(CoreError::NotFound) => session.mkdir(path).await.map(|()| true),
         Err(e) => Err(e),
     }
 }

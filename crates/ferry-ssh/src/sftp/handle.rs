@@ -224,7 +224,9 @@ pub(crate) struct FileHandle {
 
 impl FileHandle {
     /// Opens `path` as SSH_FXP_OPEN asks. Writing without TRUNC keeps existing data: the upload starts at the end
-    /// and reaches earlier offsets only where the account may overwrite.
+    /// and reaches earlier offsets only where the account may overwrite. CREAT, EXCL and TRUNC act as open(2)'s
+    /// flags also on a handle opened only for reading (OpenSSH passes them on): the file is created or emptied, and
+    /// `CREAT|EXCL` on an existing file fails, which clients use as a lock.
     pub(crate) async fn open(
         session: Session,
         path: VirtualPath,
@@ -243,7 +245,10 @@ impl FileHandle {
             upload: None,
             write_error: None,
         };
-        if writable {
+        let changes = [OpenFlags::CREATE, OpenFlags::TRUNCATE, OpenFlags::EXCLUDE]
+            .into_iter()
+            .any(|flag| flags.contains(flag));
+        if writable || changes {
             let existed = handle.session.metadata(&handle.path).await.is_ok();
             if !flags.contains(OpenFlags::CREATE) && !existed {
                 return Err(CoreError::NotFound.into());
@@ -255,15 +260,24 @@ impl FileHandle {
             } else {
                 WriteMode::Append
             };
-            handle.upload = Some(handle.session.open_write(&handle.path, mode).await?);
-            if let (false, Some(mode)) = (existed, attrs.permissions) {
-                // Like open(2)'s mode argument; where it cannot be set, the default stays.
-                let _ = handle
-                    .session
-                    .set_creation_mode(&handle.path, mode, FileKind::File)
-                    .await;
+            // Read-only with CREAT alone, of an existing file: nothing to write.
+            if writable || existed.then_some(mode) != Some(WriteMode::Append) {
+                let upload = handle.session.open_write(&handle.path, mode).await?;
+                if writable {
+                    handle.upload = Some(upload);
+                } else {
+                    upload.finish().await?;
+                }
+                if let (false, Some(mode)) = (existed, attrs.permissions) {
+                    // Like open(2)'s mode argument; where it cannot be set, the default stays.
+                    let _ = handle
+                        .session
+                        .set_creation_mode(&handle.path, mode, FileKind::File)
+                        .await;
+                }
             }
-        } else {
+        }
+        if !writable {
             let download = handle.session.open_read(&handle.path, 0).await?;
             handle.reader = Some(Reader {
                 download,
