@@ -2,6 +2,8 @@
 import re
 import signal
 
+import pytest
+
 from helpers_files import home_usage, put_file, random_bytes
 from helpers_ftp import ftp_login, store, upload_expecting_failure
 
@@ -195,3 +197,28 @@ def test_a_stor_whose_data_connection_never_comes_leaves_the_file_as_it_was(ferr
     assert_quota_exceeded(upload_expecting_failure(ftp, "STOR other.bin", random_bytes(700_000, seed=81)))
     ftp.quit()
     assert home_usage(home) <= QUOTA
+
+
+@pytest.mark.parametrize("mode", ["direct", "atomic"])
+def test_replacing_a_file_needs_room_only_for_the_result_in_either_upload_mode(ferry_factory, mode):
+    """At 700 of 1,000 bytes, a 400-byte file is replaced by another 400 bytes: the result fits. Atomic mode writes
+    the new copy beside the old one, and used to count both (552)."""
+    server = ferry_factory("--failed-login-delay-ms", "0", "--upload-mode", mode)
+    home = server.add_user("q", "qpw", "--quota-bytes", "1000")
+    ftp = ftp_login(server, "q", "qpw")
+    store(ftp, "f.bin", random_bytes(400, seed=90))
+    store(ftp, "other.bin", random_bytes(300, seed=91))
+    new = random_bytes(400, seed=92)
+    assert store(ftp, "f.bin", new).startswith("226")
+    assert (home / "f.bin").read_bytes() == new
+    assert avbl(ftp) == 300
+    # The new copy may take all the room the old one leaves, and not a byte more.
+    largest = random_bytes(700, seed=93)
+    assert store(ftp, "f.bin", largest).startswith("226")
+    assert avbl(ftp) == 0
+    assert_quota_exceeded(upload_expecting_failure(ftp, "STOR f.bin", random_bytes(701, seed=94)))
+    if mode == "atomic":
+        assert (home / "f.bin").read_bytes() == largest
+    ftp.quit()
+    assert home_usage(home) <= 1000
+    assert sorted(p.name for p in home.iterdir()) == ["f.bin", "other.bin"]

@@ -13,6 +13,16 @@
 //! when the file has been deleted). An upload that writes at another offset reopens its file by identity, never
 //! creating one (see [`crate::storage::Storage::reopen_write`]).
 //!
+//! # Files that atomic uploads replace
+//!
+//! An atomic upload writes a new copy beside the file it replaces, so both are on disk until the new copy takes the
+//! old one's name. The upload pins the old file ([`QuotaTracker::pin_replaced`]): it is registered as uploads' files
+//! are, so that deleting, shrinking or replacing it leaves its bytes counted, and the upload may pass the quota by
+//! what is counted for it ([`QuotaTracker::reserve_bytes_beyond`]). Those bytes are given back once, when the new
+//! copy replaces the file or, if the file lost its last name meanwhile, when the pin is dropped
+//! ([`QuotaTracker::unlinked`]); a file still on disk elsewhere (renamed away) gives nothing back, so an upload that
+//! replaces something else must then fit the quota without the allowance.
+//!
 //! What is counted for an open file only ever errs high: where a race leaves it unclear whether bytes were given
 //! back, the file stays counted (a rescan sets it right), and no write is ever charged nothing for bytes that are not
 //! counted. One such race: an upload sizes its file when it opens it, before it is registered, so a release in
@@ -66,6 +76,8 @@ struct OpenFile {
     changed: bool,
     /// Deleted while open, its counts left standing: files to give back with its bytes once it is found deleted.
     unlinked_files: u64,
+    /// Its last name went while it was open (see [`QuotaTracker::release_unlinked`]): the file is gone.
+    unlinked: bool,
 }
 
 /// How an upload joined the accounts of its file ([`QuotaTracker::join_upload`]).
@@ -133,14 +145,29 @@ impl QuotaTracker {
 
     /// Reserves `n` more bytes, or fails without reserving anything if that would pass the quota.
     pub fn reserve_bytes(&self, n: u64) -> CoreResult<()> {
-        reserve(&self.bytes, &self.max_bytes, n)
-            .map_err(|_| CoreError::QuotaExceeded("byte quota reached"))
+        self.reserve_bytes_beyond(n, 0)
+    }
+
+    /// Reserves `n` more bytes as [`QuotaTracker::reserve_bytes`] does, letting usage pass the quota by `allowance`:
+    /// for an atomic upload, the bytes counted for the file it replaces, which it has pinned (see the module's
+    /// documentation).
+    pub(crate) fn reserve_bytes_beyond(&self, n: u64, allowance: u64) -> CoreResult<()> {
+        let max = self
+            .max_bytes
+            .load(Ordering::Relaxed)
+            .saturating_add(allowance);
+        reserve(&self.bytes, max, n).map_err(|_| CoreError::QuotaExceeded("byte quota reached"))
     }
 
     /// Counts one more file, or fails if the file quota is reached.
     pub fn reserve_file(&self) -> CoreResult<()> {
-        reserve(&self.files, &self.max_files, 1)
+        reserve(&self.files, self.max_files.load(Ordering::Relaxed), 1)
             .map_err(|_| CoreError::QuotaExceeded("file quota reached"))
+    }
+
+    /// Whether the bytes counted are within the byte quota.
+    pub(crate) fn within_byte_quota(&self) -> bool {
+        self.bytes.load(Ordering::Acquire) <= self.max_bytes.load(Ordering::Relaxed)
     }
 
     pub fn release_bytes(&self, n: u64) {
@@ -210,6 +237,7 @@ impl QuotaTracker {
                 settling: changed,
                 changed: false,
                 unlinked_files: 0,
+                unlinked: false,
             },
         );
         self.give_back(&mut open, released, 0);
@@ -260,6 +288,33 @@ impl QuotaTracker {
             released,
             settle: false,
         }
+    }
+
+    /// Pins the file `unique_id` that an atomic upload is to replace, which it found `size` bytes long, until
+    /// [`QuotaTracker::leave_upload`]: it is registered as an upload's file that keeps all its data (see
+    /// [`QuotaTracker::join_upload`], whose rules for a release since `releases` apply), so that its bytes stay
+    /// counted whatever other sessions do to it. `believed` in the answer is what is counted for it: the allowance
+    /// by which the upload may pass the quota.
+    pub(crate) fn pin_replaced(&self, unique_id: u128, size: u64, releases: u64) -> Joined {
+        self.join_upload(unique_id, size, size, releases)
+    }
+
+    /// Whether the file `unique_id`, registered by an upload or pinned, lost its last name while registered (it was
+    /// deleted, or replaced by a rename): its bytes are given back when its last registration leaves.
+    pub(crate) fn unlinked(&self, unique_id: u128) -> bool {
+        self.open()
+            .files
+            .get(&unique_id)
+            .is_some_and(|file| file.unlinked)
+    }
+
+    /// The token [`QuotaTracker::leave_upload`] trusts a state with, for the caller's registration of `unique_id` if
+    /// it is the file's only one, whether the file changed or not: for a state looked at before the caller knows
+    /// whether it will change it (an atomic upload about to replace the file it pinned).
+    pub(crate) fn sole_registration(&self, unique_id: u128) -> Option<u64> {
+        let open = self.open();
+        let file = open.files.get(&unique_id)?;
+        (file.uploads == 1).then_some(file.joins)
     }
 
     /// Counts again the `bytes` that the upload of `unique_id` gave back when it joined (the old data it was to
@@ -343,21 +398,22 @@ impl QuotaTracker {
     /// Gives back `bytes` that a file of `unique_id` no longer holds (it was shrunk), unless an upload has it open:
     /// then they stay counted until the upload ends. Returns whether they were given back.
     pub(crate) fn release_shrunk(&self, unique_id: u128, bytes: u64) -> bool {
-        self.release_or_defer(unique_id, bytes, 0)
+        self.release_or_defer(unique_id, bytes, 0, false)
     }
 
     /// Gives back the `bytes` and `files` (0 or 1) of a file of `unique_id` that a name no longer leads to (it was
     /// deleted, or replaced by a rename), unless an upload has it open: then they stay counted until the last
     /// upload ends and finds the file deleted. Returns whether they were given back.
     pub(crate) fn release_unlinked(&self, unique_id: u128, bytes: u64, files: u64) -> bool {
-        self.release_or_defer(unique_id, bytes, files)
+        self.release_or_defer(unique_id, bytes, files, true)
     }
 
-    fn release_or_defer(&self, unique_id: u128, bytes: u64, files: u64) -> bool {
+    fn release_or_defer(&self, unique_id: u128, bytes: u64, files: u64, unlinked: bool) -> bool {
         let mut open = self.open();
         if let Some(file) = open.files.get_mut(&unique_id) {
             file.changed = true;
             file.unlinked_files = file.unlinked_files.max(files);
+            file.unlinked |= unlinked;
             return false;
         }
         self.give_back(&mut open, bytes, files);
@@ -380,8 +436,7 @@ impl QuotaTracker {
     }
 }
 
-fn reserve(counter: &AtomicU64, max: &AtomicU64, n: u64) -> Result<(), ()> {
-    let max = max.load(Ordering::Relaxed);
+fn reserve(counter: &AtomicU64, max: u64, n: u64) -> Result<(), ()> {
     counter
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
             cur.checked_add(n).filter(|&next| next <= max)
@@ -569,6 +624,116 @@ mod tests {
             t.leave_upload(2, 7, Some((token, state(2, 7, 0)))),
             Released { bytes: 7, files: 0 }
         );
+    }
+
+    fn tracker_with_quota(max_bytes: u64, bytes: u64, files: u64) -> QuotaTracker {
+        let quota = Quota {
+            max_bytes: Some(max_bytes),
+            max_files: None,
+        };
+        QuotaTracker::new(quota, QuotaUsage { bytes, files })
+    }
+
+    /// The file `id` that an atomic upload replaced lost its last name: its pin gives back all that is counted for
+    /// it, once.
+    fn unpin_deleted(t: &QuotaTracker, id: u128) -> Released {
+        let token = t.sole_registration(id);
+        t.leave_upload(id, 0, token.map(|token| (token, state(id, 0, 0))))
+    }
+
+    #[test]
+    fn a_pinned_file_lets_its_replacement_pass_the_quota_by_its_size_and_goes_once() {
+        // 700 of 1,000 bytes used, 400 of them by file 1, which an atomic upload replaces.
+        let t = tracker_with_quota(1000, 700, 2);
+        let pinned = t.pin_replaced(1, 400, t.releases());
+        assert_eq!((pinned.believed, pinned.released), (400, 0));
+        // Without the allowance, a 400-byte copy would not fit beside the old one.
+        assert!(t.reserve_bytes(400).is_err());
+        t.reserve_bytes_beyond(700, pinned.believed).unwrap();
+        assert!(t.reserve_bytes_beyond(1, pinned.believed).is_err());
+        assert!(t.reserve_bytes(1).is_err());
+        assert!(!t.within_byte_quota());
+        // The new copy takes the name: the rename's release of the old file waits for the pin, which gives it back.
+        assert!(!t.release_unlinked(1, 400, 0));
+        assert!(t.unlinked(1));
+        assert_eq!(
+            unpin_deleted(&t, 1),
+            Released {
+                bytes: 400,
+                files: 0
+            }
+        );
+        assert_eq!(
+            t.usage(),
+            QuotaUsage {
+                bytes: 1000,
+                files: 2
+            }
+        );
+        assert!(t.within_byte_quota());
+    }
+
+    #[test]
+    fn a_pinned_file_deleted_by_another_session_stays_counted_until_the_pin_is_dropped() {
+        let t = tracker_with_quota(1000, 700, 2);
+        let pinned = t.pin_replaced(1, 400, t.releases());
+        t.reserve_bytes_beyond(350, pinned.believed).unwrap();
+        // The deleting session gets nothing back yet, and a shrink is deferred as well.
+        assert!(!t.release_shrunk(1, 100));
+        assert!(!t.release_unlinked(1, 400, 1));
+        assert_eq!(t.usage().bytes, 1050);
+        assert!(t.reserve_bytes(1).is_err());
+        // The upload breaks off: its 350 bytes go with its temporary file, the deleted file's bytes and file with
+        // the pin.
+        t.release_bytes(350);
+        assert_eq!(
+            unpin_deleted(&t, 1),
+            Released {
+                bytes: 400,
+                files: 1
+            }
+        );
+        assert_eq!(
+            t.usage(),
+            QuotaUsage {
+                bytes: 300,
+                files: 1
+            }
+        );
+    }
+
+    #[test]
+    fn an_unchanged_pinned_file_keeps_its_counts_when_the_pin_is_dropped() {
+        let t = tracker_with_quota(1000, 700, 2);
+        t.pin_replaced(1, 400, t.releases());
+        assert!(!t.unlinked(1));
+        assert_eq!(t.leave_needs_state(1), None);
+        let token = t
+            .sole_registration(1)
+            .expect("the pin is the only registration");
+        assert_eq!(
+            t.leave_upload(1, 0, Some((token, state(1, 400, 1)))),
+            Released::default()
+        );
+        assert_eq!(t.usage().bytes, 700);
+        // Unpinned: a deletion gives the file back at once.
+        assert!(t.release_unlinked(1, 400, 1));
+        assert_eq!(t.usage().bytes, 300);
+    }
+
+    #[test]
+    fn a_file_pinned_by_two_uploads_is_given_back_by_the_last_pin() {
+        let t = tracker_with_quota(1000, 700, 2);
+        let first = t.pin_replaced(1, 400, t.releases());
+        let second = t.pin_replaced(1, 400, t.releases());
+        assert_eq!((first.believed, second.believed), (400, 400));
+        assert_eq!(t.sole_registration(1), None);
+        // The first replaces the file and drops its pin: the second still holds the file's bytes.
+        assert!(!t.release_unlinked(1, 400, 0));
+        assert_eq!(t.leave_upload(1, 0, None), Released::default());
+        assert_eq!(t.usage().bytes, 700);
+        assert_eq!(unpin_deleted(&t, 1).bytes, 400);
+        assert_eq!(t.usage().bytes, 300);
     }
 
     #[test]

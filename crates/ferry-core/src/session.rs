@@ -232,7 +232,8 @@ impl Session {
         };
         // The file is registered with the quota tracker for as long as the upload runs (see `crate::quota`), as
         // the writer found it: the smaller of the two looks, should the file have shrunk in between. Data dropped
-        // by truncation is freed there; an atomic upload frees the old file when it replaces it.
+        // by truncation is freed there; an atomic upload pins the old file instead, and frees it when it replaces
+        // it.
         let opened = writer.opened();
         let quota = self.quota();
         let mut files_delta = plan.files_delta;
@@ -253,10 +254,13 @@ impl Session {
             let now = writer.state().await.ok().flatten();
             joined = quota.settle_upload(opened.unique_id, size, kept, now);
         }
-        let temp = plan.temp.map(|temp| TempTarget {
-            temp,
-            replaces: plan.existing_id,
-        });
+        let temp = match plan.temp {
+            Some(temp) => {
+                let replaced = plan.existing_id.zip(plan.existing);
+                Some(self.pin_replaced(path, replaced, releases, temp).await)
+            }
+            None => None,
+        };
         Ok(Upload::new(UploadParts {
             session: self.clone(),
             writer,
@@ -269,6 +273,41 @@ impl Session {
             bytes_delta: -(joined.released as i64),
             files_delta,
         }))
+    }
+
+    /// Pins the file an atomic upload to `path` replaces, if there is one (`replaced`: its identity and size when
+    /// the plan looked at it; see `crate::quota`), and says where the upload is written. `releases`:
+    /// [`QuotaTracker::releases`] from before that look.
+    async fn pin_replaced(
+        &self,
+        path: &VirtualPath,
+        replaced: Option<(u128, u64)>,
+        releases: u64,
+        temp: VirtualPath,
+    ) -> TempTarget {
+        let Some((replaces, size)) = replaced else {
+            return TempTarget {
+                temp,
+                replaces: None,
+                allowance: 0,
+            };
+        };
+        let quota = self.quota();
+        let mut pinned = quota.pin_replaced(replaces, size, releases);
+        if pinned.settle {
+            let now = self
+                .storage()
+                .metadata(path.relative())
+                .await
+                .ok()
+                .map(|meta| meta.state());
+            pinned = quota.settle_upload(replaces, size, size, now);
+        }
+        TempTarget {
+            temp,
+            replaces: Some(replaces),
+            allowance: pinned.believed,
+        }
     }
 
     /// Decides how an upload to `path` in `mode` proceeds given what is there (`None`: nothing), checking

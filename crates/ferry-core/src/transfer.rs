@@ -1,7 +1,8 @@
 //! Uploads and downloads in progress. An [`Upload`] reserves quota for every chunk before writing it, so an upload
 //! is cut off at the quota instead of overrunning it; both publish their event when they end, however they end.
 //! While it runs, an upload's file is registered with the account's [`crate::quota::QuotaTracker`], so that
-//! other operations on the file cannot give back bytes the upload believes counted.
+//! other operations on the file cannot give back bytes the upload believes counted; an atomic upload also pins the
+//! file it replaces, and may pass the quota by that file's bytes, which it gives back when it replaces it.
 
 use std::fmt;
 use std::io::{self, IoSlice};
@@ -84,8 +85,11 @@ pub fn is_upload_temp_name(name: &str) -> bool {
 /// Where an atomic upload is written until it completes.
 pub(crate) struct TempTarget {
     pub temp: VirtualPath,
-    /// The identity of the file at the final name when the upload started, if there was one.
+    /// The identity of the file at the final name when the upload started, if there was one: pinned with the quota
+    /// tracker ([`crate::quota::QuotaTracker::pin_replaced`]) until the upload ends.
     pub replaces: Option<u128>,
+    /// The bytes counted for that file when it was pinned, by which the upload may pass the byte quota.
+    pub allowance: u64,
 }
 
 /// An upload in progress. End it with [`Upload::finish`] or [`Upload::fail`]; if it is dropped instead, it is
@@ -300,7 +304,10 @@ impl UploadState {
     fn reserve_growth(&self, len: u64) -> CoreResult<u64> {
         let growth = (self.position + len).saturating_sub(self.size);
         if growth > 0 {
-            self.session.quota().reserve_bytes(growth)?;
+            let allowance = self.temp.as_ref().map_or(0, |t| t.allowance);
+            self.session
+                .quota()
+                .reserve_bytes_beyond(growth, allowance)?;
         }
         Ok(growth)
     }
@@ -330,6 +337,40 @@ impl UploadState {
             None => None,
         };
         let released = quota.leave_upload(self.file_id, self.grown, now);
+        self.bytes_delta -= released.bytes as i64;
+        self.files_delta -= released.files as i64;
+    }
+
+    /// Drops the pin of `replaced`, the file an atomic upload set out to replace, giving back what is counted for it
+    /// beyond what it holds now if the pin is its last registration and it changed: everything when it lost its
+    /// last name meanwhile. `token` is [`crate::quota::QuotaTracker::sole_registration`], taken before `known`,
+    /// the file's state if the caller knows it; otherwise the file is looked at under the final name, where it
+    /// was, and one no longer there is taken as deleted if the tracker saw its last name go (else it keeps its
+    /// counts: they err high). Called with [`crate::quota::QuotaTracker::lock_names`] held, so that no deletion,
+    /// rename or resize comes between the look and the release.
+    async fn unpin(&mut self, replaced: u128, token: Option<u64>, known: Option<FileState>) {
+        let quota = self.session.quota();
+        let state = match (token, known) {
+            (Some(_), Some(known)) => Some(known),
+            (Some(_), None) if quota.upload_changed(replaced) => {
+                let at_name = self
+                    .session
+                    .storage()
+                    .metadata(self.path.relative())
+                    .await
+                    .ok()
+                    .map(|meta| meta.state())
+                    .filter(|state| state.unique_id == replaced);
+                let deleted = FileState {
+                    unique_id: replaced,
+                    size: 0,
+                    nlink: 0,
+                };
+                at_name.or_else(|| quota.unlinked(replaced).then_some(deleted))
+            }
+            _ => None,
+        };
+        let released = quota.leave_upload(replaced, 0, token.zip(state));
         self.bytes_delta -= released.bytes as i64;
         self.files_delta -= released.files as i64;
     }
@@ -370,13 +411,20 @@ where
 /// Flushes the upload and moves an atomic upload into place. The temporary file of a new file takes the final
 /// name only if nothing has appeared there meanwhile; otherwise, as for an upload over an existing file, whatever is
 /// there now is replaced if the account may overwrite it (or it is the very file the upload set out to replace),
-/// and its usage given back. On an error the temporary file is left for [`fail_upload`].
+/// and its usage given back. An upload that used the allowance of the file it pinned must replace that file, or
+/// find it deleted, or else fit the quota without it. On an error the temporary file and the pin are left for
+/// [`fail_upload`].
 async fn complete(s: &mut UploadState) -> CoreResult<()> {
     s.writer.shutdown().await?;
     let Some(temp) = &s.temp else {
         return Ok(());
     };
-    let (temp_path, path, replaces) = (temp.temp.clone(), s.path.clone(), temp.replaces);
+    let (temp_path, path, replaces, allowance) = (
+        temp.temp.clone(),
+        s.path.clone(),
+        temp.replaces,
+        temp.allowance,
+    );
     let (from, to) = (temp_path.relative(), path.relative());
     let session = s.session.clone();
     let storage = session.storage();
@@ -390,7 +438,9 @@ async fn complete(s: &mut UploadState) -> CoreResult<()> {
             Err(e) => return Err(e.into()),
         }
     }
-    let names = session.quota().lock_names().await;
+    let quota = session.quota();
+    let names = quota.lock_names().await;
+    let token = replaces.and_then(|id| quota.sole_registration(id));
     // What is replaced now, which need not be what was there when the upload started.
     let old = storage.symlink_metadata(to).await.ok();
     let planned = old
@@ -399,22 +449,43 @@ async fn complete(s: &mut UploadState) -> CoreResult<()> {
     if old.is_some() && !planned && !session.allowed(Permission::Overwrite, &path) {
         return Err(CoreError::AlreadyExists);
     }
+    // The pinned file's bytes are given back if the rename takes its last name, or if it lost it meanwhile; not if
+    // it lives on elsewhere (renamed away, or linked), and then the upload has no allowance.
+    let pinned_goes = replaces.is_some_and(|id| {
+        quota.unlinked(id) || (planned && old.as_ref().is_some_and(|old| old.nlink <= 1))
+    });
+    if allowance > 0 && !pinned_goes && !quota.within_byte_quota() {
+        return Err(CoreError::QuotaExceeded("byte quota reached"));
+    }
     storage.rename(from, to).await?;
     // A new file counted itself when it started: it takes the place of the one it replaced, whose count goes.
     let counted_as_new = replaces.is_none();
     s.temp = None;
+    let mut known = None;
     match old.filter(Metadata::is_file) {
         Some(old) => {
             let (bytes, files) = session.release_name(&old, u64::from(counted_as_new));
             s.bytes_delta += bytes;
             s.files_delta += files;
+            if planned {
+                // The file as the rename left it: one name fewer.
+                known = Some(FileState {
+                    unique_id: old.unique_id,
+                    size: old.size,
+                    nlink: old.nlink.saturating_sub(1),
+                });
+            }
         }
-        // The file to replace is gone (and was given back): this one is new.
+        // The file to replace is gone (its file given back, or still counted by the pin until it is dropped
+        // below): this one is new.
         None if !counted_as_new => {
-            session.quota().add_file();
+            quota.add_file();
             s.files_delta += 1;
         }
         None => {}
+    }
+    if let Some(replaced) = replaces {
+        s.unpin(replaced, token, known).await;
     }
     drop(names);
     Ok(())
@@ -426,8 +497,10 @@ async fn complete(s: &mut UploadState) -> CoreResult<()> {
 /// final name (not when it was refused it).
 async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
     let _ = s.writer.shutdown().await;
+    let mut known = None;
     if let Some(temp) = s.temp.take() {
-        let storage = s.session.storage();
+        let session = s.session.clone();
+        let storage = session.storage();
         let kept = keep
             && temp.replaces.is_none()
             && storage
@@ -437,20 +510,26 @@ async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
         if !kept && storage.remove_file(temp.temp.relative()).await.is_ok() {
             // Registered, so normally left counted until the upload leaves below, knowing the file deleted.
             let files = u64::from(s.files_delta > 0);
-            if s.session.quota().release_unlinked(s.file_id, s.size, files) {
+            if session.quota().release_unlinked(s.file_id, s.size, files) {
                 s.bytes_delta -= s.size as i64;
                 s.files_delta -= files as i64;
             }
-            let deleted = FileState {
+            known = Some(FileState {
                 unique_id: s.file_id,
                 size: 0,
                 nlink: 0,
-            };
-            record(s, Some(error), Some(deleted)).await;
-            return;
+            });
+        }
+        // The file it was to replace keeps its place: dropping the pin accounts for what others did to it.
+        if let Some(replaced) = temp.replaces {
+            let quota = session.quota();
+            let names = quota.lock_names().await;
+            let token = quota.sole_registration(replaced);
+            s.unpin(replaced, token, None).await;
+            drop(names);
         }
     }
-    record(s, Some(error), None).await;
+    record(s, Some(error), known).await;
 }
 
 /// Leaves the file an upload that wrote nothing was to replace as it was, and counts its old bytes again (see

@@ -54,6 +54,15 @@ impl Metadata {
     pub fn is_file(&self) -> bool {
         self.kind == FileKind::File
     }
+
+    /// The file's identity, size and number of names.
+    pub fn state(&self) -> FileState {
+        FileState {
+            unique_id: self.unique_id,
+            size: self.size,
+            nlink: self.nlink,
+        }
+    }
 }
 
 /// A file open for writing as it is at one moment: which file, how long, and how many names it has (0: it has been
