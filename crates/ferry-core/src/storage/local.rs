@@ -301,12 +301,7 @@ fn open_existing_cached(root: &Dir, path: &str, mode: WriteMode) -> Option<Write
         WriteMode::CreateNew | WriteMode::At { truncate: true, .. } => return None,
     };
     let (file, metadata) = open_cached(root, path, access)?;
-    let opened = FileState {
-        unique_id: metadata.unique_id,
-        size: metadata.size,
-        nlink: metadata.nlink,
-    };
-    writer_for(file, opened, mode).ok()
+    writer_for(file, metadata.state(), mode).ok()
 }
 
 /// The writer of `file`, just opened as `mode` says, which was `opened` then (blocking when `mode` truncates).
