@@ -1,6 +1,7 @@
 """Python ftplib against ferry: error replies, hostile input, confinement and permissions (RFC 959 4.2,
 RFC 3659, RFC 2577)."""
 import ftplib
+import io
 import os
 import socket
 import time
@@ -406,3 +407,19 @@ def test_max_connections_refuses_extra_clients_with_421(ferry_factory):
             return False
 
     assert wait_until(can_log_in, timeout=10, interval=0.2)
+
+
+def test_a_trailing_slash_names_a_directory_not_a_file(ferry, ftp):
+    """`STOR dir/` into a missing `dir` is refused rather than creating a file `dir` (vsftpd's open(2) refuses it
+    with EISDIR), and `DELE file/` does not delete `file`."""
+    h = home(ferry)
+    (h / "file").write_bytes(b"keep")
+    for command in ("STOR nodir/", "APPE nodir/"):
+        with pytest.raises(ftplib.error_perm):
+            ftp.storbinary(command, io.BytesIO(b"data"))
+    with pytest.raises(ftplib.error_perm):
+        ftp.delete("file/")
+    assert not (h / "nodir").exists()
+    assert (h / "file").read_bytes() == b"keep"
+    stor_bytes(ftp, "file", b"replaced")
+    assert (h / "file").read_bytes() == b"replaced"

@@ -562,3 +562,26 @@ def test_sftp_setstat_growing_a_file_needs_upload(ferry):
     finally:
         c.close()
     assert (home / "f").read_bytes() == b"a"
+
+
+def test_a_trailing_slash_names_a_directory_not_a_file(ferry):
+    """As POSIX and OpenSSH's sftp-server have it: `file/` is not the file and `new/` cannot be created as one.
+    Before, the slash was dropped: OPEN "nodir/" created a file `nodir`, REMOVE "file/" deleted `file`."""
+    home = ferry.home("alice")
+    home.mkdir(parents=True, exist_ok=True)
+    put_file(home / "file", b"keep")
+    (home / "dir").mkdir()
+    c = SftpClient(ferry, "alice", "secret")
+    try:
+        with pytest.raises(IOError):
+            c.sftp.open("nodir/", "w").close()
+        for call in (lambda: c.sftp.remove("file/"), lambda: c.sftp.rename("file", "newname/"),
+                     lambda: c.sftp.stat("file/"), lambda: c.sftp.posix_rename("file", "other/")):
+            with pytest.raises(IOError):
+                call()
+        assert c.sftp.stat("dir/").st_size is not None
+        c.sftp.rename("dir/", "dir2/")
+    finally:
+        c.close()
+    assert sorted(os.listdir(home)) == ["dir2", "file"]
+    assert (home / "file").read_bytes() == b"keep"

@@ -224,3 +224,16 @@ def test_legacy_upload_goes_on_after_the_client_reports_a_read_error(ferry, tmp_
     finally:
         transport.close()
     assert (home / "next.txt").read_bytes() == b"hello"
+
+
+@pytest.mark.parametrize("legacy", MODES)
+def test_a_target_with_a_trailing_slash_must_be_a_directory(ferry, tmp_path, bob, legacy):
+    """`scp f host:nodir/` with no `nodir` fails, as against OpenSSH, instead of creating a file `nodir`."""
+    home, key = bob
+    write_random(tmp_path / "f1", 100, seed=9)
+    result = scp(ferry, tmp_path, key, "f1", "bob@HOST:nodir/", legacy=legacy, check=False)
+    assert result.returncode != 0
+    assert not (home / "nodir").exists()
+    (home / "dir").mkdir()
+    scp(ferry, tmp_path, key, "f1", "bob@HOST:dir/", legacy=legacy)
+    assert (home / "dir" / "f1").stat().st_size == 100

@@ -502,6 +502,14 @@ impl Session {
         if source.is_dir() && self.inner.account.has_permissions_within(from) {
             return Err(CoreError::AccessDenied);
         }
+        if source.kind == FileKind::Symlink && from.parent() != to.parent() {
+            // A relative link leads elsewhere from another directory: there it must still lead inside the home, as
+            // a new link's target must, so that nothing that walks the home on disk is led out of it.
+            let target = self.storage().read_link(from.relative()).await?;
+            if !to.parent().holds_link_to(&target) {
+                return Err(CoreError::AccessDenied);
+            }
+        }
         let replaced = match self.storage().symlink_metadata(to.relative()).await {
             Ok(meta) if meta.is_dir() => return Err(CoreError::AlreadyExists),
             Ok(meta) => {
@@ -885,6 +893,33 @@ mod tests {
     use super::*;
     use crate::account::Permissions;
     use crate::transfer::tests::{path, session};
+
+    /// A link moved to another directory must still lead inside the home from there; within its directory it may
+    /// be renamed whatever it points to.
+    #[tokio::test]
+    async fn links_cannot_be_moved_where_they_would_lead_out_of_the_home() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = session(&tmp, Permissions::all(), None).await;
+        let home = tmp.path().join("home");
+        std::fs::create_dir_all(home.join("a/b")).unwrap();
+        std::os::unix::fs::symlink("../other", home.join("a/lnk")).unwrap();
+        std::os::unix::fs::symlink("/etc", home.join("a/abs")).unwrap();
+        for to in ["/lnk", "/a/b/../../lnk"] {
+            let refused = s.rename(&path("/a/lnk"), &path(to)).await;
+            assert!(matches!(refused, Err(CoreError::AccessDenied)), "{to}");
+        }
+        assert!(std::fs::symlink_metadata(home.join("a/lnk")).is_ok());
+        s.rename(&path("/a/lnk"), &path("/a/b/lnk")).await.unwrap();
+        s.rename(&path("/a/b/lnk"), &path("/a/b/renamed"))
+            .await
+            .unwrap();
+        assert_eq!(
+            std::fs::read_link(home.join("a/b/renamed")).unwrap(),
+            std::path::Path::new("../other")
+        );
+        s.rename(&path("/a/abs"), &path("/a/abs2")).await.unwrap();
+        assert!(s.rename(&path("/a/abs2"), &path("/abs")).await.is_err());
+    }
 
     /// Targets that lead outside the home (absolute ones name the server's own file system) are not shown: not in
     /// listings, not by READLINK. The links themselves are listed.

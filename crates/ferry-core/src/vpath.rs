@@ -65,6 +65,12 @@ impl VirtualPath {
         Self::resolve(cwd, input)
     }
 
+    /// Whether client input names a directory by its form: it ends in a slash. As in POSIX, `file/` is not the file,
+    /// and `new/` cannot be created as one.
+    pub fn names_dir(input: &str) -> bool {
+        input.len() > 1 && input.ends_with('/')
+    }
+
     /// Whether the symlink target `target`, as stored in a link in the directory `self`, leads to a place inside
     /// the home: relative, and no `..` climbing above the home on the way. On disk an absolute target names the
     /// server's own file system, which ferry never follows and does not show.
@@ -273,6 +279,14 @@ mod tests {
         );
         assert!(VirtualPath::resolve_beneath(&vp("/a"), "../../etc/passwd").is_err());
         assert!(VirtualPath::resolve_beneath(&vp("/"), "/..").is_err());
+    }
+
+    #[test]
+    fn a_trailing_slash_names_a_directory() {
+        assert!(VirtualPath::names_dir("new/"));
+        assert!(VirtualPath::names_dir("/a/b/"));
+        assert!(!VirtualPath::names_dir("/"));
+        assert!(!VirtualPath::names_dir("a/b"));
     }
 
     #[test]

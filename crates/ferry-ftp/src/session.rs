@@ -304,7 +304,7 @@ impl FtpSession {
             }
             Command::Dele(path) => {
                 let r = self
-                    .with_path(&path, |s, p| async move { s.remove(&p).await })
+                    .with_file_path(&path, |s, p| async move { s.remove(&p).await })
                     .await;
                 self.done(r, Code::FileActionOk, "File deleted").await?;
             }
@@ -437,6 +437,20 @@ impl FtpSession {
 
     fn resolve(&self, input: &str) -> Result<VirtualPath, Reply> {
         VirtualPath::resolve(&self.cwd, input).map_err(|e| error_reply(&e))
+    }
+
+    /// [`Self::with_path`] for a path that is to name a file: one ending in a slash is refused rather than taken as
+    /// a file's name (`STOR dir/` into a missing `dir` does not create a file `dir`, as open(2) refuses it for
+    /// vsftpd).
+    async fn with_file_path<T, F, Fut>(&self, input: &str, op: F) -> Result<T, Reply>
+    where
+        F: FnOnce(Session, VirtualPath) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CoreError>>,
+    {
+        if VirtualPath::names_dir(input) {
+            return Err(error_reply(&CoreError::IsADirectory));
+        }
+        self.with_path(input, op).await
     }
 
     /// Resolves `input` and runs `op` on the session with it; errors become replies.
@@ -1240,7 +1254,7 @@ impl FtpSession {
             },
         };
         let result = self
-            .with_path(input, |s, p| async move { s.open_write(&p, mode).await })
+            .with_file_path(input, |s, p| async move { s.open_write(&p, mode).await })
             .await;
         let upload = match result {
             Ok(upload) => upload,

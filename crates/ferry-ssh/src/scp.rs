@@ -329,18 +329,21 @@ where
         let Some(target) = self.args.paths.first() else {
             return Err(self.fatal("no target").await);
         };
+        // A target ending in a slash must be a directory, as with -d (a file `dir` is not made for `host:dir/`).
+        let must_be_dir =
+            self.args.target_is_dir || target.text.len() > 1 && target.text.ends_with('/');
         let target = match resolve_path(&target.text) {
             Ok(t) => t,
             Err(e) => return Err(self.fatal(&e.to_string()).await),
         };
-        let is_dir = self
-            .session
-            .metadata(&target)
-            .await
-            .is_ok_and(|m| m.is_dir());
-        if self.args.target_is_dir && !is_dir {
-            let message = format!("{target}: Not a directory");
-            return Err(self.fatal(&message).await);
+        let found = self.session.metadata(&target).await;
+        let is_dir = found.as_ref().is_ok_and(|m| m.is_dir());
+        if must_be_dir && !is_dir {
+            let reason = match found {
+                Err(CoreError::NotFound) => "No such file or directory",
+                _ => "Not a directory",
+            };
+            return Err(self.fatal(&format!("{target}: {reason}")).await);
         }
         self.ok().await?;
         self.receive(target, is_dir, 0).await

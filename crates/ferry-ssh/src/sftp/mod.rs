@@ -498,7 +498,7 @@ impl Server {
         let result: Result<Bytes, Status> = async {
             match packet {
                 Packet::Open(o) => {
-                    let path = resolve(&o.filename)?;
+                    let path = resolve_file(&o.filename)?;
                     let permits = self.check_handle_room(false)?;
                     let file =
                         FileHandle::open(self.session.clone(), path.clone(), o.pflags, &o.attrs)
@@ -514,11 +514,17 @@ impl Server {
                 Packet::Stat(s) => self.stat(id, &s.path, true).await,
                 Packet::Lstat(s) => self.stat(id, &s.path, false).await,
                 Packet::SetStat(s) => {
-                    handle::set_attrs(&self.session, &resolve(&s.path)?, &s.attrs).await?;
+                    let path = resolve(&s.path)?;
+                    if VirtualPath::names_dir(&s.path)
+                        && !self.session.metadata(&path).await?.is_dir()
+                    {
+                        return Err(CoreError::NotADirectory.into());
+                    }
+                    handle::set_attrs(&self.session, &path, &s.attrs).await?;
                     Ok(ok())
                 }
                 Packet::Remove(r) => {
-                    self.session.remove(&resolve(&r.filename)?).await?;
+                    self.session.remove(&resolve_file(&r.filename)?).await?;
                     Ok(ok())
                 }
                 Packet::MkDir(m) => {
@@ -539,7 +545,7 @@ impl Server {
                 }
                 Packet::RealPath(r) => Ok(single_name(id, resolve(&r.path)?.to_string())),
                 Packet::Rename(r) => {
-                    let (from, to) = (resolve(&r.oldpath)?, resolve(&r.newpath)?);
+                    let (from, to) = self.rename_paths(&r.oldpath, &r.newpath).await?;
                     // SFTP v3 RENAME does not replace (posix-rename does).
                     if self.session.symlink_metadata(&to).await.is_ok() {
                         return Err(CoreError::AlreadyExists.into());
@@ -553,7 +559,7 @@ impl Server {
                 }
                 // OpenSSH sends the target first, whatever the draft says, and every client follows it.
                 Packet::Symlink(s) => {
-                    let (target, link) = (s.linkpath, resolve(&s.targetpath)?);
+                    let (target, link) = (s.linkpath, resolve_file(&s.targetpath)?);
                     self.session.symlink(&target, &link).await?;
                     Ok(ok())
                 }
@@ -607,13 +613,33 @@ impl Server {
         wire::packet(id, Packet::Handle(HandleReply { id, handle: name }))
     }
 
+    /// The two paths of a rename; with a trailing slash on either, what is renamed must be a directory.
+    async fn rename_paths(
+        &self,
+        old: &str,
+        new: &str,
+    ) -> Result<(VirtualPath, VirtualPath), Status> {
+        let (from, to) = (resolve(old)?, resolve(new)?);
+        if (VirtualPath::names_dir(old) || VirtualPath::names_dir(new))
+            && !self.session.symlink_metadata(&from).await?.is_dir()
+        {
+            return Err(CoreError::NotADirectory.into());
+        }
+        Ok((from, to))
+    }
+
     async fn stat(&self, id: u32, path: &str, follow: bool) -> Result<Bytes, Status> {
+        let dir_named = VirtualPath::names_dir(path);
         let path = resolve(path)?;
-        let meta = if follow {
+        // A trailing slash follows a final symlink, as in POSIX.
+        let meta = if follow || dir_named {
             self.session.metadata(&path).await?
         } else {
             self.session.symlink_metadata(&path).await?
         };
+        if dir_named && !meta.is_dir() {
+            return Err(CoreError::NotADirectory.into());
+        }
         let attrs = attrs::from_metadata(&meta);
         Ok(wire::packet(id, Packet::Attrs(Attrs { id, attrs })))
     }
@@ -626,12 +652,12 @@ impl Server {
         };
         match request {
             "posix-rename@openssh.com" => {
-                let (from, to) = (resolve(&arg()?)?, resolve(&arg()?)?);
+                let (from, to) = self.rename_paths(&arg()?, &arg()?).await?;
                 self.session.rename(&from, &to).await?;
                 Ok(wire::status(id, StatusCode::Ok, "ok"))
             }
             "hardlink@openssh.com" => {
-                let (from, to) = (resolve(&arg()?)?, resolve(&arg()?)?);
+                let (from, to) = (resolve_file(&arg()?)?, resolve_file(&arg()?)?);
                 self.session.hard_link(&from, &to).await?;
                 Ok(wire::status(id, StatusCode::Ok, "ok"))
             }
@@ -717,6 +743,15 @@ impl Server {
 /// Resolves a client path: relative paths start at the home, which is `/`.
 fn resolve(path: &str) -> Result<VirtualPath, Status> {
     Ok(VirtualPath::resolve(&VirtualPath::root(), path)?)
+}
+
+/// Resolves a client path that is to name a file (or link): one ending in a slash is refused rather than taken as a
+/// file's name, so that `put f dir/` into a missing `dir` does not create a file `dir`, as OpenSSH refuses it.
+fn resolve_file(path: &str) -> Result<VirtualPath, Status> {
+    if VirtualPath::names_dir(path) {
+        return Err(CoreError::IsADirectory.into());
+    }
+    resolve(path)
 }
 
 /// A NAME reply with one entry and no attributes (REALPATH, READLINK, expand-path).
