@@ -585,3 +585,17 @@ def test_a_trailing_slash_names_a_directory_not_a_file(ferry):
         c.close()
     assert sorted(os.listdir(home)) == ["dir2", "file"]
     assert (home / "file").read_bytes() == b"keep"
+
+
+def test_a_key_refused_by_the_address_rules_counts_as_a_failed_login(ferry, tmp_path):
+    """docs/ssh.md: a key that is offered and then refused by the account's address rules counts against the failure
+    limits, as a wrong password does. Before, it was turned down when offered: no delay, no count, no log line."""
+    _, key = add_key_user(ferry, tmp_path, "ipr", "--allow-ip", "10.0.0.0/8")
+    host, port = ferry.addresses["sftp"]
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    with pytest.raises(paramiko.AuthenticationException):
+        client.connect(host, port, username="ipr", key_filename=str(key), look_for_keys=False, allow_agent=False,
+                       timeout=10)
+    client.close()
+    ferry.wait_for_log(r"login failed.*ipr|ipr.*login failed")

@@ -511,7 +511,12 @@ impl Session {
             }
         }
         let replaced = match self.storage().symlink_metadata(to.relative()).await {
-            Ok(meta) if meta.is_dir() => return Err(CoreError::AlreadyExists),
+            // As rename(2): a directory may replace an empty directory (a full one is refused by the storage).
+            Ok(meta) if meta.is_dir() && !source.is_dir() => return Err(CoreError::AlreadyExists),
+            Ok(meta) if meta.is_dir() => {
+                self.check(Permission::Overwrite, to)?;
+                None
+            }
             Ok(meta) => {
                 self.check(Permission::Overwrite, to)?;
                 Some(meta)
@@ -533,7 +538,13 @@ impl Session {
     pub async fn read_link(&self, path: &VirtualPath) -> CoreResult<String> {
         self.check(Permission::List, &path.parent())?;
         visible(path)?;
-        let target = self.storage().read_link(path.relative()).await?;
+        let target = match self.storage().read_link(path.relative()).await {
+            Ok(target) => target,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(CoreError::InvalidArgument("not a symbolic link".into()))
+            }
+            Err(e) => return Err(e.into()),
+        };
         if !path.parent().holds_link_to(&target) {
             return Err(CoreError::AccessDenied);
         }
@@ -894,6 +905,23 @@ mod tests {
     use crate::account::Permissions;
     use crate::transfer::tests::{path, session};
 
+    /// As rename(2): a directory replaces an empty directory, never a full one, and a file never replaces one.
+    #[tokio::test]
+    async fn a_directory_may_replace_an_empty_directory_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = session(&tmp, Permissions::all(), None).await;
+        let home = tmp.path().join("home");
+        for dir in ["src/inner", "empty", "full/x"] {
+            std::fs::create_dir_all(home.join(dir)).unwrap();
+        }
+        std::fs::write(home.join("f"), b"x").unwrap();
+        assert!(s.rename(&path("/f"), &path("/empty")).await.is_err());
+        assert!(s.rename(&path("/src"), &path("/full")).await.is_err());
+        s.rename(&path("/src"), &path("/empty")).await.unwrap();
+        assert!(home.join("empty/inner").is_dir());
+        assert!(home.join("full/x").is_dir() && home.join("f").is_file());
+    }
+
     /// A link moved to another directory must still lead inside the home from there; within its directory it may
     /// be renamed whatever it points to.
     #[tokio::test]
@@ -948,6 +976,10 @@ mod tests {
                 shown.insert(format!("{dir}/{}", entry.name), entry.link_target);
             }
         }
+        assert!(matches!(
+            s.read_link(&path("/f")).await,
+            Err(CoreError::InvalidArgument(_))
+        ));
         for (link, target, inside) in links {
             let expected = inside.then(|| target.to_owned());
             assert_eq!(shown[&format!("/{link}")], expected, "{link}");

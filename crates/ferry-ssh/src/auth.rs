@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use ferry_core::account::canonical_ip;
+use ferry_core::auth::AuthError;
 use ferry_core::events::Protocol;
 use ferry_core::server::{LoginError, ServerCore};
 use ferry_core::session::{ClientInfo, Session};
@@ -64,17 +65,21 @@ impl Logins {
         self.outcome(user, "publickey", result).await
     }
 
-    /// Whether `key` would be accepted for `user`, asked before the client signs anything. Not a login attempt.
+    /// Whether `key` would be accepted for `user`, asked before the client signs anything. Not a login attempt. A
+    /// key of the account offered from an address its rules refuse is taken here, so that the signed attempt that
+    /// follows fails as a login and counts against the failure limits.
     pub(crate) async fn key_acceptable(&self, user: &str, key: &PublicKey) -> bool {
         let Ok(key) = key.to_openssh() else {
             return false;
         };
         let ip = canonical_ip(self.peer.ip());
-        self.core
-            .authenticator()
-            .verify_public_key(user, &key, ip)
-            .await
-            .is_ok()
+        matches!(
+            self.core
+                .authenticator()
+                .verify_public_key(user, &key, ip)
+                .await,
+            Ok(_) | Err(AuthError::AddressNotAllowed(_))
+        )
     }
 
     async fn outcome(

@@ -546,6 +546,8 @@ impl Server {
                 Packet::RealPath(r) => Ok(single_name(id, resolve(&r.path)?.to_string())),
                 Packet::Rename(r) => {
                     let (from, to) = self.rename_paths(&r.oldpath, &r.newpath).await?;
+                    // A missing source is reported as such, before the target is looked at.
+                    self.session.symlink_metadata(&from).await?;
                     // SFTP v3 RENAME does not replace (posix-rename does).
                     if self.session.symlink_metadata(&to).await.is_ok() {
                         return Err(CoreError::AlreadyExists.into());
