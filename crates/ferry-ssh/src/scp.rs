@@ -541,10 +541,8 @@ where
             for path in paths {
                 match self.session.metadata(&path).await {
                     Ok(meta) => self.send(&path, &meta, 0).await?,
-                    Err(e) => {
-                        self.warn(&format!("{}: {}", arg.text, error_text(&e)))
-                            .await?
-                    }
+                    // The name of the match, not the pattern that found it.
+                    Err(e) => self.warn(&format!("{path}: {}", error_text(&e))).await?,
                 }
             }
         }
