@@ -541,8 +541,14 @@ where
             for path in paths {
                 match self.session.metadata(&path).await {
                     Ok(meta) => self.send(&path, &meta, 0).await?,
-                    // The name of the match, not the pattern that found it.
-                    Err(e) => self.warn(&format!("{path}: {}", error_text(&e))).await?,
+                    Err(e) => {
+                        // The path as given; for a pattern, the match, not the pattern that found it.
+                        let shown = match arg.glob {
+                            Some(_) => path.to_string(),
+                            None => arg.text.clone(),
+                        };
+                        self.warn(&format!("{shown}: {}", error_text(&e))).await?
+                    }
                 }
             }
         }
