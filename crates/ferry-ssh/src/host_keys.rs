@@ -46,17 +46,21 @@ pub struct PendingKey {
 }
 
 impl PendingKey {
-    /// Generates the key and saves it. CPU-heavy for RSA: run it off the async runtime.
+    /// Generates the key and saves it, unless another process (a second server on the same data directory)
+    /// saved one first: then that key is used. CPU-heavy for RSA: run it off the async runtime.
     pub fn generate(self) -> Result<PrivateKey, HostKeyError> {
         let key = generate(self.kind).map_err(|source| HostKeyError::Key {
             path: self.path.clone(),
             source,
         })?;
-        write_key(&self.path, &key).map_err(|source| HostKeyError::Io {
-            path: self.path,
-            source,
-        })?;
-        Ok(key)
+        match write_key(&self.path, &key) {
+            Ok(true) => Ok(key),
+            Ok(false) => read_key(self.path),
+            Err(source) => Err(HostKeyError::Io {
+                path: self.path,
+                source,
+            }),
+        }
     }
 }
 
@@ -75,20 +79,15 @@ pub fn load(dir: &Path) -> Result<(Vec<PrivateKey>, Vec<PendingKey>), HostKeyErr
     let mut pending = Vec::new();
     for (name, kind) in KEY_FILES {
         let path = dir.join(name);
-        match fs::read_to_string(&path) {
-            Ok(text) => keys.push(
-                PrivateKey::from_openssh(text)
-                    .map_err(|source| HostKeyError::Key { path, source })?,
-            ),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let key = PendingKey { path, kind };
-                match kind {
-                    KeyKind::Ed25519 => keys.push(key.generate()?),
-                    KeyKind::Rsa => pending.push(key),
-                }
+        if !path.exists() {
+            let key = PendingKey { path, kind };
+            match kind {
+                KeyKind::Ed25519 => keys.push(key.generate()?),
+                KeyKind::Rsa => pending.push(key),
             }
-            Err(source) => return Err(HostKeyError::Io { path, source }),
+            continue;
         }
+        keys.push(read_key(path)?);
     }
     Ok((keys, pending))
 }
@@ -119,11 +118,21 @@ fn generate(kind: KeyKind) -> Result<PrivateKey, ssh_key::Error> {
     Ok(key)
 }
 
-/// Writes the private key (0600, never readable by others even for a moment) and its `.pub` companion.
-fn write_key(path: &Path, key: &PrivateKey) -> io::Result<()> {
+fn read_key(path: PathBuf) -> Result<PrivateKey, HostKeyError> {
+    let text = fs::read_to_string(&path).map_err(|source| HostKeyError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    PrivateKey::from_openssh(text).map_err(|source| HostKeyError::Key { path, source })
+}
+
+/// Writes the private key (0600, never readable by others even for a moment) and its `.pub` companion; `false`
+/// when a key was already there (saved by another process meanwhile), which is left as it is. The key is written
+/// whole to a name of this process's own and then linked into place, which fails rather than replace a key.
+fn write_key(path: &Path, key: &PrivateKey) -> io::Result<bool> {
     let private = key.to_openssh(LineEnding::LF).map_err(io::Error::other)?;
     let public = key.public_key().to_openssh().map_err(io::Error::other)?;
-    let temp = path.with_extension("tmp");
+    let temp = path.with_extension(format!("tmp.{}", std::process::id()));
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -132,8 +141,15 @@ fn write_key(path: &Path, key: &PrivateKey) -> io::Result<()> {
         .open(&temp)?;
     file.write_all(private.as_bytes())?;
     file.sync_all()?;
-    fs::rename(&temp, path)?;
-    fs::write(path.with_extension("pub"), format!("{public}\n"))
+    let linked = fs::hard_link(&temp, path);
+    fs::remove_file(&temp)?;
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    }
+    fs::write(path.with_extension("pub"), format!("{public}\n"))?;
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -155,6 +171,28 @@ mod tests {
         }
         let again = load_or_generate(&dir).unwrap();
         assert_eq!(fingerprints(&first), fingerprints(&again));
+    }
+
+    /// Two servers started at once on a new data directory: the second to save a key uses the first one's (it
+    /// used to fail, the first having renamed away the temporary file both wrote).
+    #[test]
+    fn a_key_saved_first_by_another_process_is_the_one_used() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (keys, _) = load(tmp.path()).unwrap();
+        let path = tmp.path().join("raced_key");
+        fs::copy(tmp.path().join(KEY_FILES[0].0), &path).unwrap();
+        let pending = PendingKey {
+            path,
+            kind: KeyKind::Ed25519,
+        };
+        let used = pending.generate().unwrap();
+        assert_eq!(fingerprints(&[used]), fingerprints(&keys));
+        let names: Vec<String> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(!names.iter().any(|n| n.contains("tmp")), "{names:?}");
+        assert!(!tmp.path().join("raced_key.pub").exists());
     }
 
     #[test]
