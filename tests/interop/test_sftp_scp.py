@@ -237,3 +237,12 @@ def test_a_target_with_a_trailing_slash_must_be_a_directory(ferry, tmp_path, bob
     (home / "dir").mkdir()
     scp(ferry, tmp_path, key, "f1", "bob@HOST:dir/", legacy=legacy)
     assert (home / "dir" / "f1").stat().st_size == 100
+
+
+def test_legacy_recursive_download_of_the_home_names_it_after_the_account(ferry, tmp_path, bob):
+    """`scp -O -r host:~ x` copies the home as a directory named after the account (OpenSSH names it after the
+    home's last component); it used to be sent as `.`, which scp refuses."""
+    home, key = bob
+    write_random(home / "sub" / "f.bin", 500, seed=11)
+    scp(ferry, tmp_path, key, "-r", "bob@HOST:~", "copy", legacy=True)
+    assert (tmp_path / "copy" / "sub" / "f.bin").stat().st_size == 500

@@ -562,7 +562,12 @@ where
         depth: usize,
     ) -> StepResult<'a> {
         Box::pin(async move {
-            let name = path.file_name().unwrap_or(".").to_owned();
+            // The home itself (`host:~`, `host:/`) goes by the account's name, as `~` is named for OpenSSH's sshd
+            // by the home's last component: clients refuse `.` as a name.
+            let name = path
+                .file_name()
+                .unwrap_or(self.session.username())
+                .to_owned();
             if meta.is_dir() {
                 if !self.args.recursive {
                     return self.warn(&format!("{path}: not a regular file")).await;
