@@ -246,3 +246,15 @@ def test_legacy_recursive_download_of_the_home_names_it_after_the_account(ferry,
     write_random(home / "sub" / "f.bin", 500, seed=11)
     scp(ferry, tmp_path, key, "-r", "bob@HOST:~", "copy", legacy=True)
     assert (tmp_path / "copy" / "sub" / "f.bin").stat().st_size == 500
+
+
+def test_legacy_names_with_brackets_that_match_nothing_are_taken_as_written(ferry, tmp_path, bob):
+    """As sh does, a `[...]` word that matches no name is the word itself: `scp -O 'host:file[1].txt' .` downloads
+    `file[1].txt`, and a target `photos[2024].txt` is written as named. Both failed before."""
+    home, key = bob
+    (home / "file[1].txt").write_bytes(b"bracketed")
+    scp(ferry, tmp_path, key, "bob@HOST:file[1].txt", "got.txt", legacy=True)
+    assert (tmp_path / "got.txt").read_bytes() == b"bracketed"
+    write_random(tmp_path / "f1", 100, seed=12)
+    scp(ferry, tmp_path, key, "f1", "bob@HOST:photos[2024].txt", legacy=True)
+    assert (home / "photos[2024].txt").stat().st_size == 100

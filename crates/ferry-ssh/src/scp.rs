@@ -52,8 +52,8 @@ pub struct ScpArgs {
     pub preserve: bool,
     /// `-d`: the target must be a directory.
     pub target_is_dir: bool,
-    /// The target (sink, exactly one) or the sources (source, at least one; wildcards in their last component
-    /// are expanded as a shell would).
+    /// The target (sink, exactly one, taken as written) or the sources (source, at least one; wildcards in their
+    /// last component are expanded as a shell would, and a pattern that matches nothing is taken as written).
     pub paths: Vec<Word>,
 }
 
@@ -95,9 +95,6 @@ impl ScpArgs {
         let Some(direction) = direction else {
             return Err("this server only runs scp as a remote end (-t or -f)".into());
         };
-        if direction == Direction::Sink && paths.iter().any(|p: &Word| p.glob.is_some()) {
-            return Err("the target cannot have wildcards".into());
-        }
         match (direction, paths.len()) {
             (Direction::Sink, 1) | (Direction::Source, 1..) => Ok(ScpArgs {
                 direction,
@@ -330,8 +327,7 @@ where
             return Err(self.fatal("no target").await);
         };
         // A target ending in a slash must be a directory, as with -d (a file `dir` is not made for `host:dir/`).
-        let must_be_dir =
-            self.args.target_is_dir || target.text.len() > 1 && target.text.ends_with('/');
+        let must_be_dir = self.args.target_is_dir || VirtualPath::names_dir(&target.text);
         let target = match resolve_path(&target.text) {
             Ok(t) => t,
             Err(e) => return Err(self.fatal(&e.to_string()).await),
@@ -526,9 +522,14 @@ where
             return Ok(());
         }
         for arg in self.args.paths.clone() {
+            let literal = || resolve_path(&arg.text).map(|p| vec![p]);
             let paths = match &arg.glob {
-                None => resolve_path(&arg.text).map(|p| vec![p]),
-                Some(pattern) => expand(self.session, pattern).await,
+                None => literal(),
+                // As sh without `failglob`: a pattern that matches nothing is the word as written.
+                Some(pattern) => match expand(self.session, pattern).await {
+                    Err(CoreError::NotFound) => literal(),
+                    expanded => expanded,
+                },
             };
             let paths = match paths {
                 Ok(paths) => paths,
@@ -858,7 +859,9 @@ mod tests {
         assert_eq!(texts(&a.paths), ["-odd", "a"]);
         let a = ScpArgs::parse(&words("-f logs/*.txt")).unwrap();
         assert_eq!(a.paths[0].glob.as_deref(), Some("logs/*.txt"));
-        assert!(ScpArgs::parse(&words("-t in/*")).is_err());
+        // A target is taken as written, wildcards included (photos[2024].txt).
+        let a = ScpArgs::parse(&words("-t photos[2024].txt")).unwrap();
+        assert_eq!(a.paths[0].text, "photos[2024].txt");
         assert!(ScpArgs::parse(&words("-t a b")).is_err());
         assert!(ScpArgs::parse(&words("-t -f a")).is_err());
         assert!(ScpArgs::parse(&words("a b")).is_err());
