@@ -88,6 +88,23 @@ def test_recursive_put_and_get_with_times(ferry, tmp_path):
     assert int((tmp_path / "copy/d/b.bin").stat().st_mtime) == 1_500_000_000
 
 
+def test_put_with_times_in_atomic_upload_mode_keeps_them_for_new_and_replaced_files(ferry_factory, tmp_path):
+    # `put -p` sends FSETSTAT on the handle after the last write: the times must reach the file that takes the name.
+    server = ferry_factory("--upload-mode", "atomic")
+    home, key = add_key_user(server, tmp_path, "bob")
+    home.mkdir(parents=True, exist_ok=True)
+    data = random_bytes(2_000_000, seed=7)
+    (tmp_path / "p.bin").write_bytes(data)
+    os.utime(tmp_path / "p.bin", (1_115_269_505, 1_115_269_505))
+    (home / "old.bin").write_bytes(b"the old file")
+    os.utime(home / "old.bin", (1_262_304_000, 1_262_304_000))
+    result = sftp_batch(server, tmp_path, "bob", key, ["put -p p.bin new.bin", "put -p p.bin old.bin"])
+    assert "fsetstat" not in result.stderr
+    for name in ("new.bin", "old.bin"):
+        assert sha256_file(home / name) == sha256_bytes(data)
+        assert int((home / name).stat().st_mtime) == 1_115_269_505
+
+
 def test_rename_onto_an_existing_file_replaces_it(ferry, tmp_path):
     """OpenSSH's sftp uses posix-rename@openssh.com when the server offers it, which replaces the target."""
     home, key = add_key_user(ferry, tmp_path, "bob")

@@ -360,3 +360,76 @@ def test_atomic_upload_mode_with_out_of_order_writes_and_resume(ferry_factory):
             f.write(b"tail")
     assert (home / "a.bin").read_bytes() == b"".join(blocks) + b"tail"
     assert sorted(p.name for p in home.iterdir()) == ["a.bin"]
+
+
+def test_requests_on_a_handle_act_on_the_file_it_opened_after_its_name_is_taken(ferry):
+    # OpenSSH's sftp-server works on the descriptor: a rename, and another file taking the name, change nothing.
+    home = ferry.home("alice")
+    with sftp_client(ferry) as sftp:
+        write_remote(sftp, "h.bin", b"B" * 2000)
+        with sftp.open("h.bin", "r+") as f:
+            sftp.rename("h.bin", "h-renamed.bin")
+            write_remote(sftp, "h.bin", b"other")
+            assert f.stat().st_size == 2000
+            f.seek(1000)
+            assert f.read(4) == b"BBBB"
+            f.truncate(1)
+            assert f.stat().st_size == 1
+        assert (home / "h.bin").read_bytes() == b"other"
+        assert (home / "h-renamed.bin").read_bytes() == b"B"
+
+
+def test_a_handle_open_for_reading_acts_on_its_file_after_a_rename_and_a_remove(ferry):
+    home = ferry.home("alice")
+    data = random_bytes(100_000, seed=61)
+    when = 1115269505
+    with sftp_client(ferry) as sftp:
+        write_remote(sftp, "gone.bin", data)
+        with sftp.open("gone.bin", "rb") as f:
+            assert f.read(10) == data[:10]
+            sftp.rename("gone.bin", "moved.bin")
+            write_remote(sftp, "gone.bin", b"other")
+            f.chmod(0o600)
+            f.utime((when, when))
+            with pytest.raises(PermissionError):
+                f.truncate(1)
+            assert os.stat(home / "moved.bin").st_mtime == when
+            assert stat.S_IMODE(os.stat(home / "moved.bin").st_mode) == 0o600
+            assert os.stat(home / "gone.bin").st_mtime != when
+            assert (home / "gone.bin").read_bytes() == b"other"
+            sftp.remove("moved.bin")
+            assert f.stat().st_size == len(data)
+            f.seek(50_000)
+            assert f.read(10) == data[50_000:50_010]
+        assert sftp.stat("gone.bin").st_size == 5
+
+
+def test_atomic_uploads_keep_times_set_on_their_handle_and_read_what_they_wrote(ferry_factory):
+    # `sftp put -p`: OPEN with TRUNC, WRITEs, FSETSTAT, CLOSE; the times go to the file being written.
+    server = ferry_factory("--upload-mode", "atomic")
+    server.add_user("alice", "secret")
+    home = server.home("alice")
+    when = 1115269505
+    (home / "old.bin").write_bytes(b"the old file")
+    os.utime(home / "old.bin", (1262304000, 1262304000))
+    with sftp_client(server) as sftp:
+        for name in ("new.bin", "old.bin"):
+            with sftp.open(name, "w") as f:
+                f.write(b"new data")
+                f.flush()
+                f.chmod(0o600)
+                f.utime((when, when))
+            assert (home / name).read_bytes() == b"new data"
+            assert os.stat(home / name).st_mtime == when
+            assert stat.S_IMODE(os.stat(home / name).st_mode) == 0o600
+        with sftp.open("old.bin", "w+") as f:
+            f.write(b"xyz")
+            f.flush()
+            assert f.stat().st_size == 3
+            f.seek(0)
+            assert f.read() == b"xyz"
+            f.truncate(2)
+            assert f.stat().st_size == 2
+            assert (home / "old.bin").read_bytes() == b"new data"
+        assert (home / "old.bin").read_bytes() == b"xy"
+    assert sorted(p.name for p in home.iterdir()) == ["new.bin", "old.bin"]

@@ -132,7 +132,7 @@ impl Session {
         self.inner.account.permissions_at(path).contains(permission)
     }
 
-    fn check(&self, permission: Permission, path: &VirtualPath) -> CoreResult<()> {
+    pub(crate) fn check(&self, permission: Permission, path: &VirtualPath) -> CoreResult<()> {
         if self.allowed(permission, path) {
             Ok(())
         } else {
@@ -615,13 +615,18 @@ impl Session {
 
     pub async fn set_modified(&self, path: &VirtualPath, time: SystemTime) -> CoreResult<()> {
         let result = async {
-            self.check(Permission::SetTime, path)?;
-            visible(path)?;
+            self.check_set_modified(path)?;
             Ok(self.storage().set_modified(path.relative(), time).await?)
         }
         .await;
         self.publish(EventKind::SetTime, Some(path), None, result.as_ref().err());
         result
+    }
+
+    /// Whether the modification time of `path` may be set (see [`Session::set_modified`]).
+    pub(crate) fn check_set_modified(&self, path: &VirtualPath) -> CoreResult<()> {
+        self.check(Permission::SetTime, path)?;
+        visible(path)
     }
 
     /// Gives a file or directory this session has just created the mode its client asked for, as open(2) and
@@ -649,23 +654,29 @@ impl Session {
     /// Changes Unix permission bits (only the 0o777 bits; setuid and friends are refused).
     pub async fn set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
         let result = async {
-            // The home itself keeps the mode the server gave it: `chmod 000 /` would lock its owner out of it
-            // (the server, running as that owner, could no longer look inside), as `RMD /` would.
-            if path.is_root() {
-                return Err(CoreError::AccessDenied);
-            }
-            self.check(Permission::Chmod, path)?;
-            visible(path)?;
-            if mode & !0o777 != 0 {
-                return Err(CoreError::InvalidArgument(format!(
-                    "mode {mode:o} not allowed"
-                )));
-            }
+            self.check_set_mode(path, mode)?;
             Ok(self.storage().set_mode(path.relative(), mode).await?)
         }
         .await;
         self.publish(EventKind::Chmod, Some(path), None, result.as_ref().err());
         result
+    }
+
+    /// Whether `path` may be given `mode` (see [`Session::set_mode`]).
+    pub(crate) fn check_set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
+        // The home itself keeps the mode the server gave it: `chmod 000 /` would lock its owner out of it (the
+        // server, running as that owner, could no longer look inside), as `RMD /` would.
+        if path.is_root() {
+            return Err(CoreError::AccessDenied);
+        }
+        self.check(Permission::Chmod, path)?;
+        visible(path)?;
+        if mode & !0o777 != 0 {
+            return Err(CoreError::InvalidArgument(format!(
+                "mode {mode:o} not allowed"
+            )));
+        }
+        Ok(())
     }
 
     /// Truncates or extends a file to `len` bytes: growing it needs `upload` (it adds data, as an append does),
@@ -784,7 +795,7 @@ impl Session {
         self.inner.events.publish(event);
     }
 
-    fn publish(
+    pub(crate) fn publish(
         &self,
         kind: EventKind,
         path: Option<&VirtualPath>,

@@ -7,7 +7,7 @@
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::os::fd::BorrowedFd;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -15,7 +15,7 @@ use crate::account::Permission;
 use crate::error::{CoreError, CoreResult};
 use crate::events::EventKind;
 use crate::session::Session;
-use crate::storage::{sendfile, FileReader, FileState, FileWriter, Metadata};
+use crate::storage::{sendfile, FileChange, FileReader, FileState, FileWriter, Metadata};
 use crate::vpath::VirtualPath;
 
 mod pump;
@@ -258,6 +258,88 @@ impl Upload {
         let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
         s.writer.flush().await?;
         Ok(())
+    }
+
+    /// The metadata of the file being written (an atomic upload's temporary file), whatever name it has now, once
+    /// the data written so far has reached it.
+    pub async fn metadata(&mut self) -> CoreResult<Metadata> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        s.writer.flush().await?;
+        Ok(s.writer.metadata().await?)
+    }
+
+    /// Reads up to `len` bytes at `offset` of the file being written, whatever name it has now, once the data
+    /// written so far has reached it (empty at the end): a client may read what it writes. Needs `download`.
+    pub async fn read_at(&mut self, offset: u64, len: usize) -> CoreResult<Vec<u8>> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        s.session.check(Permission::Download, &s.path)?;
+        s.writer.flush().await?;
+        Ok(s.writer.read_at(offset, len).await?)
+    }
+
+    /// Truncates or extends the file being written to `len` bytes, whatever name it has now, with the rules of
+    /// [`Session::set_len`]: growing needs `upload` and counts against the quota as a write would, shrinking needs
+    /// `overwrite`, and the bytes cut stay counted until the upload ends and finds the file changed (see
+    /// `crate::quota`). Writes go on where they were.
+    pub async fn set_len(&mut self, len: u64) -> CoreResult<()> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        s.writer.flush().await?;
+        let now = s.writer.metadata().await?.size;
+        if len > now {
+            s.session.check(Permission::Upload, &s.path)?;
+        } else if len < now {
+            s.session.check(Permission::Overwrite, &s.path)?;
+        }
+        let growth = len.saturating_sub(s.size);
+        if growth > 0 {
+            let allowance = s.temp.as_ref().map_or(0, |t| t.allowance);
+            s.session.quota().reserve_bytes_beyond(growth, allowance)?;
+        }
+        if let Err(e) = s.writer.change(FileChange::Len(len)).await {
+            s.session.quota().release_bytes(growth);
+            return Err(e.into());
+        }
+        s.size += growth;
+        s.bytes_delta += growth as i64;
+        s.grown += growth;
+        if len < now {
+            // The file is registered with the tracker: this only notes that it changed.
+            s.session.quota().release_shrunk(s.file_id, now - len);
+        }
+        Ok(())
+    }
+
+    /// Sets the permission bits of the file being written, whatever name it has now, with the rules of
+    /// [`Session::set_mode`].
+    pub async fn set_mode(&mut self, mode: u32) -> CoreResult<()> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        let result = async {
+            s.session.check_set_mode(&s.path, mode)?;
+            s.writer.flush().await?;
+            Ok(s.writer.change(FileChange::Mode(mode)).await?)
+        }
+        .await;
+        let error = result.as_ref().err();
+        s.session
+            .publish(EventKind::Chmod, Some(&s.path), None, error);
+        result
+    }
+
+    /// Sets the modification time of the file being written, whatever name it has now, with the rules of
+    /// [`Session::set_modified`]. It is set once the data written so far has reached the file, and an atomic
+    /// upload keeps it when it takes its final name; later writes change it again.
+    pub async fn set_modified(&mut self, time: SystemTime) -> CoreResult<()> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        let result = async {
+            s.session.check_set_modified(&s.path)?;
+            s.writer.flush().await?;
+            Ok(s.writer.change(FileChange::Modified(time)).await?)
+        }
+        .await;
+        let error = result.as_ref().err();
+        s.session
+            .publish(EventKind::SetTime, Some(&s.path), None, error);
+        result
     }
 
     /// Completes the upload: flushes, moves an atomic upload into place, records usage and the event.
@@ -632,6 +714,47 @@ impl Download {
         Ok(n)
     }
 
+    /// Makes the next read start at `offset` of the file opened, whatever name it has now (an offset beyond its end
+    /// reads nothing). Direct sends are no longer possible.
+    pub fn seek(&mut self, offset: u64) -> CoreResult<()> {
+        self.read_from = true;
+        self.reader.reposition(offset)?;
+        Ok(())
+    }
+
+    /// The metadata of the file opened, whatever name it has now.
+    pub async fn metadata(&mut self) -> CoreResult<Metadata> {
+        Ok(self.reader.metadata().await?)
+    }
+
+    /// Sets the permission bits of the file opened, whatever name it has now, with the rules of
+    /// [`Session::set_mode`].
+    pub async fn set_mode(&mut self, mode: u32) -> CoreResult<()> {
+        let result = async {
+            self.session.check_set_mode(&self.path, mode)?;
+            Ok(self.reader.change(FileChange::Mode(mode)).await?)
+        }
+        .await;
+        let error = result.as_ref().err();
+        self.session
+            .publish(EventKind::Chmod, Some(&self.path), None, error);
+        result
+    }
+
+    /// Sets the modification time of the file opened, whatever name it has now, with the rules of
+    /// [`Session::set_modified`].
+    pub async fn set_modified(&mut self, time: SystemTime) -> CoreResult<()> {
+        let result = async {
+            self.session.check_set_modified(&self.path)?;
+            Ok(self.reader.change(FileChange::Modified(time)).await?)
+        }
+        .await;
+        let error = result.as_ref().err();
+        self.session
+            .publish(EventKind::SetTime, Some(&self.path), None, error);
+        result
+    }
+
     /// Whether [`Download::send_to`] can be used: the file is local and has not been read from.
     pub fn can_send_directly(&self) -> bool {
         !self.read_from && self.reader.local_fd().is_some()
@@ -779,6 +902,64 @@ pub(crate) mod tests {
             b"01ab456789"
         );
         assert_eq!(session.quota().usage().bytes, 10);
+    }
+
+    #[tokio::test]
+    async fn an_upload_resizes_and_looks_at_its_own_file_after_its_name_is_taken() {
+        let (tmp, session, mut up) = upload_of_ten_bytes_at_most().await;
+        let home = tmp.path().join("home");
+        up.write(b"0123").await.unwrap();
+        std::fs::rename(home.join("f"), home.join("g")).unwrap();
+        std::fs::write(home.join("f"), b"other").unwrap();
+        assert_eq!(up.metadata().await.unwrap().size, 4);
+        up.set_len(8).await.unwrap();
+        assert_eq!(session.quota().usage().bytes, 8);
+        assert!(matches!(
+            up.set_len(11).await,
+            Err(CoreError::QuotaExceeded(_))
+        ));
+        up.set_len(2).await.unwrap();
+        assert_eq!(up.read_at(0, 10).await.unwrap(), b"01");
+        up.finish().await.unwrap();
+        assert_eq!(std::fs::read(home.join("g")).unwrap(), b"01");
+        assert_eq!(std::fs::read(home.join("f")).unwrap(), b"other");
+        // The bytes cut stayed counted until the upload ended.
+        assert_eq!(session.quota().usage().bytes, 2);
+    }
+
+    #[tokio::test]
+    async fn shrinking_an_uploads_file_needs_overwrite() {
+        let (tmp, session) = old_file_without_overwrite().await;
+        let mut up = session
+            .open_write(&path("/f"), WriteMode::Append)
+            .await
+            .unwrap();
+        assert!(matches!(
+            up.set_len(1).await,
+            Err(CoreError::PermissionDenied(Permission::Overwrite))
+        ));
+        up.set_len(5).await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("home/f")).unwrap(),
+            b"old\0\0"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_download_moved_to_an_offset_reads_the_file_it_opened() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+        std::fs::write(tmp.path().join("home/f"), b"0123456789").unwrap();
+        let session = session(&tmp, Permissions::all(), None).await;
+        let mut down = session.open_read(&path("/f"), 0).await.unwrap();
+        std::fs::remove_file(tmp.path().join("home/f")).unwrap();
+        assert_eq!(down.metadata().await.unwrap().size, 10);
+        down.seek(6).unwrap();
+        let mut buf = [0u8; 8];
+        let n = down.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"6789");
+        down.finish();
     }
 
     /// A home holding `f` ("old"), and a session that may upload but not overwrite.

@@ -15,10 +15,11 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+use async_trait::async_trait;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::task::JoinHandle;
 
-use super::FileReader;
+use super::{FileChange, FileReader, Metadata};
 
 /// At most this many bytes are read from the disk per trip to the blocking pool.
 const MAX_DISK_READ: usize = 1024 * 1024;
@@ -123,9 +124,33 @@ impl AsyncRead for CachedReader {
     }
 }
 
+#[async_trait]
 impl FileReader for CachedReader {
     fn local_fd(&self) -> Option<BorrowedFd<'_>> {
         Some(self.file.as_fd())
+    }
+
+    fn reposition(&mut self, offset: u64) -> io::Result<()> {
+        // A read from the disk still running is for the old position: its result is dropped with it.
+        self.pending = None;
+        self.spill = Vec::new();
+        self.spilled_from = 0;
+        self.position = offset;
+        Ok(())
+    }
+
+    async fn metadata(&mut self) -> io::Result<Metadata> {
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || super::local::open_file_metadata(&file))
+            .await
+            .map_err(io::Error::other)?
+    }
+
+    async fn change(&mut self, change: FileChange) -> io::Result<()> {
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || super::local::change_open_file(&file, change))
+            .await
+            .map_err(io::Error::other)?
     }
 }
 

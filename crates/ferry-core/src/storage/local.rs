@@ -109,6 +109,24 @@ fn convert_metadata(m: &cap_std::fs::Metadata) -> Metadata {
     }
 }
 
+/// The metadata of an open local file (one fstat(2), blocking).
+pub(super) fn open_file_metadata(file: &std::fs::File) -> io::Result<Metadata> {
+    let meta = cap_std::fs::Metadata::from_just_metadata(file.metadata()?);
+    Ok(convert_metadata(&meta))
+}
+
+/// Makes `change` to an open local file (blocking).
+pub(super) fn change_open_file(file: &std::fs::File, change: super::FileChange) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match change {
+        super::FileChange::Len(len) => file.set_len(len),
+        super::FileChange::Mode(mode) => {
+            file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))
+        }
+        super::FileChange::Modified(time) => file.set_modified(time),
+    }
+}
+
 pub(super) fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
     let nanos = Duration::from_nanos(u64::try_from(nsecs).unwrap_or(0));
     match u64::try_from(secs) {

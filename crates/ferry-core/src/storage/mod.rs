@@ -122,6 +122,7 @@ pub struct WriteTarget {
 pub type WritePlanner = Box<dyn FnOnce(Option<&Metadata>) -> io::Result<WriteTarget> + Send>;
 
 /// A file open for reading.
+#[async_trait]
 pub trait FileReader: AsyncRead + Send + Unpin {
     /// The file's descriptor when it is a local file that can be sent with sendfile(2) (see [`sendfile`]);
     /// sends start at, and move, the descriptor's position, which is where the file was opened: reads need not
@@ -129,6 +130,35 @@ pub trait FileReader: AsyncRead + Send + Unpin {
     fn local_fd(&self) -> Option<BorrowedFd<'_>> {
         None
     }
+
+    /// Makes the next read start at `offset` of the same open file, whatever name it has now. `Unsupported` (the
+    /// default) where the storage cannot.
+    fn reposition(&mut self, _offset: u64) -> io::Result<()> {
+        Err(unsupported_on_open_file())
+    }
+
+    /// The open file's metadata, whatever name it has now. `Unsupported` (the default) where the storage cannot
+    /// tell.
+    async fn metadata(&mut self) -> io::Result<Metadata> {
+        Err(unsupported_on_open_file())
+    }
+
+    /// Changes the open file itself, whatever name it has now (a file open only for reading cannot change its
+    /// length). `Unsupported` (the default) where the storage cannot.
+    async fn change(&mut self, _change: FileChange) -> io::Result<()> {
+        Err(unsupported_on_open_file())
+    }
+}
+
+/// A change to an open file itself, whatever name it has now ([`FileWriter::change`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileChange {
+    /// Truncate or extend it to this many bytes.
+    Len(u64),
+    /// Set its Unix permission bits.
+    Mode(u32),
+    /// Set its modification time (the access time stays).
+    Modified(SystemTime),
 }
 
 /// A file open for writing. Dropping it without [`tokio::io::AsyncWriteExt::shutdown`] may lose buffered data.
@@ -175,6 +205,32 @@ pub trait FileWriter: AsyncWrite + Send + Unpin {
     /// The file as it is now, once the writes before have ended; `None` once [`FileWriter::write_last`] has closed
     /// it.
     async fn state(&mut self) -> io::Result<Option<FileState>>;
+
+    /// The open file's metadata once the writes before have ended, whatever name it has now. `Unsupported` (the
+    /// default) where the storage cannot tell.
+    async fn metadata(&mut self) -> io::Result<Metadata> {
+        Err(unsupported_on_open_file())
+    }
+
+    /// Changes the open file itself once the writes before have ended, whatever name it has now (an SFTP handle
+    /// acts on the file it opened). `Unsupported` (the default) where the storage cannot.
+    async fn change(&mut self, _change: FileChange) -> io::Result<()> {
+        Err(unsupported_on_open_file())
+    }
+
+    /// Reads up to `len` bytes at `offset` of the open file once the writes before have ended (empty at the end),
+    /// for a client that reads what it writes. `Unsupported` (the default) where the storage cannot.
+    async fn read_at(&mut self, _offset: u64, _len: usize) -> io::Result<Vec<u8>> {
+        Err(unsupported_on_open_file())
+    }
+}
+
+/// What a reader or writer answers when its storage cannot act on the open file itself.
+fn unsupported_on_open_file() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::Unsupported,
+        "the storage cannot do this on an open file",
+    )
 }
 
 /// A directory listing that arrives entry by entry, so that a huge directory is never held in memory at once.

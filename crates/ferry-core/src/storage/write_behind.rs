@@ -25,6 +25,7 @@
 use std::fs::File;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice, Seek, Write};
+use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -33,7 +34,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
-use super::{FileState, FileWriter};
+use super::{FileChange, FileState, FileWriter, Metadata};
 
 /// At most this many bytes are copied per [`AsyncWrite`] write (as tokio's `File` does).
 const MAX_COPIED_WRITE: usize = 2 * 1024 * 1024;
@@ -52,6 +53,8 @@ pub(super) struct WriteBehind {
     opened: FileState,
     /// The running (or last) write is of a buffer copied here, not one the caller handed over.
     copied: bool,
+    /// The same file opened again for reading, once [`FileWriter::read_at`] needed it.
+    reader: Option<Arc<File>>,
 }
 
 enum State {
@@ -70,6 +73,7 @@ impl WriteBehind {
             emptying: false,
             opened,
             copied: false,
+            reader: None,
         }
     }
 
@@ -133,6 +137,13 @@ impl WriteBehind {
             self.start(Vec::new(), false)?;
         }
         self.poll_idle(cx)
+    }
+
+    /// The file, once the writes before have ended and the old data to replace is gone (see
+    /// [`FileWriter::holds_old_data`]): what a look at the file, or a change to it, must come after.
+    async fn settled_file(&mut self) -> io::Result<Arc<File>> {
+        poll_fn(|cx| self.poll_emptied(cx)).await?;
+        self.file.as_ref().map(Arc::clone).ok_or_else(closed)
     }
 
     /// Copies up to [`MAX_COPIED_WRITE`] bytes of `bufs` into the spare buffer and starts writing them.
@@ -208,6 +219,63 @@ impl FileWriter for WriteBehind {
             .map_err(io::Error::other)??;
         Ok(Some(state))
     }
+
+    async fn metadata(&mut self) -> io::Result<Metadata> {
+        let file = self.settled_file().await?;
+        blocking(move || super::local::open_file_metadata(&file)).await
+    }
+
+    async fn change(&mut self, change: FileChange) -> io::Result<()> {
+        let file = self.settled_file().await?;
+        blocking(move || super::local::change_open_file(&file, change)).await
+    }
+
+    async fn read_at(&mut self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let file = self.settled_file().await?;
+        let reader = self.reader.clone();
+        let (data, reader) = blocking(move || {
+            let reader = match reader {
+                Some(reader) => reader,
+                None => Arc::new(reopen_for_reading(&file)?),
+            };
+            let mut data = vec![0u8; len];
+            let n = loop {
+                match reader.read_at(&mut data, offset) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    read => break read?,
+                }
+            };
+            data.truncate(n);
+            Ok((data, reader))
+        })
+        .await?;
+        self.reader = Some(reader);
+        Ok(data)
+    }
+}
+
+/// Runs blocking work on an open file off the async runtime.
+async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Opens the file `file` (open for writing only) again for reading (blocking): the same file, whatever name it has
+/// now or if it has none, through its descriptor's entry in `/proc/self/fd`.
+#[cfg(target_os = "linux")]
+fn reopen_for_reading(file: &File) -> io::Result<File> {
+    use std::os::fd::AsRawFd;
+    File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+#[cfg(not(target_os = "linux"))]
+fn reopen_for_reading(_file: &File) -> io::Result<File> {
+    Err(io::ErrorKind::Unsupported.into())
 }
 
 impl AsyncWrite for WriteBehind {

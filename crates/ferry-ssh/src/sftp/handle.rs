@@ -208,8 +208,9 @@ struct Reader {
     position: u64,
 }
 
-/// An open file. Reads go through a [`Download`] that is reopened when a client reads out of sequence; writes go
-/// through an [`Upload`] that places each block at its offset (or, with APPEND, at the end).
+/// An open file. Writes go through an [`Upload`] that places each block at its offset (or, with APPEND, at the
+/// end); a handle open only for reading reads through a [`Download`]. Requests on the handle act on the file it
+/// opened, as OpenSSH's act on its descriptor, whatever has happened to its name since.
 pub(crate) struct FileHandle {
     session: Session,
     path: VirtualPath,
@@ -287,6 +288,9 @@ impl FileHandle {
         Ok(handle)
     }
 
+    /// Reads from the file the handle opened, whatever name it has now: a handle open for writing reads what it
+    /// wrote (an atomic upload's temporary file), one open only for reading goes on with its download, moved to
+    /// `offset` when the client reads out of sequence.
     async fn read(&mut self, id: u32, offset: u64, len: u32) -> Result<Bytes, Status> {
         if !self.readable {
             return Err(Status::new(
@@ -294,32 +298,28 @@ impl FileHandle {
                 "handle not open for reading",
             ));
         }
-        if let Some(upload) = &mut self.upload {
-            upload.flush().await?;
+        // No file reaches that far (and pread(2) refuses such offsets).
+        if i64::try_from(offset).is_err() {
+            return Err(Status::eof());
         }
-        let reader = match &mut self.reader {
-            Some(r) if r.position == offset => r,
-            current => {
-                if let Some(old) = current.take() {
-                    // Pipelined reads past the end arrive after the last block: answer them without reopening.
-                    if offset >= old.download.size() && !self.writable {
-                        *current = Some(old);
-                        return Err(Status::eof());
-                    }
-                    old.download.finish();
-                }
-                let download = match self.session.open_read(&self.path, offset).await {
-                    Ok(download) => download,
-                    Err(CoreError::InvalidArgument(_)) => return Err(Status::eof()),
-                    Err(e) => return Err(e.into()),
-                };
-                current.insert(Reader {
-                    download,
-                    position: offset,
-                })
-            }
-        };
         let len = len as usize;
+        if let Some(upload) = &mut self.upload {
+            let data = upload.read_at(offset, len).await?;
+            if data.is_empty() {
+                return Err(Status::eof());
+            }
+            let mut buf = Vec::with_capacity(wire::DATA_HEADER_LEN + data.len());
+            buf.resize(wire::DATA_HEADER_LEN, 0);
+            buf.extend_from_slice(&data);
+            return Ok(wire::data(id, buf, data.len()));
+        }
+        let Some(reader) = &mut self.reader else {
+            return Err(closed());
+        };
+        if reader.position != offset {
+            reader.download.seek(offset)?;
+            reader.position = offset;
+        }
         let mut buf = vec![0u8; wire::DATA_HEADER_LEN + len];
         let mut filled = 0;
         while filled < len {
@@ -402,17 +402,8 @@ impl FileHandle {
                 "handle not open for writing",
             ));
         }
-        // A later read must see this data, so it reopens its download.
-        if let Some(old) = self.reader.take() {
-            old.download.finish();
-        }
-        let upload = match &mut self.upload {
-            Some(upload) => upload,
-            empty => empty.insert(
-                self.session
-                    .open_write(&self.path, WriteMode::Append)
-                    .await?,
-            ),
+        let Some(upload) = &mut self.upload else {
+            return Err(closed());
         };
         let result = if self.append {
             upload.write_parts(parts).await
@@ -429,19 +420,52 @@ impl FileHandle {
         Ok(())
     }
 
+    /// The attributes of the file the handle opened, whatever name it has now; those of a file being written
+    /// once the writes before have reached it.
     async fn stat(&mut self) -> Result<FileAttributes, Status> {
-        self.flush().await?;
-        let meta = self.session.metadata(&self.path).await?;
+        let meta = match (&mut self.upload, &mut self.reader) {
+            (Some(upload), _) => upload.metadata().await?,
+            (None, Some(reader)) => reader.download.metadata().await?,
+            (None, None) => return Err(closed()),
+        };
         Ok(attrs::from_metadata(&meta))
     }
 
+    /// Applies FSETSTAT attributes, in the order [`set_attrs`] does, to the file the handle opened, never to
+    /// another file that has taken its name meanwhile: to the file being written (an atomic upload's temporary
+    /// file, which keeps them when it takes its final name), or to the file being read, whose size cannot change
+    /// through the handle (as with OpenSSH's ftruncate(2) on a descriptor open only for reading).
     async fn set_attrs(&mut self, attrs: &FileAttributes) -> Result<(), Status> {
-        self.flush().await?;
-        if attrs.size.is_some() {
-            // Truncation changes the file under the upload: end it here, the next write opens a new one.
-            self.end_upload().await?;
+        let mode = attrs.permissions.map(|mode| mode & 0o7777);
+        let mtime = attrs.mtime.map(attrs::system_time);
+        if let Some(upload) = &mut self.upload {
+            if let Some(size) = attrs.size {
+                upload.set_len(size).await?;
+            }
+            if let Some(mode) = mode {
+                upload.set_mode(mode).await?;
+            }
+            if let Some(mtime) = mtime {
+                upload.set_modified(mtime).await?;
+            }
+            return Ok(());
         }
-        set_attrs(&self.session, &self.path, attrs).await
+        let Some(reader) = &mut self.reader else {
+            return Err(closed());
+        };
+        if attrs.size.is_some() {
+            return Err(Status::new(
+                russh_sftp::protocol::StatusCode::PermissionDenied,
+                "handle not open for writing",
+            ));
+        }
+        if let Some(mode) = mode {
+            reader.download.set_mode(mode).await?;
+        }
+        if let Some(mtime) = mtime {
+            reader.download.set_modified(mtime).await?;
+        }
+        Ok(())
     }
 
     async fn close(&mut self) -> Result<(), Status> {
@@ -479,6 +503,11 @@ impl FileHandle {
             upload.fail(reason).await;
         }
     }
+}
+
+/// What a request on a handle whose file is no longer open gets.
+fn closed() -> Status {
+    Status::failure("the handle's file is closed")
 }
 
 fn put_reply(replies: &mut BytesMut, id: u32, result: Result<(), Status>) {
