@@ -137,6 +137,10 @@ fn path(s: &str) -> VirtualPath {
 }
 
 /// What the files in `dir` hold: each name is a file, and the bytes of a file with several names count once.
+fn usage(bytes: u64, files: u64) -> QuotaUsage {
+    QuotaUsage { bytes, files }
+}
+
 fn disk_usage(dir: &Path) -> QuotaUsage {
     let mut usage = QuotaUsage::default();
     let mut seen = HashSet::new();
@@ -196,16 +200,13 @@ async fn a_file_removed_under_its_upload_stays_counted_until_the_upload_ends() {
     let mut up = acct.open("/f", WriteMode::Append).await;
     up.write(&[b'y'; 10]).await.unwrap();
     acct.b.remove(&path("/f")).await.unwrap();
-    let counted = QuotaUsage {
-        bytes: 47,
-        files: 2,
-    };
+    let counted = usage(47, 2);
     assert_eq!(acct.a.quota().usage(), counted);
     // Writing on into the deleted file is charged as before.
     up.write(&[b'y'; 5]).await.unwrap();
     assert_eq!(acct.a.quota().usage().bytes, 52);
     up.finish().await.unwrap();
-    assert_eq!(acct.a.quota().usage(), QuotaUsage { bytes: 7, files: 1 });
+    assert_eq!(acct.a.quota().usage(), usage(7, 1));
     acct.assert_charged_for_disk().await;
 }
 
@@ -216,13 +217,7 @@ async fn a_file_replaced_by_a_rename_under_its_upload_is_given_back_when_the_upl
     acct.put("/g", 20).await;
     let mut up = acct.open("/f", WriteMode::Append).await;
     acct.b.rename(&path("/g"), &path("/f")).await.unwrap();
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 50,
-            files: 2
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(50, 2));
     up.write(&[b'y'; 5]).await.unwrap();
     up.finish().await.unwrap();
     acct.assert_charged_for_disk().await;
@@ -283,13 +278,7 @@ async fn uploads_nobody_interferes_with_count_as_before() {
     acct.put("/f", 60).await;
     // Replacing a file frees its old bytes at once: a file of the same size fits a quota that cannot hold both.
     acct.put("/f", 60).await;
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 60,
-            files: 1
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(60, 1));
     let mut up = acct.open("/f", WriteMode::Append).await;
     up.write(&[b'y'; 30]).await.unwrap();
     up.finish().await.unwrap();
@@ -325,13 +314,7 @@ async fn atomic_uploads_count_the_file_they_replace_or_create() {
     acct.b.remove(&path("/f")).await.unwrap();
     up.finish().await.unwrap();
     acct.assert_charged_for_disk().await;
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 30,
-            files: 1
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(30, 1));
     // Its temporary file removed under it, an upload that breaks off gives back all it counted.
     let mut up = acct.open("/f", WriteMode::Truncate).await;
     up.write(&[b'y'; 10]).await.unwrap();
@@ -393,7 +376,7 @@ async fn a_name_removed_from_a_linked_file_gives_back_the_file_count_only() {
         .unwrap();
     acct.assert_charged_for_disk().await;
     acct.b.remove(&path("/a")).await.unwrap();
-    assert_eq!(acct.a.quota().usage(), QuotaUsage { bytes: 5, files: 1 });
+    assert_eq!(acct.a.quota().usage(), usage(5, 1));
     acct.assert_charged_for_disk().await;
 }
 
@@ -409,13 +392,7 @@ async fn a_name_removed_while_an_upload_has_the_file_open_by_another_gives_back_
     acct.b.remove(&path("/b")).await.unwrap();
     up.finish().await.unwrap();
     acct.assert_charged_for_disk().await;
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 40,
-            files: 1
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(40, 1));
 }
 
 /// Another session renamed or deleted an upload's temporary file: its data stayed on disk, uncounted, or a file
@@ -708,13 +685,7 @@ async fn an_atomic_replace_is_allowed_when_the_result_fits_the_quota() {
     up.write(&[b'n'; 400]).await.unwrap();
     up.finish().await.unwrap();
     assert_eq!(std::fs::read(acct.home().join("f")).unwrap(), [b'n'; 400]);
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 700,
-            files: 2
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(700, 2));
     acct.assert_charged_for_disk().await;
     // The new copy may take all the room the old one leaves: 700 bytes, not one more.
     let mut up = acct.open("/f", WriteMode::Truncate).await;
@@ -756,13 +727,7 @@ async fn an_atomic_replace_whose_old_file_is_deleted_meanwhile_never_stores_past
     up.finish().await.unwrap();
     assert_eq!(std::fs::read(acct.home().join("f")).unwrap(), [b'n'; 700]);
     // `/g` was kept, empty, for its client to resume.
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 1000,
-            files: 3
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(1000, 3));
     acct.assert_charged_for_disk().await;
 }
 
@@ -785,26 +750,14 @@ async fn an_aborted_atomic_replace_leaves_usage_as_it_was() {
     up.write(&[b'n'; 600]).await.unwrap();
     up.fail("broken off").await;
     assert_eq!(std::fs::read(acct.home().join("f")).unwrap(), [b'o'; 400]);
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 700,
-            files: 2
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(700, 2));
     acct.assert_charged_for_disk().await;
     // Its old file deleted meanwhile: the deletion's bytes and file are given back when the pin goes.
     let mut up = acct.open("/f", WriteMode::Truncate).await;
     up.write(&[b'n'; 600]).await.unwrap();
     acct.b.remove(&path("/f")).await.unwrap();
     up.fail("broken off").await;
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 300,
-            files: 1
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(300, 1));
     acct.assert_charged_for_disk().await;
 }
 
@@ -843,13 +796,7 @@ async fn an_atomic_replace_whose_old_file_was_renamed_away_must_fit_without_it()
     up.write(&[b'n'; 250]).await.unwrap();
     acct.b.rename(&path("/moved"), &path("/f")).await.unwrap();
     up.finish().await.unwrap();
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 950,
-            files: 3
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(950, 3));
     acct.assert_charged_for_disk().await;
 }
 
@@ -877,13 +824,7 @@ async fn two_atomic_replaces_of_one_file_give_it_back_once() {
     );
     second.finish().await.unwrap();
     assert_eq!(std::fs::read(acct.home().join("f")).unwrap(), [b'2'; 400]);
-    assert_eq!(
-        acct.a.quota().usage(),
-        QuotaUsage {
-            bytes: 700,
-            files: 2
-        }
-    );
+    assert_eq!(acct.a.quota().usage(), usage(700, 2));
     acct.assert_charged_for_disk().await;
 }
 
@@ -959,10 +900,7 @@ async fn an_append_to_the_file_an_atomic_upload_replaces_is_given_back_with_it()
         assert_eq!(std::fs::read(acct.home().join("f")).unwrap(), [b'n'; 200]);
         assert_eq!(
             acct.a.quota().usage(),
-            QuotaUsage {
-                bytes: 500,
-                files: 2
-            },
+            usage(500, 2),
             "append ends first: {append_ends_first}"
         );
         acct.assert_charged_for_disk().await;

@@ -10,7 +10,6 @@ use std::fs::File;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -58,15 +57,7 @@ impl CachedReader {
         let offset = self.position;
         let len = len.min(MAX_DISK_READ);
         self.pending = Some(tokio::task::spawn_blocking(move || {
-            let mut data = vec![0u8; len];
-            let n = loop {
-                match file.read_at(&mut data, offset) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    read => break read?,
-                }
-            };
-            data.truncate(n);
-            Ok(data)
+            super::local::read_at_most(&file, offset, len)
         }));
     }
 }
@@ -141,16 +132,12 @@ impl FileReader for CachedReader {
 
     async fn metadata(&mut self) -> io::Result<Metadata> {
         let file = Arc::clone(&self.file);
-        tokio::task::spawn_blocking(move || super::local::open_file_metadata(&file))
-            .await
-            .map_err(io::Error::other)?
+        super::local::blocking(move || super::local::open_file_metadata(&file)).await
     }
 
     async fn change(&mut self, change: FileChange) -> io::Result<()> {
         let file = Arc::clone(&self.file);
-        tokio::task::spawn_blocking(move || super::local::change_open_file(&file, change))
-            .await
-            .map_err(io::Error::other)?
+        super::local::blocking(move || super::local::change_open_file(&file, change)).await
     }
 }
 

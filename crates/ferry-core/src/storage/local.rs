@@ -67,7 +67,7 @@ impl LocalStorage {
 }
 
 /// Runs blocking filesystem work off the async runtime.
-async fn blocking<T, F>(f: F) -> io::Result<T>
+pub(super) async fn blocking<T, F>(f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
@@ -75,6 +75,20 @@ where
     tokio::task::spawn_blocking(f)
         .await
         .map_err(io::Error::other)?
+}
+
+/// Reads up to `len` bytes of `file` at `offset` (blocking); fewer only at the end of the file.
+pub(super) fn read_at_most(file: &std::fs::File, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let mut data = vec![0u8; len];
+    let n = loop {
+        match file.read_at(&mut data, offset) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            read => break read?,
+        }
+    };
+    data.truncate(n);
+    Ok(data)
 }
 
 /// cap-std wants `.` for the root itself.

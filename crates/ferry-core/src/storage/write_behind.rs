@@ -25,7 +25,6 @@
 use std::fs::File;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice, Seek, Write};
-use std::os::unix::fs::FileExt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -34,6 +33,7 @@ use async_trait::async_trait;
 use tokio::io::AsyncWrite;
 use tokio::task::JoinHandle;
 
+use super::local::{blocking, read_at_most};
 use super::{FileChange, FileState, FileWriter, Metadata};
 
 /// At most this many bytes are copied per [`AsyncWrite`] write (as tokio's `File` does).
@@ -238,31 +238,13 @@ impl FileWriter for WriteBehind {
                 Some(reader) => reader,
                 None => Arc::new(reopen_for_reading(&file)?),
             };
-            let mut data = vec![0u8; len];
-            let n = loop {
-                match reader.read_at(&mut data, offset) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    read => break read?,
-                }
-            };
-            data.truncate(n);
+            let data = read_at_most(&reader, offset, len)?;
             Ok((data, reader))
         })
         .await?;
         self.reader = Some(reader);
         Ok(data)
     }
-}
-
-/// Runs blocking work on an open file off the async runtime.
-async fn blocking<T, F>(f: F) -> io::Result<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> io::Result<T> + Send + 'static,
-{
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(io::Error::other)?
 }
 
 /// Opens the file `file` (open for writing only) again for reading (blocking): the same file, whatever name it has
