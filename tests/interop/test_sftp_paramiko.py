@@ -433,3 +433,18 @@ def test_atomic_uploads_keep_times_set_on_their_handle_and_read_what_they_wrote(
             assert (home / "old.bin").read_bytes() == b"new data"
         assert (home / "old.bin").read_bytes() == b"xy"
     assert sorted(p.name for p in home.iterdir()) == ["new.bin", "old.bin"]
+
+
+def test_a_read_handle_sees_what_was_appended_after_it_was_opened(ferry):
+    """A read at an offset past the size the file had when the handle was opened returns what has been appended
+    since, as with OpenSSH (the reviewer saw EOF there)."""
+    path = ferry.home("alice") / "growing.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"a" * 100)
+    with sftp_client(ferry) as sftp:
+        with sftp.open("growing.log", "r") as f:
+            assert len(f.read(10)) == 10
+            with open(path, "ab") as out:
+                out.write(b"b" * 50)
+            f.seek(120)
+            assert f.read(100) == b"b" * 30
