@@ -118,7 +118,7 @@ pub struct WriteTarget {
 
 /// Decides, from the metadata of what is at a path (`None`: nothing is), where and how to open it for writing; an
 /// error refuses, and nothing is opened. It runs where the storage does its work (for local storage, on the
-/// blocking pool), so it must not wait for anything.
+/// blocking pool, or on the caller's thread for a file the kernel has cached), so it must not wait for anything.
 pub type WritePlanner = Box<dyn FnOnce(Option<&Metadata>) -> io::Result<WriteTarget> + Send>;
 
 /// A file open for reading.
