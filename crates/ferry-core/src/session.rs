@@ -14,7 +14,7 @@ use crate::events::{Event, EventBus, EventKind, Protocol};
 use crate::limits::AccountSlot;
 use crate::quota::QuotaTracker;
 use crate::storage::{
-    DirStream, FileKind, Metadata, Storage, WriteMode, WritePlanner, WriteTarget,
+    DirStream, FileChange, FileKind, Metadata, Storage, WriteMode, WritePlanner, WriteTarget,
 };
 use crate::transfer::{
     is_upload_temp_name, upload_temp_name, Download, TempTarget, Upload, UploadMode, UploadParts,
@@ -614,19 +614,39 @@ impl Session {
     }
 
     pub async fn set_modified(&self, path: &VirtualPath, time: SystemTime) -> CoreResult<()> {
-        let result = async {
-            self.check_set_modified(path)?;
-            Ok(self.storage().set_modified(path.relative(), time).await?)
-        }
-        .await;
-        self.publish(EventKind::SetTime, Some(path), None, result.as_ref().err());
-        result
+        let apply = self.storage().set_modified(path.relative(), time);
+        self.change_attribute(path, FileChange::Modified(time), apply)
+            .await
     }
 
-    /// Whether the modification time of `path` may be set (see [`Session::set_modified`]).
-    pub(crate) fn check_set_modified(&self, path: &VirtualPath) -> CoreResult<()> {
-        self.check(Permission::SetTime, path)?;
-        visible(path)
+    /// Changes the mode or the modification time of `path` with `apply` (on its name, or on a file open under it),
+    /// after the checks of [`Session::set_mode`] or [`Session::set_modified`], and publishes the change. Sizes have
+    /// rules of their own ([`Session::set_len`]) and are refused here.
+    pub(crate) async fn change_attribute(
+        &self,
+        path: &VirtualPath,
+        change: FileChange,
+        apply: impl std::future::Future<Output = io::Result<()>>,
+    ) -> CoreResult<()> {
+        let (kind, checked) = match change {
+            FileChange::Mode(mode) => (EventKind::Chmod, self.check_set_mode(path, mode)),
+            FileChange::Modified(_) => (
+                EventKind::SetTime,
+                self.check(Permission::SetTime, path)
+                    .and_then(|()| visible(path)),
+            ),
+            FileChange::Len(_) => {
+                return Err(CoreError::InvalidArgument(
+                    "a size is not an attribute".into(),
+                ))
+            }
+        };
+        let result = match checked {
+            Ok(()) => apply.await.map_err(CoreError::from),
+            Err(e) => Err(e),
+        };
+        self.publish(kind, Some(path), None, result.as_ref().err());
+        result
     }
 
     /// Gives a file or directory this session has just created the mode its client asked for, as open(2) and
@@ -653,17 +673,13 @@ impl Session {
 
     /// Changes Unix permission bits (only the 0o777 bits; setuid and friends are refused).
     pub async fn set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
-        let result = async {
-            self.check_set_mode(path, mode)?;
-            Ok(self.storage().set_mode(path.relative(), mode).await?)
-        }
-        .await;
-        self.publish(EventKind::Chmod, Some(path), None, result.as_ref().err());
-        result
+        let apply = self.storage().set_mode(path.relative(), mode);
+        self.change_attribute(path, FileChange::Mode(mode), apply)
+            .await
     }
 
     /// Whether `path` may be given `mode` (see [`Session::set_mode`]).
-    pub(crate) fn check_set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
+    fn check_set_mode(&self, path: &VirtualPath, mode: u32) -> CoreResult<()> {
         // The home itself keeps the mode the server gave it: `chmod 000 /` would lock its owner out of it (the
         // server, running as that owner, could no longer look inside), as `RMD /` would.
         if path.is_root() {

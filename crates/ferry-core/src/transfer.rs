@@ -312,34 +312,24 @@ impl Upload {
     /// Sets the permission bits of the file being written, whatever name it has now, with the rules of
     /// [`Session::set_mode`].
     pub async fn set_mode(&mut self, mode: u32) -> CoreResult<()> {
-        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
-        let result = async {
-            s.session.check_set_mode(&s.path, mode)?;
-            s.writer.flush().await?;
-            Ok(s.writer.change(FileChange::Mode(mode)).await?)
-        }
-        .await;
-        let error = result.as_ref().err();
-        s.session
-            .publish(EventKind::Chmod, Some(&s.path), None, error);
-        result
+        self.change_attribute(FileChange::Mode(mode)).await
     }
 
     /// Sets the modification time of the file being written, whatever name it has now, with the rules of
     /// [`Session::set_modified`]. It is set once the data written so far has reached the file, and an atomic
     /// upload keeps it when it takes its final name; later writes change it again.
     pub async fn set_modified(&mut self, time: SystemTime) -> CoreResult<()> {
+        self.change_attribute(FileChange::Modified(time)).await
+    }
+
+    async fn change_attribute(&mut self, change: FileChange) -> CoreResult<()> {
         let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
-        let result = async {
-            s.session.check_set_modified(&s.path)?;
-            s.writer.flush().await?;
-            Ok(s.writer.change(FileChange::Modified(time)).await?)
-        }
-        .await;
-        let error = result.as_ref().err();
-        s.session
-            .publish(EventKind::SetTime, Some(&s.path), None, error);
-        result
+        let writer = &mut s.writer;
+        let apply = async move {
+            writer.flush().await?;
+            writer.change(change).await
+        };
+        s.session.change_attribute(&s.path, change, apply).await
     }
 
     /// Completes the upload: flushes, moves an atomic upload into place, records usage and the event.
@@ -730,29 +720,21 @@ impl Download {
     /// Sets the permission bits of the file opened, whatever name it has now, with the rules of
     /// [`Session::set_mode`].
     pub async fn set_mode(&mut self, mode: u32) -> CoreResult<()> {
-        let result = async {
-            self.session.check_set_mode(&self.path, mode)?;
-            Ok(self.reader.change(FileChange::Mode(mode)).await?)
-        }
-        .await;
-        let error = result.as_ref().err();
+        let change = FileChange::Mode(mode);
+        let apply = self.reader.change(change);
         self.session
-            .publish(EventKind::Chmod, Some(&self.path), None, error);
-        result
+            .change_attribute(&self.path, change, apply)
+            .await
     }
 
     /// Sets the modification time of the file opened, whatever name it has now, with the rules of
     /// [`Session::set_modified`].
     pub async fn set_modified(&mut self, time: SystemTime) -> CoreResult<()> {
-        let result = async {
-            self.session.check_set_modified(&self.path)?;
-            Ok(self.reader.change(FileChange::Modified(time)).await?)
-        }
-        .await;
-        let error = result.as_ref().err();
+        let change = FileChange::Modified(time);
+        let apply = self.reader.change(change);
         self.session
-            .publish(EventKind::SetTime, Some(&self.path), None, error);
-        result
+            .change_attribute(&self.path, change, apply)
+            .await
     }
 
     /// Whether [`Download::send_to`] can be used: the file is local and has not been read from.
