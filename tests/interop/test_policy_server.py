@@ -203,6 +203,27 @@ def test_xferlog_marks_anonymous_sessions(ferry_factory, tmp_path):
     assert f[16] == "*", line
 
 
+def test_xferlog_rotated_away_goes_on_in_a_new_file_after_sighup(ferry_factory, tmp_path):
+    """logrotate's way: rename the log, then SIGHUP; the lines after it go to a new file at the name."""
+    xferlog = tmp_path / "xferlog"
+    server = ferry_factory("--xferlog", str(xferlog), "--failed-login-delay-ms", "0")
+    server.add_user("alice", "secret")
+    ftp = ftp_login(server)
+    store(ftp, "one.bin", b"1" * 1000)
+    xferlog_lines(xferlog, 1)
+    rotated = tmp_path / "xferlog.1"
+    xferlog.rename(rotated)
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(xferlog.exists, timeout=10, message="a new xferlog after SIGHUP")
+    store(ftp, "two.bin", b"2" * 2000)
+    ftp.quit()
+    (line,) = xferlog_lines(xferlog, 1)
+    check_xferlog_line(line, size=2000, path="/two.bin", direction="i")
+    (old,) = xferlog_lines(rotated, 1)
+    check_xferlog_line(old, size=1000, path="/one.bin", direction="i")
+    assert server.proc.poll() is None
+
+
 # --- log format and secrets --------------------------------------------------------------------------------
 
 

@@ -1,14 +1,17 @@
 """TLS policy (RFC 4217): --require-tls refuses clear-text logins and clear data; explicit FTPS works."""
 import ftplib
 import os
+import shutil
+import signal
 import socket
 import ssl
 import stat
+import subprocess
 
 import pytest
 
 from helpers_clients import require, run_client
-from helpers_files import put_file, random_bytes, sha256_bytes, sha256_file, write_random
+from helpers_files import put_file, random_bytes, sha256_bytes, sha256_file, wait_until, write_random
 from helpers_ftp import TIMEOUT, RawFtp, expect_error, ftps_login, parse_pasv, retrieve, store
 
 
@@ -165,3 +168,94 @@ def test_prot_p_data_connection_is_a_tls_session(ferry):
     assert bytes(received) == data
     assert c.reply().startswith("226")
     c.close()
+
+
+# --- reloading the certificate (SIGHUP) -------------------------------------------------------------------
+
+
+def make_certificate(directory, name):
+    """A self-signed certificate for `name` and its key (openssl), as PEM files; returns (cert, key, DER)."""
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}", "-days", "2"],
+        check=True, capture_output=True, timeout=60,
+    )
+    return cert, key, ssl.PEM_cert_to_DER_cert(cert.read_text())
+
+
+def install(source, target):
+    """Replaces `target` by a copy of `source` the way certificate tools do: a new file renamed into place."""
+    partial = target.with_suffix(".new")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+
+
+def served_certificate(server, implicit=False):
+    if implicit:
+        host, port = server.addresses["ftps"]
+        with socket.create_connection((host, port), timeout=TIMEOUT) as raw:
+            with tls_context().wrap_socket(raw, server_hostname=host) as tls:
+                return tls.getpeercert(binary_form=True)
+    ftp = ftplib.FTP_TLS(context=tls_context(), timeout=TIMEOUT)
+    ftp.connect(server.host, server.port)
+    ftp.auth()
+    served = ftp.sock.getpeercert(binary_form=True)
+    ftp.close()
+    return served
+
+
+def test_sighup_reloads_the_certificate_and_sessions_go_on(ferry_factory, tmp_path):
+    first_cert, first_key, first = make_certificate(tmp_path, "first")
+    second_cert, second_key, second = make_certificate(tmp_path, "second")
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    install(first_cert, cert)
+    install(first_key, key)
+    server = ferry_factory("--tls-cert", str(cert), "--tls-key", str(key), "--ftps", "127.0.0.1:0",
+                           "--failed-login-delay-ms", "0")
+    server.add_user("alice", "secret")
+    old_session = ftps_login(server)
+    assert old_session.sock.getpeercert(binary_form=True) == first
+    store(old_session, "before.bin", b"before the reload")
+
+    install(second_cert, cert)
+    install(second_key, key)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(r"TLS certificate reloaded")
+    assert served_certificate(server) == second
+    assert served_certificate(server, implicit=True) == second
+    # The session opened before goes on, with protected data connections.
+    data = random_bytes(200_000, seed=211)
+    store(old_session, "after.bin", data)
+    assert retrieve(old_session, "after.bin") == data
+    old_session.quit()
+    new_session = ftps_login(server)
+    assert retrieve(new_session, "before.bin") == b"before the reload"
+    new_session.quit()
+
+
+def test_a_broken_certificate_is_not_loaded_and_the_server_goes_on(ferry_factory, tmp_path):
+    first_cert, first_key, first = make_certificate(tmp_path, "first")
+    _, other_key, _ = make_certificate(tmp_path, "other")
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    install(first_cert, cert)
+    install(first_key, key)
+    server = ferry_factory("--tls-cert", str(cert), "--tls-key", str(key), "--failed-login-delay-ms", "0")
+    server.add_user("alice", "secret")
+
+    # A key that is not the certificate's (a renewal copied half-way), then a certificate file cut short.
+    install(other_key, key)
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(r"TLS certificate not reloaded.*(mismatch|[Kk]ey)")
+    assert served_certificate(server) == first
+    install(first_key, key)
+    cert.write_text(first_cert.read_text()[:200])
+    server.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: server.log().count("TLS certificate not reloaded") >= 2, timeout=10,
+               message="a second refused reload")
+    assert served_certificate(server) == first
+    ftp = ftps_login(server)
+    store(ftp, "still.bin", b"still serving")
+    assert retrieve(ftp, "still.bin") == b"still serving"
+    ftp.quit()
+    assert server.proc.poll() is None

@@ -66,7 +66,7 @@ pub struct ServeArgs {
     /// Enable read-only anonymous login (user anonymous or ftp) rooted at DIR.
     #[arg(long, env = "FERRY_ANONYMOUS")]
     pub anonymous: Option<PathBuf>,
-    /// TLS certificate chain (PEM) [default: generated in DATA_DIR/tls].
+    /// TLS certificate chain (PEM), read again with the key on SIGHUP [default: generated in DATA_DIR/tls].
     #[arg(long, env = "FERRY_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).
@@ -110,7 +110,7 @@ pub struct ServeArgs {
     /// How uploads reach their final name [default: direct].
     #[arg(long, env = "FERRY_UPLOAD_MODE", value_enum)]
     pub upload_mode: Option<UploadModeArg>,
-    /// Write completed transfers to FILE in xferlog format.
+    /// Write completed transfers to FILE in xferlog format (reopened on SIGHUP, after log rotation).
     #[arg(long, env = "FERRY_XFERLOG")]
     pub xferlog: Option<PathBuf>,
     /// Log format on stderr [default: text].

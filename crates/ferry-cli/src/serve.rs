@@ -1,8 +1,9 @@
 //! `ferry serve`: prepares the data directory (database, admin account, TLS certificate), starts the listeners
-//! and the event subscribers, and shuts down gracefully on SIGTERM or Ctrl-C.
+//! and the event subscribers, reloads the TLS certificate and reopens the xferlog on SIGHUP, and shuts down
+//! gracefully on SIGTERM or Ctrl-C.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +15,12 @@ use ferry_core::limits::Limits;
 use ferry_core::server::{ServerCore, ServerSettings};
 use ferry_core::store::SqliteAccountStore;
 use ferry_ftp::datachan::PassivePorts;
+use ferry_ftp::tls::ServerCertificate;
 use ferry_ftp::{FtpConfig, FtpServer};
 use ferry_ssh::{host_keys, SshConfig, SshServer};
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use crate::config::{LogFormat, ServeArgs};
 use crate::tls_setup;
@@ -43,6 +46,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None => tls_setup::ensure_self_signed(&config.data_dir.join("tls"))?,
     };
     let tls = ferry_ftp::tls::server_configs(&cert, &key)?;
+    let certificate = tls.certificate.clone();
 
     let mut auth = Authenticator::new(store);
     if let Some(dir) = &config.anonymous {
@@ -59,10 +63,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let core = ServerCore::new(auth, events.clone(), settings);
     spawn_event_log(&events);
+    let (reopen_xferlog, xferlog_reopened) = watch::channel(());
     if let Some(path) = config.xferlog.clone() {
         let events = events.clone();
         tokio::spawn(async move {
-            if let Err(e) = ferry_core::xferlog::run(&events, &path).await {
+            if let Err(e) = ferry_core::xferlog::run(&events, &path, xferlog_reopened).await {
                 tracing::error!(path = %path.display(), error = %e, "xferlog stopped");
             }
         });
@@ -118,7 +123,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     println!("ferry: ready");
 
-    wait_for_signal().await;
+    let reload = Reload {
+        certificate,
+        cert,
+        key,
+        reopen_xferlog,
+    };
+    wait_for_signal(&reload).await;
     println!(
         "ferry: shutting down; running transfers get {}s to finish",
         config.shutdown_grace.as_secs()
@@ -321,18 +332,58 @@ impl fmt::Display for ClientText<'_> {
     }
 }
 
-async fn wait_for_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM; stop with Ctrl-C");
+/// What SIGHUP does: the TLS certificate and key are read again from their files (a renewed certificate), and the
+/// xferlog is reopened (after rotation). Accounts need nothing: changes to them apply at once.
+struct Reload {
+    certificate: Arc<ServerCertificate>,
+    cert: PathBuf,
+    key: PathBuf,
+    reopen_xferlog: watch::Sender<()>,
+}
+
+impl Reload {
+    async fn run(&self) {
+        let (certificate, cert, key) = (
+            self.certificate.clone(),
+            self.cert.clone(),
+            self.key.clone(),
+        );
+        match tokio::task::spawn_blocking(move || certificate.reload(&cert, &key)).await {
+            Ok(Ok(())) => tracing::info!(
+                cert = %self.cert.display(),
+                key = %self.key.display(),
+                "TLS certificate reloaded"
+            ),
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "TLS certificate not reloaded; the one loaded before stays in use"
+            ),
+            Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded"),
+        }
+        self.reopen_xferlog.send_replace(());
+    }
+}
+
+/// Returns on SIGTERM or Ctrl-C; reloads on SIGHUP.
+async fn wait_for_signal(reload: &Reload) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut hangup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(hangup)) => (term, hangup),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM and SIGHUP; stop with Ctrl-C");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hangup.recv() => reload.run().await,
+        }
     }
 }
 

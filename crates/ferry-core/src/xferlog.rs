@@ -5,6 +5,7 @@ use std::path::Path;
 use time::OffsetDateTime;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
 
 use crate::auth::ANONYMOUS_NAMES;
 use crate::events::{Event, EventBus, EventKind};
@@ -56,16 +57,34 @@ fn field(s: &str) -> String {
         .collect()
 }
 
-/// Appends a line to `path` for every finished transfer published on `events`, until the bus closes.
-pub async fn run(events: &EventBus, path: &Path) -> std::io::Result<()> {
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .await?;
+/// Appends a line to `path` for every finished transfer published on `events`, until the bus closes. Each change
+/// on `reopen` opens `path` again, so that a log rotated away (renamed, then `ferry serve` sent SIGHUP) is followed
+/// by a new file at the name; if that open fails, lines keep going to the file open before.
+pub async fn run(
+    events: &EventBus,
+    path: &Path,
+    mut reopen: watch::Receiver<()>,
+) -> std::io::Result<()> {
     let mut rx = events.subscribe();
+    let mut file = open(path).await?;
+    let mut reopening = true;
     loop {
-        match rx.recv().await {
+        let received = tokio::select! {
+            received = rx.recv() => received,
+            changed = reopen.changed(), if reopening => {
+                if changed.is_err() {
+                    // The sender is gone: no more reopening, the log goes on in the file it has.
+                    reopening = false;
+                    continue;
+                }
+                match open(path).await {
+                    Ok(new) => file = new,
+                    Err(e) => tracing::error!(path = %path.display(), error = %e, "cannot reopen the xferlog; writing on to the file open before"),
+                }
+                continue;
+            }
+        };
+        match received {
             Ok(event) => {
                 if let Some(mut line) = format_line(&event) {
                     line.push('\n');
@@ -79,6 +98,14 @@ pub async fn run(events: &EventBus, path: &Path) -> std::io::Result<()> {
             Err(RecvError::Closed) => return Ok(()),
         }
     }
+}
+
+async fn open(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await
 }
 
 #[cfg(test)]
@@ -114,5 +141,65 @@ mod tests {
         assert!(!line.chars().any(char::is_control), "{line:?}");
         assert!(line.contains("/srv/a/red_[31m_fake_line") && line.contains("guest_[31m_x"));
         assert_eq!(line.split_whitespace().count(), 18);
+    }
+
+    /// Waits until `path` holds `lines` lines, and returns them.
+    async fn lines_in(path: &Path, lines: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.lines().count() >= lines {
+                return text.lines().map(str::to_owned).collect();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{path:?}: {text:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn exists(path: &Path) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !path.exists() {
+            assert!(tokio::time::Instant::now() < deadline, "no {path:?}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_rotated_log_goes_on_in_a_new_file_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xferlog");
+        let events = EventBus::default();
+        let (reopen, reopened) = watch::channel(());
+        let task = tokio::spawn({
+            let (events, path) = (events.clone(), path.clone());
+            async move { run(&events, &path, reopened).await }
+        });
+        // It subscribes before it creates the file.
+        exists(&path).await;
+        let client = ClientInfo::new(Protocol::Ftp, "127.0.0.1".parse().unwrap());
+        let upload = |name: &str| {
+            let mut e = Event::new(EventKind::Upload, &client, "alice");
+            e.path = Some(name.into());
+            e
+        };
+        events.publish(upload("/first"));
+        lines_in(&path, 1).await;
+
+        let rotated = dir.path().join("xferlog.1");
+        std::fs::rename(&path, &rotated).unwrap();
+        reopen.send(()).unwrap();
+        exists(&path).await;
+        events.publish(upload("/second"));
+        let new = lines_in(&path, 1).await;
+        assert!(new[0].contains(" /second "), "{new:?}");
+        let old = lines_in(&rotated, 1).await;
+        assert_eq!(old.len(), 1);
+        assert!(old[0].contains(" /first "), "{old:?}");
+
+        // Without a reopen signal left, the log goes on where it is.
+        drop(reopen);
+        events.publish(upload("/third"));
+        lines_in(&path, 2).await;
+        task.abort();
     }
 }

@@ -5,11 +5,14 @@
 use std::io;
 use std::path::Path;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::task::{Context, Poll};
 
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
 use tokio::net::TcpStream;
@@ -33,32 +36,29 @@ pub enum TlsConfigError {
 }
 
 /// The TLS configurations of one FTP server: one for control connections and one for data connections, sharing
-/// the session cache and ticket keys so that a data connection can resume the control connection's session.
+/// the session cache, the ticket keys (so that a data connection can resume the control connection's session) and
+/// the certificate.
 #[derive(Clone)]
 pub struct TlsConfigs {
     pub control: Arc<ServerConfig>,
     /// Sends no TLS 1.3 session tickets: an uploading client never reads its data connection, and unread tickets
     /// in its receive buffer make its close a reset that can destroy the end of the upload.
     pub data: Arc<ServerConfig>,
+    /// What both present; [`ServerCertificate::reload`] replaces it for the handshakes that follow.
+    pub certificate: Arc<ServerCertificate>,
 }
 
 /// Server TLS configurations from PEM files (certificate chain and private key).
 pub fn server_configs(cert: &Path, key: &Path) -> Result<TlsConfigs, TlsConfigError> {
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|source| TlsConfigError::Certificate {
-            path: cert.display().to_string(),
-            source,
-        })?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsConfigError::Key {
-        path: key.display().to_string(),
-        source,
-    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certificate = Arc::new(ServerCertificate {
+        current: RwLock::new(load_certified_key(cert, key, &provider)?),
+        provider: provider.clone(),
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(certificate.clone());
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(4096);
     // Stateless tickets stay valid for several resumptions (stateful TLS 1.3 tickets are single-use), so every data
     // connection of a session can resume the control connection's session.
@@ -68,7 +68,66 @@ pub fn server_configs(cert: &Path, key: &Path) -> Result<TlsConfigs, TlsConfigEr
     Ok(TlsConfigs {
         control: Arc::new(config),
         data: Arc::new(data),
+        certificate,
     })
+}
+
+/// The certificate chain and key the server presents, replaceable while it runs (a renewed certificate): handshakes
+/// that start after [`ServerCertificate::reload`] present the new one, connections already up keep theirs, and
+/// sessions resumed from before the reload stay valid.
+#[derive(Debug)]
+pub struct ServerCertificate {
+    provider: Arc<CryptoProvider>,
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    /// Reads `cert` and `key` again and presents them from the next handshake on. Reads files: call it off the
+    /// runtime. On any error (unreadable, not PEM, no certificate, a key that does not match the certificate) the
+    /// current certificate stays.
+    pub fn reload(&self, cert: &Path, key: &Path) -> Result<(), TlsConfigError> {
+        let loaded = load_certified_key(cert, key, &self.provider)?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = loaded;
+        Ok(())
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
+/// A certificate chain and its private key from PEM files, checked to belong together.
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsConfigError> {
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsConfigError::Certificate {
+            path: cert.display().to_string(),
+            source,
+        })?;
+    if certs.is_empty() {
+        return Err(TlsConfigError::Certificate {
+            path: cert.display().to_string(),
+            source: rustls::pki_types::pem::Error::NoItemsFound,
+        });
+    }
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsConfigError::Key {
+        path: key.display().to_string(),
+        source,
+    })?;
+    Ok(Arc::new(CertifiedKey::from_der(certs, key, provider)?))
 }
 
 /// Bytes a TLS data connection reads from its socket at once. rustls asks its reader for at most 4 KiB at a time,
@@ -190,5 +249,68 @@ impl AsyncWrite for MaybeTls {
             MaybeTls::TlsData(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             MaybeTls::Closed => Poll::Ready(Ok(())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    /// A self-signed certificate for `name` and its key, as PEM files in `dir`; with the certificate's DER.
+    fn write_pair(dir: &Path, name: &str) -> (PathBuf, PathBuf, CertificateDer<'static>) {
+        let generated = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let (cert, key) = (
+            dir.join(format!("{name}.crt")),
+            dir.join(format!("{name}.key")),
+        );
+        std::fs::write(&cert, generated.cert.pem()).unwrap();
+        std::fs::write(&key, generated.signing_key.serialize_pem()).unwrap();
+        (cert, key, generated.cert.der().clone())
+    }
+
+    #[test]
+    fn a_reload_presents_the_new_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, first) = write_pair(dir.path(), "first.example");
+        let configs = server_configs(&cert, &key).unwrap();
+        assert_eq!(configs.certificate.current().cert, vec![first]);
+
+        let (cert, key, second) = write_pair(dir.path(), "second.example");
+        configs.certificate.reload(&cert, &key).unwrap();
+        assert_eq!(configs.certificate.current().cert, vec![second]);
+    }
+
+    #[test]
+    fn a_failed_reload_keeps_the_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key, first) = write_pair(dir.path(), "first.example");
+        let (other_cert, other_key, _) = write_pair(dir.path(), "other.example");
+        let configs = server_configs(&cert, &key).unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a certificate\n").unwrap();
+        let missing = dir.path().join("missing.pem");
+
+        let attempts = [
+            (&cert, &other_key, "key of another certificate"),
+            (&other_cert, &key, "certificate of another key"),
+            (&missing, &key, "missing certificate"),
+            (&cert, &missing, "missing key"),
+            (&garbage, &key, "no certificate in the file"),
+            (&key, &key, "a key file given as the certificate"),
+            (&cert, &garbage, "no key in the file"),
+        ];
+        for (cert, key, what) in attempts {
+            let e = configs.certificate.reload(cert, key);
+            assert!(e.is_err(), "{what}: reloaded");
+            assert_eq!(
+                configs.certificate.current().cert,
+                vec![first.clone()],
+                "{what}"
+            );
+        }
+        let e = server_configs(&other_cert, &key).err().unwrap();
+        assert!(e.to_string().contains("invalid certificate or key"), "{e}");
     }
 }
