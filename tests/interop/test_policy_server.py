@@ -1,8 +1,10 @@
 """Operating the server: live account changes, graceful shutdown, audit events, xferlog, JSON logs, secrets."""
 import json
+import os
 import re
 import signal
 import socket
+import tempfile
 import time
 
 import pytest
@@ -135,6 +137,34 @@ def test_events_are_logged_with_user_and_path(ferry):
 def test_failed_login_is_logged(ferry):
     assert login_reply(ferry, "alice", "wrong-password").startswith("530")
     ferry.wait_for_log(r"(?i)(?=.*alice)(?=.*(login-failed|login failed|login refused|authentication failed))")
+
+
+def test_service_manager_hears_ready_reloading_and_stopping(ferry_factory, monkeypatch):
+    """systemd's Type=notify protocol: datagrams on $NOTIFY_SOCKET."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as d:  # a socket path has to fit in 108 bytes
+        path = os.path.join(d, "notify")
+        manager = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        manager.bind(path)
+        manager.settimeout(10)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        server = ferry_factory("--failed-login-delay-ms", "0")
+
+        def heard():
+            return manager.recv(4096).decode().splitlines()
+
+        assert "READY=1" in heard()
+        ftp = ftp_login(server, "admin", server.admin_password)
+        server.proc.send_signal(signal.SIGHUP)
+        reloading = heard()
+        assert "RELOADING=1" in reloading, reloading
+        assert any(re.fullmatch(r"MONOTONIC_USEC=\d+", l) for l in reloading), reloading
+        assert "READY=1" in heard()
+        ftp.voidcmd("NOOP")
+        ftp.quit()
+        server.stop(signal.SIGTERM)
+        assert server.proc.returncode == 0
+        assert "STOPPING=1" in heard()
+        manager.close()
 
 
 # --- xferlog ----------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ mod client;
 mod config;
 mod output;
 mod serve;
+mod service;
 mod tls_setup;
 mod user;
 

@@ -23,8 +23,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
 use crate::config::{LogFormat, ServeArgs};
-use crate::tls_setup;
 use crate::user::{create_private_dir, default_home, hash, open_store, store_exists};
+use crate::{service, tls_setup};
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.resolve()?;
@@ -122,6 +122,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         println!("ferry: anonymous read-only access is enabled");
     }
     println!("ferry: ready");
+    service::ready();
 
     let reload = Reload {
         certificate,
@@ -130,6 +131,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         reopen_xferlog,
     };
     wait_for_signal(&reload).await;
+    service::stopping();
     println!(
         "ferry: shutting down; running transfers get {}s to finish",
         config.shutdown_grace.as_secs()
@@ -343,6 +345,7 @@ struct Reload {
 
 impl Reload {
     async fn run(&self) {
+        service::reloading();
         let (certificate, cert, key) = (
             self.certificate.clone(),
             self.cert.clone(),
@@ -361,6 +364,7 @@ impl Reload {
             Err(e) => tracing::error!(error = %e, "TLS certificate not reloaded"),
         }
         self.reopen_xferlog.send_replace(());
+        service::ready();
     }
 }
 
