@@ -16,7 +16,7 @@ def used_bytes(server, name):
     for line in server.user("list").stdout.splitlines():
         fields = line.split()
         if fields and fields[0] == name:
-            return int(fields[-3])
+            return int(fields[4])
     raise AssertionError(f"{name} not listed")
 
 

@@ -2,6 +2,7 @@
 //! reads accounts at each login.
 
 use std::io::{BufRead, IsTerminal};
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
@@ -88,6 +89,12 @@ struct AccountSettings {
     /// Most concurrent sessions (0: unlimited).
     #[arg(long)]
     max_sessions: Option<u32>,
+    /// Upload rate of each session, in bytes per second: 500KiB, 10MiB, 1GB (0: unlimited).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    upload_rate: Option<u64>,
+    /// Download rate of each session, in bytes per second: 500KiB, 10MiB, 1GB (0: unlimited).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    download_rate: Option<u64>,
     /// Addresses allowed to log in, as CIDR (repeatable) [default: any].
     #[arg(long = "allow-ip")]
     allow_ips: Vec<IpNet>,
@@ -155,6 +162,12 @@ impl AccountSettings {
         if let Some(max) = self.max_sessions {
             account.max_sessions = (max > 0).then_some(max);
         }
+        if let Some(rate) = self.upload_rate {
+            account.rates.upload = NonZeroU64::new(rate);
+        }
+        if let Some(rate) = self.download_rate {
+            account.rates.download = NonZeroU64::new(rate);
+        }
         if !self.allow_ips.is_empty() {
             account.allowed_ips = self.allow_ips;
         }
@@ -173,6 +186,20 @@ impl AccountSettings {
         }
         Ok(())
     }
+}
+
+fn parse_rate(text: &str) -> Result<u64, String> {
+    ferry_bench::units::parse_size(text).map_err(|e| e.to_string())
+}
+
+/// A rate for `ferry user list`: `-` for none.
+fn show_rate(rate: Option<NonZeroU64>) -> String {
+    rate.map_or("-".to_owned(), |r| {
+        format!(
+            "{}/s",
+            ferry_bench::units::format_size(r.get()).replace(' ', "")
+        )
+    })
 }
 
 /// Whether the authorized_keys line `stored` holds the key `key`: the same line, or the same key blob whatever the
@@ -327,26 +354,30 @@ pub async fn run(args: UserArgs) -> anyhow::Result<()> {
         }
         UserCommand::List => {
             outln!(
-                "{:<20} {:<28} {:>12} {:>10} {:>14} {:>8}  HOME",
+                "{:<20} {:<28} {:>12} {:>10} {:>14} {:>8} {:>12} {:>12}  HOME",
                 "NAME",
                 "PERMISSIONS",
                 "QUOTA BYTES",
                 "QUOTA FILES",
                 "USED BYTES",
-                "FILES"
+                "FILES",
+                "UPLOAD",
+                "DOWNLOAD"
             );
             let store = existing_store()?;
             for account in store.list().await? {
                 let usage = store.usage(&account.name).await?;
                 let show = |v: Option<u64>| v.map_or("-".to_owned(), |v| v.to_string());
                 outln!(
-                    "{:<20} {:<28} {:>12} {:>10} {:>14} {:>8}  {}",
+                    "{:<20} {:<28} {:>12} {:>10} {:>14} {:>8} {:>12} {:>12}  {}",
                     account.name,
                     account.permissions.to_string(),
                     show(account.quota.max_bytes),
                     show(account.quota.max_files),
                     usage.bytes,
                     usage.files,
+                    show_rate(account.rates.upload),
+                    show_rate(account.rates.download),
                     account.home.display()
                 );
             }

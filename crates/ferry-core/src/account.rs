@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -178,6 +179,13 @@ impl Quota {
     }
 }
 
+/// Bytes per second that one session of an account may move each way; `None`: as fast as it goes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RateLimits {
+    pub upload: Option<NonZeroU64>,
+    pub download: Option<NonZeroU64>,
+}
+
 /// What an account stores now, as counted against its [`Quota`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QuotaUsage {
@@ -199,6 +207,8 @@ pub struct Account {
     pub quota: Quota,
     /// Concurrent sessions allowed for this account; `None` means no per-account cap.
     pub max_sessions: Option<u32>,
+    /// Transfer rates of each session: all its transfers each way together.
+    pub rates: RateLimits,
     /// Addresses the account may log in from; empty means any.
     pub allowed_ips: Vec<IpNet>,
     /// OpenSSH `authorized_keys` lines.
@@ -216,6 +226,7 @@ impl Account {
             dir_permissions: Vec::new(),
             quota: Quota::default(),
             max_sessions: None,
+            rates: RateLimits::default(),
             allowed_ips: Vec::new(),
             public_keys: Vec::new(),
         }

@@ -26,6 +26,7 @@ pub mod datetime;
 pub mod error;
 pub mod events;
 pub mod limits;
+mod pace;
 pub mod quota;
 pub mod registry;
 pub mod server;

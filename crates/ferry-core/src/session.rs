@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use crate::account::{Account, AccountStore, Permission};
+use crate::account::{Account, AccountStore, Permission, RateLimits};
 use crate::checksum::HashAlgorithm;
 use crate::error::{CoreError, CoreResult};
 use crate::events::{Event, EventBus, EventKind, Protocol};
 use crate::limits::AccountSlot;
+use crate::pace::{Pace, Paces};
 use crate::quota::QuotaTracker;
 use crate::storage::{
     DirStream, FileChange, FileKind, Metadata, Storage, WriteMode, WritePlanner, WriteTarget,
@@ -63,6 +64,8 @@ struct SessionInner {
     store: Option<Arc<dyn AccountStore>>,
     events: EventBus,
     upload_mode: UploadMode,
+    /// The account's transfer rates; boxed, as most accounts have none and an idle session should stay small.
+    paces: Option<Box<Paces>>,
     _slot: Option<AccountSlot>,
 }
 
@@ -80,7 +83,9 @@ pub struct SessionParts {
 
 impl Session {
     pub fn new(p: SessionParts) -> Self {
+        let rates = p.account.rates;
         let inner = SessionInner {
+            paces: (rates != RateLimits::default()).then(|| Box::new(Paces::new(rates))),
             account: p.account,
             client: p.client,
             storage: p.storage,
@@ -125,6 +130,16 @@ impl Session {
 
     pub(crate) fn storage(&self) -> &dyn Storage {
         &*self.inner.storage
+    }
+
+    /// The pace of this session's uploads, if its account has an upload rate.
+    pub(crate) fn upload_pace(&self) -> Option<&Pace> {
+        self.inner.paces.as_deref().and_then(Paces::upload)
+    }
+
+    /// The pace of this session's downloads, if its account has a download rate.
+    pub(crate) fn download_pace(&self) -> Option<&Pace> {
+        self.inner.paces.as_deref().and_then(Paces::download)
     }
 
     /// Whether the account may do `permission` at `path`.

@@ -3,6 +3,7 @@
 //! next login: logins ask [`AccountStore::generation`], SQLite's `data_version`, whether anything changed since
 //! the account was last read.
 
+use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
-use crate::account::{Account, AccountStore, DirPermissions, Quota, QuotaUsage};
+use crate::account::{Account, AccountStore, DirPermissions, Quota, QuotaUsage, RateLimits};
 use crate::error::{CoreError, CoreResult};
 
 const SCHEMA: &str = "
@@ -26,11 +27,16 @@ CREATE TABLE IF NOT EXISTS accounts (
     allowed_ips     TEXT NOT NULL DEFAULT '',
     public_keys     TEXT NOT NULL DEFAULT '',
     used_bytes      INTEGER NOT NULL DEFAULT 0,
-    used_files      INTEGER NOT NULL DEFAULT 0
+    used_files      INTEGER NOT NULL DEFAULT 0,
+    upload_rate     INTEGER,
+    download_rate   INTEGER
 );";
 
+/// Columns added after the first release, with their types: a database made before gets them when opened.
+const ADDED_COLUMNS: [(&str, &str); 2] = [("upload_rate", "INTEGER"), ("download_rate", "INTEGER")];
+
 const COLUMNS: &str =
-    "name, home, password_hash, permissions, dir_permissions, quota_bytes, quota_files, max_sessions, allowed_ips, public_keys";
+    "name, home, password_hash, permissions, dir_permissions, quota_bytes, quota_files, max_sessions, allowed_ips, public_keys, upload_rate, download_rate";
 
 /// Accounts in one SQLite file.
 #[derive(Clone)]
@@ -53,6 +59,7 @@ impl SqliteAccountStore {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(store_error)?;
         conn.execute_batch(SCHEMA).map_err(store_error)?;
+        add_missing_columns(&conn).map_err(store_error)?;
         let watch = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(store_error)?;
         Ok(SqliteAccountStore {
@@ -79,6 +86,20 @@ impl SqliteAccountStore {
 fn set_private(path: &Path) {
     use std::os::unix::fs::PermissionsExt;
     let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+}
+
+/// Adds the [`ADDED_COLUMNS`] a database made by an earlier version lacks (empty: no limit).
+fn add_missing_columns(conn: &Connection) -> rusqlite::Result<()> {
+    let present = conn
+        .prepare("SELECT name FROM pragma_table_info('accounts')")?
+        .query_map([], |r| r.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    for (name, kind) in ADDED_COLUMNS {
+        if !present.iter().any(|p| p == name) {
+            conn.execute_batch(&format!("ALTER TABLE accounts ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn store_error(e: rusqlite::Error) -> CoreError {
@@ -120,11 +141,15 @@ fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
             .map(|l| l.parse().map_err(|e| bad_column(8, e)))
             .collect::<rusqlite::Result<_>>()?,
         public_keys: lines(&public_keys).map(str::to_owned).collect(),
+        rates: RateLimits {
+            upload: optional_u64(10)?.and_then(NonZeroU64::new),
+            download: optional_u64(11)?.and_then(NonZeroU64::new),
+        },
     })
 }
 
 /// The account's columns in [`COLUMNS`] order, as SQL values.
-fn account_values(a: &Account) -> [rusqlite::types::Value; 10] {
+fn account_values(a: &Account) -> [rusqlite::types::Value; 12] {
     use rusqlite::types::Value;
     let join = |items: Vec<String>| items.join("\n");
     let opt = |v: Option<u64>| {
@@ -148,6 +173,8 @@ fn account_values(a: &Account) -> [rusqlite::types::Value; 10] {
         opt(a.max_sessions.map(u64::from)),
         Value::Text(join(a.allowed_ips.iter().map(|n| n.to_string()).collect())),
         Value::Text(join(a.public_keys.clone())),
+        opt(a.rates.upload.map(NonZeroU64::get)),
+        opt(a.rates.download.map(NonZeroU64::get)),
     ]
 }
 
@@ -177,7 +204,7 @@ impl AccountStore for SqliteAccountStore {
         let inserted = self
             .with(move |c| {
                 c.execute(
-                    &format!("INSERT OR IGNORE INTO accounts ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10)"),
+                    &format!("INSERT OR IGNORE INTO accounts ({COLUMNS}) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12)"),
                     rusqlite::params_from_iter(values),
                 )
             })
@@ -194,7 +221,8 @@ impl AccountStore for SqliteAccountStore {
             .with(move |c| {
                 c.execute(
                     "UPDATE accounts SET home=?2, password_hash=?3, permissions=?4, dir_permissions=?5, quota_bytes=?6,
-                     quota_files=?7, max_sessions=?8, allowed_ips=?9, public_keys=?10 WHERE name=?1",
+                     quota_files=?7, max_sessions=?8, allowed_ips=?9, public_keys=?10, upload_rate=?11,
+                     download_rate=?12 WHERE name=?1",
                     rusqlite::params_from_iter(values),
                 )
             })
@@ -281,6 +309,32 @@ mod tests {
     use crate::account::Permissions;
 
     #[tokio::test]
+    async fn a_database_of_an_earlier_version_gets_the_new_columns() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("db");
+        let old = Connection::open(&path).unwrap();
+        old.execute_batch(
+            "CREATE TABLE accounts (name TEXT PRIMARY KEY, home TEXT NOT NULL, password_hash TEXT,
+                permissions TEXT NOT NULL, dir_permissions TEXT NOT NULL DEFAULT '', quota_bytes INTEGER,
+                quota_files INTEGER, max_sessions INTEGER, allowed_ips TEXT NOT NULL DEFAULT '',
+                public_keys TEXT NOT NULL DEFAULT '', used_bytes INTEGER NOT NULL DEFAULT 0,
+                used_files INTEGER NOT NULL DEFAULT 0);
+             INSERT INTO accounts (name, home, permissions) VALUES ('bob', '/srv/bob', 'all');",
+        )
+        .unwrap();
+        drop(old);
+
+        let store = SqliteAccountStore::open(&path).unwrap();
+        let mut bob = store.get("bob").await.unwrap().unwrap();
+        assert_eq!(bob.rates, RateLimits::default());
+        bob.rates.upload = NonZeroU64::new(4096);
+        store.update(&bob).await.unwrap();
+        drop(store);
+        let again = SqliteAccountStore::open(&path).unwrap();
+        assert_eq!(again.get("bob").await.unwrap(), Some(bob));
+    }
+
+    #[tokio::test]
     async fn accounts_round_trip_and_usage_is_kept_apart() {
         let tmp = tempfile::tempdir().unwrap();
         let store = SqliteAccountStore::open(&tmp.path().join("db")).unwrap();
@@ -293,6 +347,7 @@ mod tests {
             max_files: None,
         };
         a.max_sessions = Some(2);
+        a.rates.download = NonZeroU64::new(1 << 20);
         a.allowed_ips.push("10.0.0.0/8".parse().unwrap());
         a.public_keys.push("ssh-ed25519 AAAA alice@x".into());
         store.create(&a).await.unwrap();

@@ -165,6 +165,13 @@ impl Upload {
         self.state.as_ref().map_or(0, |s| s.transferred)
     }
 
+    /// How many bytes to gather before each write: `wanted`, or less when the session's upload rate would take
+    /// much more than a tenth of a second for them (see [`Upload::write`]: writes wait for the rate).
+    pub fn buffer_size(&self, wanted: usize) -> usize {
+        let pace = self.state.as_ref().and_then(|s| s.session.upload_pace());
+        pace.map_or(wanted, |pace| wanted.min(pace.piece()))
+    }
+
     /// Writes `data` at the current position, after reserving any growth of the file against the quota.
     pub async fn write(&mut self, data: &[u8]) -> CoreResult<()> {
         self.write_parts(&[data]).await
@@ -185,6 +192,7 @@ impl Upload {
             }
         };
         s.advance(len, growth);
+        pace_upload(&s.session, len).await;
         Ok(spare)
     }
 
@@ -205,6 +213,7 @@ impl Upload {
             return Err(e.into());
         }
         s.advance(len, growth);
+        pace_upload(&s.session, len).await;
         Ok(())
     }
 
@@ -220,6 +229,7 @@ impl Upload {
             return Err(e.into());
         }
         s.advance(len, growth);
+        pace_upload(&s.session, len).await;
         Ok(())
     }
 
@@ -367,6 +377,14 @@ impl Upload {
             keep_untouched_file(&mut s);
             fail_upload(s, reason.to_string(), true).await;
         }
+    }
+}
+
+/// Waits until the session's upload rate, if any, allows `len` more bytes. (A function of the session alone: the
+/// upload's writer, which is not `Sync`, must not be borrowed across the wait.)
+async fn pace_upload(session: &Session, len: u64) {
+    if let Some(pace) = session.upload_pace() {
+        pace.moved(len).await;
     }
 }
 
@@ -699,8 +717,15 @@ impl Download {
     /// Reads the next chunk into `buf`; `0` at the end of the file.
     pub async fn read(&mut self, buf: &mut [u8]) -> CoreResult<usize> {
         self.read_from = true;
-        let n = self.reader.read(buf).await?;
+        let Some(pace) = self.session.download_pace() else {
+            let n = self.reader.read(buf).await?;
+            self.transferred += n as u64;
+            return Ok(n);
+        };
+        let piece = buf.len().min(pace.piece());
+        let n = self.reader.read(&mut buf[..piece]).await?;
         self.transferred += n as u64;
+        pace.moved(n as u64).await;
         Ok(n)
     }
 
@@ -737,16 +762,25 @@ impl Download {
             .await
     }
 
-    /// Whether [`Download::send_to`] can be used: the file is local and has not been read from.
+    /// Whether [`Download::send_to`] can be used: the file is local, has not been read from, and the session's
+    /// downloads have no rate (direct sends are not paced: paced downloads go through [`Download::read`]).
     pub fn can_send_directly(&self) -> bool {
-        !self.read_from && self.reader.local_fd().is_some()
+        self.direct_fd().is_some()
+    }
+
+    /// The file's descriptor if [`Download::can_send_directly`].
+    fn direct_fd(&self) -> Option<BorrowedFd<'_>> {
+        if self.read_from || self.session.download_pace().is_some() {
+            return None;
+        }
+        self.reader.local_fd()
     }
 
     /// Makes sure the next bytes to send are in the page cache, reading them on the blocking pool if they are not,
     /// so that [`Download::send_to`] does not wait for the disk; cheap when they are (one probe per
     /// [`sendfile::WINDOW`]). Returns how many bytes from the current position may be sent.
     pub async fn prepare_send(&mut self) -> CoreResult<u64> {
-        let Some(fd) = self.reader.local_fd().filter(|_| !self.read_from) else {
+        let Some(fd) = self.direct_fd() else {
             return Err(unsupported().into());
         };
         let position = self.offset + self.transferred;
@@ -770,10 +804,7 @@ impl Download {
     /// process; 0 at the end of the file. On a non-blocking socket it returns `WouldBlock` when the socket buffer
     /// is full. Call [`Download::prepare_send`] before each call.
     pub fn send_to(&mut self, socket: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
-        if self.read_from {
-            return Err(unsupported());
-        }
-        let fd = self.reader.local_fd().ok_or_else(unsupported)?;
+        let fd = self.direct_fd().ok_or_else(unsupported)?;
         let n = sendfile::send(fd, socket, max)?;
         self.transferred += n as u64;
         Ok(n)

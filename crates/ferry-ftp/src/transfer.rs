@@ -355,7 +355,9 @@ impl Io {
         low_water: &mut LowWater,
         cancel: &mut oneshot::Receiver<()>,
     ) -> Result<u64, TransferError> {
-        let mut buf = Vec::with_capacity(UPLOAD_BUFFER);
+        // Smaller under an upload rate, whose writes wait: the client then waits in small steps, not long silences.
+        let size = upload.buffer_size(UPLOAD_BUFFER);
+        let mut buf = Vec::with_capacity(size);
         let mut decoder = AsciiDecoder::default();
         let mut converted = Vec::new();
         let result = async {
@@ -373,7 +375,10 @@ impl Io {
                 } else {
                     // The buffer goes to the file as it is; the one given back is filled next.
                     buf = upload.write_owned(std::mem::take(&mut buf)).await?;
-                    buf.reserve_exact(UPLOAD_BUFFER);
+                    buf.reserve_exact(size);
+                    if buf.capacity() > size {
+                        buf.shrink_to(size);
+                    }
                 }
                 if let Some(e) = broken {
                     return Err(e);

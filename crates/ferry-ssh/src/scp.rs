@@ -436,8 +436,8 @@ where
         let mut remaining = size;
         let mut write_error = None;
         while remaining > 0 {
-            let want = buf
-                .len()
+            let want = upload
+                .buffer_size(buf.len())
                 .min(usize::try_from(remaining).unwrap_or(usize::MAX));
             let n = match self
                 .input

@@ -117,10 +117,14 @@ impl Upload {
 
     /// The file and a pipe for [`Upload::pump`], or `None` (see there).
     async fn prepare_pump(&mut self) -> CoreResult<Option<Pump>> {
+        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
+        // The pump is not paced: paced uploads are written from buffers.
+        if s.session.upload_pace().is_some() {
+            return Ok(None);
+        }
         let Ok(slot) = PUMPS.try_acquire() else {
             return Ok(None);
         };
-        let s = self.state.as_mut().ok_or(CoreError::Aborted)?;
         let Some(file) = s.writer.direct_file().await? else {
             return Ok(None);
         };
