@@ -174,11 +174,17 @@ impl AccountSettings {
         for key in &self.keys {
             let text = std::fs::read_to_string(key)
                 .with_context(|| format!("cannot read {}", key.display()))?;
-            for line in text
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-            {
+            for (number, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                check_key_line(line)
+                    .with_context(|| format!("{} line {}", key.display(), number + 1))?;
+                // A line of the same key stored with options (accepted by earlier versions, never usable) goes.
+                account
+                    .public_keys
+                    .retain(|k| !(same_key(k, line) && key_options(k)));
                 if !account.public_keys.iter().any(|k| same_key(k, line)) {
                     account.public_keys.push(line.to_owned());
                 }
@@ -217,9 +223,34 @@ fn same_key(stored: &str, key: &str) -> bool {
     key_blob(stored) == Some(wanted)
 }
 
+/// Key types of authorized_keys lines, by prefix.
+const KEY_TYPES: [&str; 4] = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"];
+
+/// Refuses what `--key` must not add: a line with authorized_keys options, whose restrictions ferry does not
+/// implement (so that the key would be either unusable or unrestricted), and a line that is no public key at all
+/// (a private key file, a fingerprint).
+fn check_key_line(line: &str) -> anyhow::Result<()> {
+    if key_options(line) {
+        bail!(
+            "the key has authorized_keys options ({}...), which ferry does not implement; \
+             give the key without them (limit addresses with --allow-ip)",
+            line.split_whitespace().next().unwrap_or_default()
+        );
+    }
+    if key_blob(line).is_none() {
+        bail!("not a public key line (expected \"ssh-ed25519 AAAA... comment\" or the like)");
+    }
+    Ok(())
+}
+
+/// Whether an authorized_keys line starts with options rather than its key type.
+fn key_options(line: &str) -> bool {
+    let first = line.split_whitespace().next().unwrap_or_default();
+    !KEY_TYPES.iter().any(|t| first.starts_with(t)) && key_blob(line).is_some()
+}
+
 /// The base64 blob of an authorized_keys line: the word after the key type, itself after any options.
 fn key_blob(line: &str) -> Option<&str> {
-    const KEY_TYPES: [&str; 4] = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-sha2-"];
     let words: Vec<&str> = line.split_whitespace().collect();
     words
         .windows(2)
@@ -495,6 +526,55 @@ mod tests {
         user(dir, &["add", "al", "--password", "pw"]).await.unwrap();
         assert!(store_exists(dir).unwrap());
         user(dir, &["list"]).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn keys_with_options_and_lines_that_are_no_keys_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        user(dir, &["add", "al", "--password", "pw"]).await.unwrap();
+        let refused = [
+            (format!("from=\"127.0.0.1\" {ALICE_KEY}"), "options"),
+            (
+                format!("command=\"/bin/false\",restrict {ALICE_KEY}"),
+                "options",
+            ),
+            (
+                "-----BEGIN OPENSSH PRIVATE KEY-----".to_owned(),
+                "not a public key",
+            ),
+            (
+                "SHA256:pF4CgOdU17dmUuxzCwkxqXdfxT2RulRWu0FTvJJ6Hho".to_owned(),
+                "not a public key",
+            ),
+        ];
+        for (line, why) in refused {
+            let file = key_file(dir, "k.pub", &[BOB_KEY, &line]);
+            let error = user(dir, &["edit", "al", "--key", &file])
+                .await
+                .unwrap_err();
+            let text = format!("{error:#}");
+            assert!(
+                text.contains("k.pub line 2") && text.contains(why),
+                "{line}: {text}"
+            );
+            assert!(account(dir, "al").await.public_keys.is_empty(), "{line}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_key_stored_with_options_is_replaced_by_the_plain_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        user(dir, &["add", "al", "--password", "pw"]).await.unwrap();
+        // As an earlier version stored it.
+        let store = open_store(dir).unwrap();
+        let mut al = find(&store, "al").await.unwrap();
+        al.public_keys = vec![format!("from=\"10.9.9.9\" {ALICE_KEY}"), BOB_KEY.to_owned()];
+        store.update(&al).await.unwrap();
+        let file = key_file(dir, "k.pub", &[ALICE_KEY]);
+        user(dir, &["edit", "al", "--key", &file]).await.unwrap();
+        assert_eq!(account(dir, "al").await.public_keys, [BOB_KEY, ALICE_KEY]);
     }
 
     #[tokio::test]

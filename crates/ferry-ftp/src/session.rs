@@ -524,7 +524,8 @@ impl FtpSession {
         let client = ClientInfo::new(protocol, canonical_ip(self.peer.ip()));
         match self.shared.core.login(&user, &password, &client).await {
             Ok(session) => {
-                tracing::info!(peer = %self.peer, user = ?user, "logged in");
+                // The login event is logged (by the event log of `ferry serve`); a second line would repeat it.
+                tracing::debug!(peer = %self.peer, "logged in");
                 self.session = Some(session);
                 self.cwd = VirtualPath::root();
                 self.failed_logins = 0;

@@ -1,19 +1,24 @@
 //! Pipelined WRITE requests, as sftp, scp and rclone send them: the server writes queued writes to a handle in
 //! batches, and these tests check that batching changes nothing a client can see: data lands at its offsets whatever
 //! the order, each request gets its own status in order, a quota runs out at the request that passes it, and
-//! requests between writes see exactly the writes before them.
+//! requests between writes see exactly the writes before them. Also: a session whose task is cancelled (its
+//! connection went away) lets go of its channel.
 
+use std::io;
 use std::path::Path;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use ferry_core::account::{Account, AccountStore, Quota};
 use ferry_core::auth::{hash_password, Authenticator};
 use ferry_core::events::{EventBus, Protocol};
 use ferry_core::server::{ServerCore, ServerSettings};
-use ferry_core::session::ClientInfo;
+use ferry_core::session::{ClientInfo, Session};
 use ferry_core::store::SqliteAccountStore;
 use ferry_ssh::sftp::{self, SftpLimits};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 
 const SSH_FXP_INIT: u8 = 1;
 const SSH_FXP_OPEN: u8 = 3;
@@ -48,6 +53,23 @@ impl Reply {
     }
 }
 
+/// A logged-in session of an account `u` with `home` and `quota`.
+async fn session(home: &Path, quota: Quota) -> Session {
+    let store = SqliteAccountStore::open(&home.with_extension("db")).unwrap();
+    let mut account = Account::new("u", home.to_path_buf());
+    account.password_hash = Some(hash_password("pw").unwrap());
+    account.quota = quota;
+    store.create(&account).await.unwrap();
+    let store: Arc<dyn AccountStore> = Arc::new(store);
+    let core = ServerCore::new(
+        Authenticator::new(store),
+        EventBus::default(),
+        ServerSettings::default(),
+    );
+    let client = ClientInfo::new(Protocol::Sftp, "127.0.0.1".parse().unwrap());
+    core.login("u", "pw", &client).await.unwrap()
+}
+
 /// A bare SFTP client on one end of an in-memory pipe, the server on the other.
 struct Client {
     read: ReadHalf<DuplexStream>,
@@ -58,19 +80,7 @@ struct Client {
 
 impl Client {
     async fn start(home: &Path, quota: Quota) -> Client {
-        let store = SqliteAccountStore::open(&home.with_extension("db")).unwrap();
-        let mut account = Account::new("u", home.to_path_buf());
-        account.password_hash = Some(hash_password("pw").unwrap());
-        account.quota = quota;
-        store.create(&account).await.unwrap();
-        let store: Arc<dyn AccountStore> = Arc::new(store);
-        let core = ServerCore::new(
-            Authenticator::new(store),
-            EventBus::default(),
-            ServerSettings::default(),
-        );
-        let client = ClientInfo::new(Protocol::Sftp, "127.0.0.1".parse().unwrap());
-        let session = core.login("u", "pw", &client).await.unwrap();
+        let session = session(home, quota).await;
         let (client_end, server_end) = tokio::io::duplex(64 * 1024);
         let (input, output) = tokio::io::split(server_end);
         let server = tokio::spawn(sftp::serve(session, input, output, SftpLimits::default()));
@@ -393,4 +403,61 @@ async fn pipelined_appends_go_to_the_end_in_order_whatever_their_offsets() {
     let mut expected = b"existing\n".to_vec();
     expected.extend(lines.concat());
     assert_eq!(std::fs::read(home.join("log")).unwrap(), expected);
+}
+
+/// A channel that takes no more data (a window the client never opens) and tells when it is dropped.
+struct Stuck(Arc<AtomicBool>);
+
+impl AsyncWrite for Stuck {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Pending
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Pending
+    }
+}
+
+impl Drop for Stuck {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_session_lets_go_of_its_channel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    std::fs::create_dir(&home).unwrap();
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (mut client, server_end) = tokio::io::duplex(64 * 1024);
+    let output = Stuck(Arc::clone(&dropped));
+    let server = tokio::spawn(sftp::serve(
+        session(&home, Quota::default()).await,
+        server_end,
+        output,
+        SftpLimits::default(),
+    ));
+    // The VERSION reply is queued and its writer waits on the channel for good.
+    client
+        .write_all(&frame(SSH_FXP_INIT, &3u32.to_be_bytes()))
+        .await
+        .unwrap();
+    tokio::task::yield_now().await;
+    assert!(!dropped.load(Ordering::SeqCst));
+    // The connection goes away: its channel tasks are cancelled.
+    server.abort();
+    let _ = server.await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !dropped.load(Ordering::SeqCst) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reply writer still holds the channel"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

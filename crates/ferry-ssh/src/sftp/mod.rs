@@ -194,7 +194,7 @@ where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (replies, queue) = mpsc::unbounded_channel();
-    let writer = tokio::spawn(write_replies(output, queue));
+    let mut writer = AbortOnDrop(tokio::spawn(write_replies(output, queue)));
     let account_handles = limits.open_handles.account(session.username());
     let mut server = Server {
         session,
@@ -214,11 +214,20 @@ where
     // when the last of them is done.
     drop(server);
     if result.is_ok() {
-        let _ = writer.await;
-    } else {
-        // After a protocol error the replies still to go are not waited for: the client may have stopped taking
-        // them (a window it never opens), and the channel must close regardless.
-        writer.abort();
+        let _ = (&mut writer.0).await;
+    }
+    // After a protocol error the replies still to go are not waited for: the client may have stopped taking them
+    // (a window it never opens), and the channel must close regardless. `writer` aborts the task when dropped.
+}
+
+/// Aborts the reply writer when [`serve`] ends, also when its future is dropped before (the connection went away
+/// and its channel tasks were cancelled): a writer waiting for window space on a channel that is gone would wait
+/// forever, holding every reply still queued (up to the in-flight budget, megabytes of READ data).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
