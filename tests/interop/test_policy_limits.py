@@ -2,11 +2,14 @@
 import ftplib
 import socket
 import time
+from pathlib import Path
 
 import pytest
 
-from helpers_files import put_file, random_bytes, sha256_bytes, wait_until
+from helpers_clients import client_env
+from helpers_files import put_file, random_bytes, run, sha256_bytes, wait_until
 from helpers_ftp import RawFtp, ftp_login, parse_pasv, retrieve, store
+from helpers_sftp import SSH_OPTS, _without_batch, askpass_env
 
 FAST = ("--failed-login-delay-ms", "0")
 
@@ -289,6 +292,29 @@ def test_a_failed_login_can_be_followed_by_a_good_one(ferry_factory):
     assert c.login("alice", "wrong").startswith("530")
     assert c.login("alice", "secret").startswith("230")
     c.close()
+
+
+def test_zero_max_login_failures_means_no_limit_per_connection(ferry_factory, tmp_path):
+    server = ferry_factory("--failed-login-delay-ms", "0", "--max-login-failures", "0")
+    server.add_user("alice", "secret")
+    c = RawFtp(server.host, server.port)
+    for i in range(6):
+        assert c.login("alice", f"wrong-{i}").startswith("530")
+    assert c.login("alice", "secret").startswith("230")
+    c.close()
+    # SSH too: OpenSSH's sftp tries three wrong passwords on one connection (the default limit), then the right one.
+    answers = tmp_path / "answers"
+    answers.write_text("wrong-1\nwrong-2\nwrong-3\nsecret\n")
+    env = askpass_env(tmp_path, "unused")
+    Path(env["SSH_ASKPASS"]).write_text(f"#!/bin/sh\nhead -n 1 {answers} && sed -i 1d {answers}\n")
+    host, port = server.addresses["sftp"]
+    done = run(
+        ["sftp", "-o", "BatchMode=no", "-o", "PubkeyAuthentication=no", "-o", "NumberOfPasswordPrompts=4",
+         *_without_batch(SSH_OPTS), "-P", str(port), "-b", "-", f"alice@{host}"],
+        input="pwd\n", env=client_env(tmp_path, env), cwd=tmp_path, check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert answers.read_text() == "", "not every password was tried"
 
 
 def test_unknown_user_is_indistinguishable_from_wrong_password(ferry_factory):

@@ -97,7 +97,7 @@ pub struct ServeArgs {
     /// Milliseconds of delay after a failed login, 0 to 60000 [default: 1000].
     #[arg(long, env = "FERRY_FAILED_LOGIN_DELAY_MS")]
     pub failed_login_delay_ms: Option<u64>,
-    /// Failed logins after which the connection is closed [default: 3].
+    /// Failed logins after which the connection is closed; 0: no limit per connection [default: 3].
     #[arg(long, env = "FERRY_MAX_LOGIN_FAILURES")]
     pub max_login_failures: Option<u32>,
     /// Failed password logins from one address (an IPv6 /64) within --failure-window after which that address is
@@ -201,8 +201,7 @@ impl ServeArgs {
                 .unwrap_or(defaults.failed_login_delay),
             max_login_failures: merged
                 .max_login_failures
-                .unwrap_or(defaults.max_login_failures)
-                .max(1),
+                .unwrap_or(defaults.max_login_failures),
             max_failures_per_ip: merged
                 .max_failures_per_ip
                 .unwrap_or(defaults.max_failures_per_ip),

@@ -21,7 +21,8 @@ pub struct Limits {
     pub data_timeout: Duration,
     /// Pause after each failed login, to slow password guessing.
     pub failed_login_delay: Duration,
-    /// Disconnect after this many failed logins on one connection.
+    /// Disconnect after this many failed logins on one connection; `0`: no limit (the delay and
+    /// `max_failures_per_ip` still apply).
     pub max_login_failures: u32,
     /// Refuse password logins from a client address (an IPv6 /64) after this many failed ones within
     /// `failure_window`, whatever connections they came on; `0`: no limit.
@@ -29,6 +30,13 @@ pub struct Limits {
     pub failure_window: Duration,
     /// Longest command line (FTP) accepted, in bytes.
     pub max_line_len: usize,
+}
+
+impl Limits {
+    /// Whether a connection with `failures` failed logins has had too many.
+    pub fn too_many_login_failures(&self, failures: u32) -> bool {
+        self.max_login_failures > 0 && failures >= self.max_login_failures
+    }
 }
 
 impl Default for Limits {
@@ -243,6 +251,17 @@ fn address_key(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_login_failures_means_no_limit_per_connection() {
+        let limits = |max| Limits {
+            max_login_failures: max,
+            ..Limits::default()
+        };
+        assert!(!limits(3).too_many_login_failures(2));
+        assert!(limits(3).too_many_login_failures(3));
+        assert!(!limits(0).too_many_login_failures(1_000));
+    }
 
     #[test]
     fn failures_per_address_are_limited_within_a_window() {

@@ -549,7 +549,12 @@ impl FtpSession {
                 tracing::warn!(peer = %self.peer, user = ?user, error = %e, failures = self.failed_logins, "login failed");
                 tokio::time::sleep(self.shared.core.limits().failed_login_delay).await;
                 self.send(Code::NotLoggedIn, "Login incorrect").await?;
-                if self.failed_logins >= self.shared.core.limits().max_login_failures {
+                if self
+                    .shared
+                    .core
+                    .limits()
+                    .too_many_login_failures(self.failed_logins)
+                {
                     self.send(
                         Code::ServiceUnavailable,
                         "Too many failed logins, closing connection",

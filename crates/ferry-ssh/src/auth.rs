@@ -108,7 +108,7 @@ impl Logins {
                 tracing::warn!(%peer, user, method, error = %e, failures = self.failures, "login failed");
                 let limits = self.core.limits();
                 tokio::time::sleep(limits.failed_login_delay).await;
-                if self.failures >= limits.max_login_failures {
+                if limits.too_many_login_failures(self.failures) {
                     Err(AuthFailure::TooManyFailures)
                 } else {
                     Ok(Outcome::Refused)
