@@ -100,11 +100,12 @@ pub struct TransferArgs {
     /// Compare sizes only, not checksums, after each file.
     #[arg(long)]
     no_verify: bool,
-    /// Files transferred at once.
-    #[arg(short = 'j', long = "parallel", default_value_t = 1, value_name = "N")]
+    /// Files transferred at once (at least 1).
+    #[arg(short = 'j', long = "parallel", default_value_t = 1, value_name = "N", value_parser = parse_count)]
     parallel: usize,
-    /// Connections one large download is split over (like lftp's pget).
-    #[arg(long, default_value_t = 1, value_name = "N")]
+    /// Connections one large download is split over (like lftp's pget; at least 1). Downloads only: put, and
+    /// a mirror that does not download, refuse more than 1.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = parse_count)]
     segments: usize,
     /// Bytes per second per file (suffixes k, m, g).
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
@@ -412,6 +413,7 @@ async fn get(args: GetArgs) -> CmdResult {
 }
 
 async fn put(args: PutArgs) -> CmdResult {
+    refuse_segments_unless_downloading(&args.transfer, false)?;
     let mut raw = args.args.clone();
     let target = raw.pop().unwrap_or_default();
     let url = remote(&target)?;
@@ -826,13 +828,15 @@ impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for CountingSink<'_
 async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
     let src = Location::parse(&args.src)?;
     let dst = Location::parse(&args.dst)?;
+    let downloading = matches!((&src, &dst), (Location::Remote(_), Location::Local(_)));
+    refuse_segments_unless_downloading(&args.transfer, downloading)?;
     let filter = Filter::new(&args.include, &args.exclude)?;
     let (src_pool, src_root) = side_pool(&src, &args.connect, &args.output).await?;
     let (dst_pool, dst_root) = side_pool(&dst, &args.connect, &args.output).await?;
 
     let src_tree = repeatable(&src_pool, async |s| {
         if s.stat(&src_root).await?.is_none_or(|e| !e.is_dir()) {
-            return Err(ClientError::remote(&args.src, "not a directory"));
+            return Err(ClientError::remote(&src, "not a directory"));
         }
         mirror::walk(s, &src_root, &filter).await
     })
@@ -880,12 +884,10 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
     let in_place = !dst_pool.is_local();
     for a in &actions {
         match a {
-            Action::Delete { rel, is_dir } if copying => {
-                trailing_deletes.push((rel.clone(), *is_dir))
-            }
+            Action::Delete { rel, is_dir } if copying => trailing_deletes.push((rel, *is_dir)),
             Action::Delete { rel, is_dir } => {
-                if let Err(e) = delete_one(d.as_mut(), &dst_root, rel, *is_dir).await {
-                    eprintln!("ferry: {e}");
+                let deleted = delete_reported(d.as_mut(), &dst_root, rel, *is_dir, &args.output);
+                if let Err(e) = deleted.await {
                     failures.push(e);
                 }
             }
@@ -931,12 +933,9 @@ async fn mirror_cmd(args: MirrorArgs) -> CmdResult {
     if !trailing_deletes.is_empty() {
         let mut d = dst_pool.get().await?;
         for (rel, is_dir) in trailing_deletes {
-            match delete_one(d.as_mut(), &dst_root, &rel, is_dir).await {
-                Ok(()) => say(&args.output, &format!("deleted {rel}")),
-                Err(e) => {
-                    eprintln!("ferry: {e}");
-                    failures.push(e);
-                }
+            let deleted = delete_reported(d.as_mut(), &dst_root, rel, is_dir, &args.output);
+            if let Err(e) = deleted.await {
+                failures.push(e);
             }
         }
         dst_pool.put(d);
@@ -953,6 +952,43 @@ fn mirror_job(src_root: &str, dst_root: &str, rel: &str, fresh: bool) -> Job {
         destination: url::join(dst_root, rel),
         name: rel.to_owned(),
         fresh,
+    }
+}
+
+/// Deletes `rel` at the destination and reports it: in text the dry run's line in the past tense (`deleted
+/// NAME`), with `--json` the dry run's object; a failure as for a failed file, and returned.
+async fn delete_reported(
+    conn: &mut dyn Transport,
+    root: &str,
+    rel: &str,
+    is_dir: bool,
+    output: &OutputArgs,
+) -> Result<(), ClientError> {
+    let result = delete_one(conn, root, rel, is_dir).await;
+    match (&result, output.json) {
+        (Ok(()), true) => {
+            let done = Action::Delete {
+                rel: rel.to_owned(),
+                is_dir,
+            };
+            outln!("{}", action_json(&done));
+        }
+        (Ok(()), false) => say(output, &deleted_text(rel, is_dir)),
+        (Err(e), true) => outln!(
+            "{}",
+            serde_json::json!({"path": rel, "error": e.to_string(), "exit_code": e.exit_code()})
+        ),
+        (Err(e), false) => eprintln!("ferry: {e}"),
+    }
+    result
+}
+
+/// The line for a deletion done: [`action_text`]'s, in the past tense.
+fn deleted_text(rel: &str, is_dir: bool) -> String {
+    if is_dir {
+        format!("deleted directory {rel}")
+    } else {
+        format!("deleted {rel}")
     }
 }
 
@@ -1059,8 +1095,8 @@ async fn run_jobs(
         resume: !transfer.no_resume,
         verify: !transfer.no_verify,
         retry: retry_policy(connect),
-        parallel: transfer.parallel.max(1),
-        segments: transfer.segments.max(1),
+        parallel: transfer.parallel,
+        segments: transfer.segments,
         limit_rate: transfer.limit_rate,
         algorithm: transfer.algorithm,
         ..TransferOptions::default()
@@ -1379,6 +1415,31 @@ fn mode_string(mode: u32) -> String {
         .collect()
 }
 
+/// Refuses `--segments` above 1 unless the command downloads: only downloads are split into segments, and a
+/// flag that would silently do nothing is a usage error.
+fn refuse_segments_unless_downloading(
+    transfer: &TransferArgs,
+    downloading: bool,
+) -> Result<(), ClientError> {
+    if transfer.segments > 1 && !downloading {
+        return Err(ClientError::Usage(
+            "--segments splits downloads only (from a server to local files); uploads are not segmented \
+             (-j N transfers N files at once)"
+                .to_owned(),
+        ));
+    }
+    Ok(())
+}
+
+/// Parses a count of at least 1 (`-j`, `--segments`): 0 would transfer nothing.
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("{s}: expected a whole number of at least 1"))
+}
+
 /// Parses `1048576`, `512k`, `10m`, `1g` (powers of 1024).
 fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
@@ -1629,6 +1690,57 @@ mod tests {
         assert_eq!(parse_size("2M"), Ok(2 << 20));
         assert!(parse_size("0").is_err());
         assert!(parse_size("x").is_err());
+    }
+
+    #[test]
+    fn counts_must_be_at_least_one() {
+        assert_eq!(parse_count("1"), Ok(1));
+        assert_eq!(parse_count("16"), Ok(16));
+        assert!(parse_count("0").is_err());
+        assert!(parse_count("-1").is_err());
+        assert!(parse_count("x").is_err());
+    }
+
+    #[test]
+    fn zero_parallel_or_segments_is_a_usage_error() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            command: ClientCommand,
+        }
+        for args in [
+            &["ferry", "get", "-j", "0", "ftp://h/x"][..],
+            &["ferry", "get", "--segments", "0", "ftp://h/x"],
+            &["ferry", "mirror", "-j", "0", "a", "ftp://h/b"],
+        ] {
+            let err = Cli::try_parse_from(args).err().expect("refused");
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+        assert!(Cli::try_parse_from(["ferry", "get", "-j", "2", "ftp://h/x"]).is_ok());
+    }
+
+    #[test]
+    fn segments_are_refused_unless_the_command_downloads() {
+        let transfer = |segments| TransferArgs {
+            no_resume: false,
+            no_verify: false,
+            parallel: 1,
+            segments,
+            limit_rate: None,
+            algorithm: None,
+        };
+        assert!(refuse_segments_unless_downloading(&transfer(1), false).is_ok());
+        assert!(refuse_segments_unless_downloading(&transfer(4), true).is_ok());
+        let err = refuse_segments_unless_downloading(&transfer(4), false).unwrap_err();
+        assert_eq!(err.exit_code(), ferry_client::error::EXIT_USAGE);
+        assert!(err.to_string().contains("--segments"), "{err}");
+    }
+
+    #[test]
+    fn deletions_done_read_like_the_plan_in_the_past_tense() {
+        assert_eq!(deleted_text("old/x.txt", false), "deleted old/x.txt");
+        assert_eq!(deleted_text("old", true), "deleted directory old");
     }
 
     #[test]

@@ -17,9 +17,11 @@
 //! Otherwise the file starts over from offset 0.
 //!
 //! A final download that is already there counts as complete only when checksums match or, with no checksum,
-//! when it has the source's size and modification time. Verification compares the sizes and, where both sides
-//! compute one, a checksum of the whole file; a resumed transfer that fails verification is redone from scratch
-//! once, then reported as a verification failure.
+//! when it has the source's size and modification time. A remote destination written in place that has the
+//! source's full size and may be this version of it (as for resuming) is verified like any transfer and, when it
+//! passes, reported as already complete (skipped), as a complete download is. Verification compares the sizes
+//! and, where both sides compute one, a checksum of the whole file; a resumed transfer that fails verification is
+//! redone from scratch once, then reported as a verification failure.
 
 use std::future::Future;
 use std::io::SeekFrom;
@@ -530,6 +532,10 @@ impl Engine {
             if let Some(mtime) = entry.mtime {
                 let _ = dst.set_mtime(&job.destination, mtime).await;
             }
+        }
+        if decision == ResumeDecision::Complete && !local_dst {
+            // A remote file written in place that was whole already: nothing moved, as for a final download.
+            return Ok(skipped_report(job, size, started, verified, sum));
         }
         let (algorithm, checksum) = split_sum(sum);
         Ok(TransferReport {
@@ -1769,6 +1775,35 @@ mod tests {
             (again.resumed_from, again.bytes),
             (NEW_VERSION.len() as u64, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn an_upload_found_complete_is_reported_as_skipped_like_a_download() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("v.txt"), dir.path().join("remote-v.txt"));
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        let engine = engine_between(Pool::local(), HASHLESS.pool());
+        let first = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert!(!first.skipped);
+        let again = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert!(again.skipped, "{again:?}");
+        assert_eq!((again.bytes, again.segments), (0, 0));
+        assert_eq!(again.resumed_from, NEW_VERSION.len() as u64);
+        assert_eq!(again.verified, Verification::Size);
+        assert_eq!(std::fs::read(&dst).unwrap(), NEW_VERSION);
+    }
+
+    #[tokio::test]
+    async fn an_upload_found_complete_is_still_verified_by_checksum() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("v.txt"), dir.path().join("remote-v.txt"));
+        std::fs::write(&src, NEW_VERSION).unwrap();
+        std::fs::write(&dst, NEW_VERSION).unwrap();
+        let engine = engine_between(Pool::local(), Liar::default().pool());
+        let report = engine.copy(0, &job(&src, &dst)).await.unwrap();
+        assert!(report.skipped, "{report:?}");
+        assert_eq!(report.verified, Verification::Checksum);
+        assert!(report.checksum.is_some());
     }
 
     #[tokio::test]

@@ -88,6 +88,11 @@ impl RemoteUrl {
                 Scheme::NAMES.join(", ")
             ))
         })?;
+        if password_may_hold_slash(rest) {
+            return Err(usage(
+                "a `/` in a password must be written %2F, and an `@` in the path after a user or port %40",
+            ));
+        }
         let (authority, raw_path) = match rest.find('/') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
@@ -201,6 +206,16 @@ impl Location {
     }
 }
 
+impl fmt::Display for Location {
+    /// The local path, or the URL without its password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(p) => write!(f, "{}", p.display()),
+            Location::Remote(u) => write!(f, "{u}"),
+        }
+    }
+}
+
 /// Joins a directory path and a name in a remote path ("" is the login directory).
 pub fn join(dir: &str, name: &str) -> String {
     if dir.is_empty() || dir == "." {
@@ -247,21 +262,19 @@ pub fn parent(path: &str) -> &str {
 /// show a password.
 ///
 /// The user information ends at the last `@` of the authority. A password that holds a `/` (which should have
-/// been written `%2F`) makes the authority look as if it ended early (`ftp://bob:se/cret@host/`): when what comes
-/// before the first `/` has a `:` but no `@`, the user information runs to the last `@` of the whole input, so
-/// that no part of such a password is shown (a URL with a port and a path holding `@` is then shown with less
-/// than it holds, never more).
+/// been written `%2F`) makes the authority look as if it ended early (`ftp://bob:se/cret@host/`,
+/// `ftp://bob:p@ss/w:rd@host/`): when what comes before the first `/` has a `:`, the user information runs to the
+/// last `@` of the whole input, so that no part of such a password is shown (a URL with a port and a path holding
+/// `@` is then shown with less than it holds, never more). [`RemoteUrl::parse`] refuses such URLs.
 pub fn redact(input: &str) -> String {
     let Some((scheme, rest)) = input.split_once("://") else {
         return input.to_owned();
     };
-    let head = &rest[..rest.find('/').unwrap_or(rest.len())];
-    let userinfo_end = if head.contains('@') {
-        head.rfind('@')
-    } else if head.contains(':') && !head.starts_with('[') {
+    let head = authority_as_written(rest);
+    let userinfo_end = if may_start_a_password(head) {
         rest.rfind('@')
     } else {
-        None
+        head.rfind('@')
     };
     let Some(end) = userinfo_end else {
         return input.to_owned();
@@ -271,6 +284,26 @@ pub fn redact(input: &str) -> String {
         Some((user, _)) => format!("{scheme}://{user}:***{after}"),
         None => input.to_owned(),
     }
+}
+
+/// Whether `rest` (what follows `://`) may be a URL whose password holds a bare `/`: the text before the first
+/// `/` has a `:` (a password's or a port's) and an `@` comes after that `/`. Such a URL cannot be split safely:
+/// read naively, part of the password would become the host (`ftp://bob:p@ss/w:rd@host/` would connect to `ss`)
+/// or the port (`ftp://bob:12/34@host/` to `bob:12`), so it is refused before any connection or name lookup.
+fn password_may_hold_slash(rest: &str) -> bool {
+    let head = authority_as_written(rest);
+    may_start_a_password(head) && rest[head.len()..].contains('@')
+}
+
+/// What comes before the first `/` of `rest` (what follows `://`): the authority, unless a password holds a `/`.
+fn authority_as_written(rest: &str) -> &str {
+    &rest[..rest.find('/').unwrap_or(rest.len())]
+}
+
+/// Whether `head` (see [`authority_as_written`]) has a `:` that may start a password: any `:` but those of a
+/// bracketed IPv6 host written without user information.
+fn may_start_a_password(head: &str) -> bool {
+    head.contains(':') && !head.starts_with('[')
 }
 
 /// Decodes `%XX` escapes; `None` for a malformed escape or a result that is not UTF-8.
@@ -516,6 +549,14 @@ mod tests {
             ("ftp://bob:12/34@host/x", "ftp://bob:***@host/x"),
             ("ftp://bob:se/cret@h/a@b", "ftp://bob:***@b"),
             ("ftp://bob:s@cret@host/p", "ftp://bob:***@host/p"),
+            (
+                "ftp://pct:p@ss/w:rd@127.0.0.1:4121/",
+                "ftp://pct:***@127.0.0.1:4121/",
+            ),
+            (
+                "sftp://pct:12/cret@[::1]:2222/x",
+                "sftp://pct:***@[::1]:2222/x",
+            ),
         ] {
             assert_eq!(redact(input), shown, "{input}");
         }
@@ -523,6 +564,39 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(!err.contains("se/cret") && !err.contains("cret"), "{err}");
+    }
+
+    #[test]
+    fn a_url_whose_password_may_hold_a_slash_is_refused_before_use() {
+        for scheme in Scheme::NAMES {
+            for rest in [
+                "pct:p@ss/w:rd@127.0.0.1:4121/",
+                "pct:12/cret@127.0.0.1:4121/",
+                "pct:se/cret@127.0.0.1:4121/dir/f",
+                "pct:a/b/c@[::1]/",
+                "pct:a/b@c/d@127.0.0.1",
+                "h:2121/mail@archive",
+            ] {
+                let input = format!("{scheme}://{rest}");
+                let err = RemoteUrl::parse(&input).unwrap_err();
+                assert_eq!(err.exit_code(), crate::error::EXIT_USAGE, "{input}");
+                let message = err.to_string();
+                assert!(message.contains("%2F"), "{message}");
+                for fragment in ["p@ss", "ss/", "w:rd", ":12", "cret", "a/b", "/c@"] {
+                    assert!(!message.contains(fragment), "{input}: {message}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_at_sign_in_the_path_is_kept_where_no_password_can_hide() {
+        assert_eq!(url("ftp://h/mail@archive/x").path, "mail@archive/x");
+        assert_eq!(url("ftp://u@h/a@b").path, "a@b");
+        assert_eq!(url("sftp://[::1]:22/a@b").path, "/a@b");
+        let u = url("ftp://u:p%2Fw@h:2121/a%40b");
+        assert_eq!(u.password.as_deref(), Some("p/w"));
+        assert_eq!(u.path, "a@b");
     }
 
     #[test]
@@ -543,6 +617,8 @@ mod tests {
             Location::Remote(_)
         ));
         assert!(Location::parse("nope://h/x").is_err());
+        let shown = Location::parse("sftp://al:s3cret@h/x").unwrap().to_string();
+        assert_eq!(shown, "sftp://al@h:22/x");
     }
 
     #[test]
