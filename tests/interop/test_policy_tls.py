@@ -205,15 +205,21 @@ def served_certificate(server, implicit=False):
     return served
 
 
-def test_sighup_reloads_the_certificate_and_sessions_go_on(ferry_factory, tmp_path):
+def server_with_live_certificate(ferry_factory, tmp_path, *args):
+    """A server whose --tls-cert/--tls-key are copies of a certificate "first": (server, live cert, live key,
+    first's cert file, first's key file, first's DER)."""
     first_cert, first_key, first = make_certificate(tmp_path, "first")
-    second_cert, second_key, second = make_certificate(tmp_path, "second")
     cert, key = tmp_path / "live.crt", tmp_path / "live.key"
     install(first_cert, cert)
     install(first_key, key)
-    server = ferry_factory("--tls-cert", str(cert), "--tls-key", str(key), "--ftps", "127.0.0.1:0",
-                           "--failed-login-delay-ms", "0")
+    server = ferry_factory("--tls-cert", str(cert), "--tls-key", str(key), "--failed-login-delay-ms", "0", *args)
     server.add_user("alice", "secret")
+    return server, cert, key, first_cert, first_key, first
+
+
+def test_sighup_reloads_the_certificate_and_sessions_go_on(ferry_factory, tmp_path):
+    server, cert, key, _, _, first = server_with_live_certificate(ferry_factory, tmp_path, "--ftps", "127.0.0.1:0")
+    second_cert, second_key, second = make_certificate(tmp_path, "second")
     old_session = ftps_login(server)
     assert old_session.sock.getpeercert(binary_form=True) == first
     store(old_session, "before.bin", b"before the reload")
@@ -235,13 +241,8 @@ def test_sighup_reloads_the_certificate_and_sessions_go_on(ferry_factory, tmp_pa
 
 
 def test_a_broken_certificate_is_not_loaded_and_the_server_goes_on(ferry_factory, tmp_path):
-    first_cert, first_key, first = make_certificate(tmp_path, "first")
+    server, cert, key, first_cert, first_key, first = server_with_live_certificate(ferry_factory, tmp_path)
     _, other_key, _ = make_certificate(tmp_path, "other")
-    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
-    install(first_cert, cert)
-    install(first_key, key)
-    server = ferry_factory("--tls-cert", str(cert), "--tls-key", str(key), "--failed-login-delay-ms", "0")
-    server.add_user("alice", "secret")
 
     # A key that is not the certificate's (a renewal copied half-way), then a certificate file cut short.
     install(other_key, key)
