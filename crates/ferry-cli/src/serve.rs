@@ -19,6 +19,7 @@ use ferry_ftp::tls::ServerCertificate;
 use ferry_ftp::{FtpConfig, FtpServer};
 use ferry_ssh::{host_keys, SshConfig, SshServer};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 
@@ -121,6 +122,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.anonymous.is_some() {
         println!("ferry: anonymous read-only access is enabled");
     }
+    // Listening for signals before saying ready: a SIGHUP's default action would end the process.
+    let signals = Signals::listen();
     println!("ferry: ready");
     service::ready();
 
@@ -130,7 +133,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         key,
         reopen_xferlog,
     };
-    wait_for_signal(&reload).await;
+    signals.wait(&reload).await;
     service::stopping();
     println!(
         "ferry: shutting down; running transfers get {}s to finish",
@@ -368,25 +371,39 @@ impl Reload {
     }
 }
 
-/// Returns on SIGTERM or Ctrl-C; reloads on SIGHUP.
-async fn wait_for_signal(reload: &Reload) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut hangup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(term), Ok(hangup)) => (term, hangup),
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM and SIGHUP; stop with Ctrl-C");
+/// The signals `ferry serve` acts on: SIGTERM and SIGINT (Ctrl-C) stop it, SIGHUP reloads.
+struct Signals {
+    /// `None` if the handlers could not be installed; then only Ctrl-C is heard.
+    handlers: Option<(Signal, Signal)>,
+}
+
+impl Signals {
+    fn listen() -> Signals {
+        let handlers = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(hangup)) => Some((term, hangup)),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM and SIGHUP; stop with Ctrl-C");
+                None
+            }
+        };
+        Signals { handlers }
+    }
+
+    /// Returns on SIGTERM or Ctrl-C; runs `reload` on each SIGHUP.
+    async fn wait(self, reload: &Reload) {
+        let Some((mut term, mut hangup)) = self.handlers else {
             let _ = tokio::signal::ctrl_c().await;
             return;
-        }
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = tokio::signal::ctrl_c() => return,
-            _ = hangup.recv() => reload.run().await,
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = hangup.recv() => reload.run().await,
+            }
         }
     }
 }
