@@ -717,15 +717,13 @@ impl Download {
     /// Reads the next chunk into `buf`; `0` at the end of the file.
     pub async fn read(&mut self, buf: &mut [u8]) -> CoreResult<usize> {
         self.read_from = true;
-        let Some(pace) = self.session.download_pace() else {
-            let n = self.reader.read(buf).await?;
-            self.transferred += n as u64;
-            return Ok(n);
-        };
-        let piece = buf.len().min(pace.piece());
+        let pace = self.session.download_pace();
+        let piece = pace.map_or(buf.len(), |pace| buf.len().min(pace.piece()));
         let n = self.reader.read(&mut buf[..piece]).await?;
         self.transferred += n as u64;
-        pace.moved(n as u64).await;
+        if let Some(pace) = pace {
+            pace.moved(n as u64).await;
+        }
         Ok(n)
     }
 
