@@ -308,7 +308,9 @@ pub trait AccountStore: Send + Sync {
     /// Removes an account and its usage; returns whether it existed.
     async fn remove(&self, name: &str) -> CoreResult<bool>;
     async fn usage(&self, name: &str) -> CoreResult<QuotaUsage>;
-    /// Adds (or with negative numbers, subtracts) to the stored usage, never going below zero.
+    /// Adds (or with negative numbers, subtracts) to the stored usage. The changes of concurrent operations may be
+    /// applied in any order, so they must add up whatever the order: the sum may dip below zero meanwhile (a file's
+    /// release stored before its growth), and [`AccountStore::usage`] reads anything below zero as zero.
     async fn add_usage(&self, name: &str, bytes: i64, files: i64) -> CoreResult<()>;
     async fn set_usage(&self, name: &str, usage: QuotaUsage) -> CoreResult<()>;
     /// A value that changes whenever an account may have changed, here or in another process, or `None` when the

@@ -49,7 +49,8 @@ pub struct QuotaTracker {
     /// operations that shrink or delete files, never while data is written.
     open: Mutex<OpenFiles>,
     /// Held by operations that look at a file and then delete, replace, resize or link it, from the look until
-    /// they have accounted for what they did (see [`QuotaTracker::lock_names`]). Never taken by writes.
+    /// they have accounted for what they did, and by uploads as they open and join their file and as they leave it
+    /// (see [`QuotaTracker::lock_names`]). Never taken by writes.
     names: tokio::sync::Mutex<()>,
 }
 
@@ -91,11 +92,14 @@ pub(crate) struct Joined {
     pub settle: bool,
 }
 
-/// What the last upload of a file gave back when it left.
+/// What the last upload of a file gave back when it left, or counted again.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Released {
     pub bytes: u64,
     pub files: u64,
+    /// Bytes the file holds beyond what was counted for it, counted now (past the quota if need be: they are on
+    /// the disk).
+    pub charged: u64,
 }
 
 impl QuotaTracker {
@@ -180,8 +184,12 @@ impl QuotaTracker {
 
     /// Serialises, across the account's sessions, the operations that look at a file and then act on what they saw
     /// (remove, rename, resize, link, an atomic upload replacing a file): without it, two of them could see the
-    /// same file and both give it back, or one could give back a file another had already replaced. Held across
-    /// the storage calls, so it is an async lock; uploads' writes never take it.
+    /// same file and both give it back, or one could give back a file another had already replaced. Uploads open
+    /// and join their file, and leave it, under it too: such an operation then never acts between an upload's look
+    /// at its file and its registration (it would give back, or resize, what the upload was about to count
+    /// otherwise), nor between its own look and its act while an upload that grew the file leaves (it would give
+    /// back the size it saw, not the growth counted since); and an upload never joins a file with a size another
+    /// upload's end has made stale. Held across the storage calls, so it is an async lock; writes never take it.
     pub(crate) async fn lock_names(&self) -> tokio::sync::MutexGuard<'_, ()> {
         self.names.lock().await
     }
@@ -268,6 +276,13 @@ impl QuotaTracker {
             };
         };
         file.settling = false;
+        if now.is_some_and(|now| now.unique_id == unique_id && now.nlink == 0)
+            && file.unlinked_files == 0
+        {
+            // Deleted and given back before the upload joined: what it writes into the file goes with it.
+            file.changed = true;
+            file.unlinked = true;
+        }
         let base = match now {
             Some(now)
                 if file.uploads == 1
@@ -354,8 +369,10 @@ impl QuotaTracker {
 
     /// Ends an upload of `unique_id` that counted `grown` bytes of growth. The last upload of a file that changed
     /// hands in `now`, the state of its file looked at after [`QuotaTracker::leave_needs_state`] gave the token,
-    /// and gives back what is counted beyond it; a state from before another upload joined is not trusted, and
-    /// nothing is given back without one.
+    /// and settles what is counted for the file to what it holds: gives back what is counted beyond it, or counts
+    /// what it holds beyond that (an operation of another session that looked at the file while an upload changed
+    /// it may have counted too little). A state from before another upload joined is not trusted, and nothing is
+    /// settled without one.
     pub(crate) fn leave_upload(
         &self,
         unique_id: u128,
@@ -381,18 +398,32 @@ impl QuotaTracker {
                     Released {
                         bytes: counted,
                         files: file.unlinked_files,
+                        charged: 0,
                     }
                 } else {
                     Released {
                         bytes: counted.saturating_sub(now.size),
                         files: 0,
+                        charged: now.size.saturating_sub(counted),
                     }
                 }
             }
             _ => Released::default(),
         };
         self.give_back(&mut open, released.bytes, released.files);
+        self.bytes.fetch_add(released.charged, Ordering::AcqRel);
         released
+    }
+
+    /// Notes that a file of `unique_id` was resized by other means than its uploads, growing by `bytes` (counted
+    /// already) as far as a look at it told. If uploads have it open, the growth is counted as theirs, and the last
+    /// one settles what is counted for the file with what it holds when it ends: the look may be stale (an upload
+    /// that replaces the file empties it when it starts writing), and the uploads believe it shorter than it is.
+    pub(crate) fn resized_elsewhere(&self, unique_id: u128, bytes: u64) {
+        if let Some(file) = self.open().files.get_mut(&unique_id) {
+            file.grown = file.grown.saturating_add(bytes);
+            file.changed = true;
+        }
     }
 
     /// Gives back `bytes` that a file of `unique_id` no longer holds (it was shrunk), unless an upload has it open:
@@ -570,7 +601,8 @@ mod tests {
             released,
             Released {
                 bytes: 65,
-                files: 1
+                files: 1,
+                charged: 0,
             }
         );
         assert_eq!(
@@ -622,7 +654,10 @@ mod tests {
         let token = t.leave_needs_state(2).unwrap();
         assert_eq!(
             t.leave_upload(2, 7, Some((token, state(2, 7, 0)))),
-            Released { bytes: 7, files: 0 }
+            Released {
+                bytes: 7,
+                ..Released::default()
+            }
         );
     }
 
@@ -660,7 +695,8 @@ mod tests {
             unpin_deleted(&t, 1),
             Released {
                 bytes: 400,
-                files: 0
+                files: 0,
+                charged: 0,
             }
         );
         assert_eq!(
@@ -690,7 +726,8 @@ mod tests {
             unpin_deleted(&t, 1),
             Released {
                 bytes: 400,
-                files: 1
+                files: 1,
+                charged: 0,
             }
         );
         assert_eq!(

@@ -24,6 +24,8 @@ use crate::vpath::VirtualPath;
 
 /// Size of the chunks read while hashing a file.
 const HASH_CHUNK: usize = 256 * 1024;
+/// How many times an upload is planned at most when files keep appearing at its name between its look and its open.
+const CREATE_ATTEMPTS: usize = 3;
 
 static NEXT_SESSION_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -215,6 +217,26 @@ impl Session {
         }
         self.check(Permission::Upload, path)?;
         creatable(path)?;
+        // A file that appears between the look and the open (another upload of the name) is planned for again.
+        for _ in 0..CREATE_ATTEMPTS - 1 {
+            match self.open_write_planned(path, mode).await {
+                Err(CoreError::AlreadyExists) if mode != WriteMode::CreateNew => continue,
+                other => return other,
+            }
+        }
+        self.open_write_planned(path, mode).await
+    }
+
+    /// Opens a file for upload as planned from one look at what is at `path`; an upload planned to create the file
+    /// fails with `AlreadyExists` if one appeared meanwhile (it must not be counted as a new file).
+    async fn open_write_planned(&self, path: &VirtualPath, mode: WriteMode) -> CoreResult<Upload> {
+        let names = self.quota().lock_names().await;
+        let result = self.open_write_locked(path, mode).await;
+        drop(names);
+        result
+    }
+
+    async fn open_write_locked(&self, path: &VirtualPath, mode: WriteMode) -> CoreResult<Upload> {
         let releases = self.quota().releases();
         // The plan is made where the storage looks at the file, in the same trip as the open; it comes back here,
         // or the reason the upload is refused does.
@@ -737,6 +759,8 @@ impl Session {
             }
             return Err(e.into());
         }
+        self.quota()
+            .resized_elsewhere(meta.unique_id, len.saturating_sub(meta.size));
         let released =
             len < meta.size && self.quota().release_shrunk(meta.unique_id, meta.size - len);
         drop(names);
@@ -896,6 +920,11 @@ impl WritePlan {
             // upload fail rather than write through it.
             Some(temp) => WriteTarget {
                 path: temp.relative().to_owned(),
+                mode: WriteMode::CreateNew,
+            },
+            // Counted as a new file: it must be one.
+            None if self.existing.is_none() => WriteTarget {
+                path: path.relative().to_owned(),
                 mode: WriteMode::CreateNew,
             },
             None => WriteTarget {

@@ -265,8 +265,7 @@ impl AccountStore for SqliteAccountStore {
         let name = name.to_owned();
         self.with(move |c| {
             c.execute(
-                "UPDATE accounts SET used_bytes = MAX(0, used_bytes + ?2), used_files = MAX(0, used_files + ?3)
-                 WHERE name = ?1",
+                "UPDATE accounts SET used_bytes = used_bytes + ?2, used_files = used_files + ?3 WHERE name = ?1",
                 params![name, bytes, files],
             )
         })
@@ -357,8 +356,10 @@ mod tests {
         ));
         assert_eq!(store.get("alice").await.unwrap(), Some(a.clone()));
 
-        store.add_usage("alice", 100, 2).await.unwrap();
+        // Changes stored out of order add up as in order.
         store.add_usage("alice", -30, -1).await.unwrap();
+        assert_eq!(store.usage("alice").await.unwrap(), QuotaUsage::default());
+        store.add_usage("alice", 100, 2).await.unwrap();
         a.max_sessions = None;
         store.update(&a).await.unwrap();
         assert_eq!(

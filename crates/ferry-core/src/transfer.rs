@@ -413,21 +413,31 @@ impl UploadState {
 
     /// Leaves the quota tracker's registration of the file, giving back what it counts beyond the file if this was
     /// the file's last upload and the file changed meanwhile. `known`: the file's state, when the caller knows it
-    /// (it deleted the file); otherwise it is looked at if needed.
+    /// (it deleted the file); otherwise it is looked at if needed, through the writer or, once the writer has
+    /// closed it after the last write, at the upload's name.
+    ///
+    /// Leaves under [`crate::quota::QuotaTracker::lock_names`]: an operation that has looked at the file and is
+    /// about to delete, replace or shrink it then finds it still registered and leaves its accounts to this leave.
     async fn leave(&mut self, known: Option<FileState>) {
-        let quota = self.session.quota();
+        let session = self.session.clone();
+        let quota = session.quota();
+        let names = quota.lock_names().await;
         let now = match quota.leave_needs_state(self.file_id) {
             Some(token) => {
                 let state = match known {
                     Some(state) => Some(state),
-                    None => self.writer.state().await.ok().flatten(),
+                    None => match self.writer.state().await {
+                        Ok(Some(state)) => Some(state),
+                        _ => state_at_name(&self.session, &self.path, self.file_id).await,
+                    },
                 };
                 state.map(|state| (token, state))
             }
             None => None,
         };
         let released = quota.leave_upload(self.file_id, self.grown, now);
-        self.bytes_delta -= released.bytes as i64;
+        drop(names);
+        self.bytes_delta += released.charged as i64 - released.bytes as i64;
         self.files_delta -= released.files as i64;
     }
 
@@ -435,35 +445,41 @@ impl UploadState {
     /// beyond what it holds now if the pin is its last registration and it changed: everything when it lost its
     /// last name meanwhile. `token` is [`crate::quota::QuotaTracker::sole_registration`], taken before `known`,
     /// the file's state if the caller knows it; otherwise the file is looked at under the final name, where it
-    /// was, and one no longer there is taken as deleted if the tracker saw its last name go (else it keeps its
-    /// counts: they err high). Called with [`crate::quota::QuotaTracker::lock_names`] held, so that no deletion,
+    /// was ([`state_at_name`]). Called with [`crate::quota::QuotaTracker::lock_names`] held, so that no deletion,
     /// rename or resize comes between the look and the release.
     async fn unpin(&mut self, replaced: u128, token: Option<u64>, known: Option<FileState>) {
         let quota = self.session.quota();
         let state = match (token, known) {
             (Some(_), Some(known)) => Some(known),
             (Some(_), None) if quota.upload_changed(replaced) => {
-                let at_name = self
-                    .session
-                    .storage()
-                    .metadata(self.path.relative())
-                    .await
-                    .ok()
-                    .map(|meta| meta.state())
-                    .filter(|state| state.unique_id == replaced);
-                let deleted = FileState {
-                    unique_id: replaced,
-                    size: 0,
-                    nlink: 0,
-                };
-                at_name.or_else(|| quota.unlinked(replaced).then_some(deleted))
+                state_at_name(&self.session, &self.path, replaced).await
             }
             _ => None,
         };
         let released = quota.leave_upload(replaced, 0, token.zip(state));
-        self.bytes_delta -= released.bytes as i64;
+        self.bytes_delta += released.charged as i64 - released.bytes as i64;
         self.files_delta -= released.files as i64;
     }
+}
+
+/// The state of the file `id` as found at `path`, an upload's final name; a file no longer there is taken as deleted
+/// if the quota tracker saw its last name go, and is otherwise unknown (`None`: it lives on elsewhere, or the look
+/// failed; its counts stay, erring high). For a file an upload cannot look at through its writer, with
+/// [`crate::quota::QuotaTracker::lock_names`] held. (A function of the session alone, as [`pace_upload`] is.)
+async fn state_at_name(session: &Session, path: &VirtualPath, id: u128) -> Option<FileState> {
+    let at_name = session
+        .storage()
+        .metadata(path.relative())
+        .await
+        .ok()
+        .map(|meta| meta.state())
+        .filter(|state| state.unique_id == id);
+    let deleted = FileState {
+        unique_id: id,
+        size: 0,
+        nlink: 0,
+    };
+    at_name.or_else(|| session.quota().unlinked(id).then_some(deleted))
 }
 
 /// Writes all of `parts`, in order: with vectored writes where `writer` takes them (each call may take part of
