@@ -13,6 +13,10 @@
 //! when the file has been deleted). An upload that writes at another offset reopens its file by identity, never
 //! creating one (see [`crate::storage::Storage::reopen_write`]).
 //!
+//! An identity is an inode number, which the kernel gives to a new file once a deleted one is no longer open (an
+//! upload whose last write closed its file keeps nothing open). A registered file whose last name went is set apart
+//! when a new file of its identity registers, and the uploads of each leave their own by their [`Registration`].
+//!
 //! # Files that atomic uploads replace
 //!
 //! An atomic upload writes a new copy beside the file it replaces, so both are on disk until the new copy takes the
@@ -56,13 +60,82 @@ pub struct QuotaTracker {
 
 #[derive(Default)]
 struct OpenFiles {
+    /// The registered files that names may still lead to, by identity.
     files: HashMap<u128, OpenFile>,
+    /// Registered files whose last name went, once a new file took their identity (the kernel reuses the inode
+    /// numbers of deleted files that nothing holds open: an upload whose last write closed its file holds nothing):
+    /// their uploads still leave them, by [`Registration`].
+    gone: HashMap<Registration, OpenFile>,
     /// How many times bytes or files of an existing file have been given back.
     releases: u64,
 }
 
+/// An upload's (or a pin's) registration of its file with the tracker: the file's identity, and which of the files
+/// that have had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Registration {
+    pub id: u128,
+    generation: u64,
+}
+
+impl OpenFiles {
+    /// Whether `reg` is the registration of the file that names may lead to, rather than one that is gone.
+    fn current(&self, reg: Registration) -> bool {
+        self.files
+            .get(&reg.id)
+            .is_some_and(|file| file.generation == reg.generation)
+    }
+
+    fn get(&self, reg: Registration) -> Option<&OpenFile> {
+        if self.current(reg) {
+            self.files.get(&reg.id)
+        } else {
+            self.gone.get(&reg)
+        }
+    }
+
+    fn get_mut(&mut self, reg: Registration) -> Option<&mut OpenFile> {
+        if self.current(reg) {
+            self.files.get_mut(&reg.id)
+        } else {
+            self.gone.get_mut(&reg)
+        }
+    }
+
+    fn remove(&mut self, reg: Registration) -> Option<OpenFile> {
+        if self.current(reg) {
+            self.files.remove(&reg.id)
+        } else {
+            self.gone.remove(&reg)
+        }
+    }
+
+    /// Moves the registered file `id`, if there is one, to [`OpenFiles::gone`] (its last name went), and returns
+    /// the generation a new file of that identity takes.
+    fn retire(&mut self, id: u128) -> u64 {
+        if let Some(file) = self.files.remove(&id) {
+            let reg = Registration {
+                id,
+                generation: file.generation,
+            };
+            self.gone.insert(reg, file);
+        }
+        if self.gone.is_empty() {
+            return 0;
+        }
+        self.gone
+            .keys()
+            .filter(|reg| reg.id == id)
+            .map(|reg| reg.generation + 1)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// A file that uploads have open.
 struct OpenFile {
+    /// Tells the files that have had this identity apart (see [`OpenFiles::gone`]).
+    generation: u64,
     uploads: usize,
     /// Counted for the file when its first upload started (after that upload's truncation); at most what the
     /// tracker holds for it.
@@ -90,6 +163,7 @@ pub(crate) struct Joined {
     pub released: u64,
     /// The upload must look at its file again and call [`QuotaTracker::settle_upload`].
     pub settle: bool,
+    pub registration: Registration,
 }
 
 /// What the last upload of a file gave back when it left, or counted again.
@@ -223,21 +297,32 @@ impl QuotaTracker {
         let mut open = self.open();
         let changed = open.releases != releases;
         let kept = kept.min(size);
-        if let Some(file) = open.files.get_mut(&unique_id) {
-            file.uploads += 1;
-            file.joins += 1;
-            file.changed = true;
-            let counted = if file.settling { 0 } else { file.base } + file.grown;
-            return Joined {
-                believed: kept.min(counted),
-                released: 0,
-                settle: false,
-            };
+        match open.files.get_mut(&unique_id) {
+            // A name led to the file, so it is not the one whose last name went: that one's identity was reused.
+            Some(file) if file.unlinked => {}
+            Some(file) => {
+                file.uploads += 1;
+                file.joins += 1;
+                file.changed = true;
+                let counted = if file.settling { 0 } else { file.base } + file.grown;
+                return Joined {
+                    believed: kept.min(counted),
+                    released: 0,
+                    settle: false,
+                    registration: Registration {
+                        id: unique_id,
+                        generation: file.generation,
+                    },
+                };
+            }
+            None => {}
         }
+        let generation = open.retire(unique_id);
         let (base, released) = if changed { (0, 0) } else { (kept, size - kept) };
         open.files.insert(
             unique_id,
             OpenFile {
+                generation,
                 uploads: 1,
                 base,
                 grown: 0,
@@ -253,26 +338,32 @@ impl QuotaTracker {
             believed: base,
             released,
             settle: changed,
+            registration: Registration {
+                id: unique_id,
+                generation,
+            },
         }
     }
 
-    /// Settles the first upload of `unique_id` after [`QuotaTracker::join_upload`] asked it to, with `now`, the
+    /// Settles the first upload of a file (its `registration`) after [`QuotaTracker::join_upload`] asked it to, with `now`, the
     /// state of its file looked at after it joined (`None` if that failed): the file is counted as the smaller of
     /// the two looks, or as nothing where that is unclear (another upload wrote meanwhile, or the file was deleted
     /// and given back before the upload joined). Gives the truncation back as `join_upload` does.
     pub(crate) fn settle_upload(
         &self,
-        unique_id: u128,
+        registration: Registration,
         size: u64,
         kept: u64,
         now: Option<FileState>,
     ) -> Joined {
+        let unique_id = registration.id;
         let mut open = self.open();
-        let Some(file) = open.files.get_mut(&unique_id) else {
+        let Some(file) = open.get_mut(registration) else {
             return Joined {
                 believed: 0,
                 released: 0,
                 settle: false,
+                registration,
             };
         };
         file.settling = false;
@@ -302,6 +393,7 @@ impl QuotaTracker {
             believed,
             released,
             settle: false,
+            registration,
         }
     }
 
@@ -314,31 +406,30 @@ impl QuotaTracker {
         self.join_upload(unique_id, size, size, releases)
     }
 
-    /// Whether the file `unique_id`, registered by an upload or pinned, lost its last name while registered (it was
+    /// Whether the file of `registration`, an upload's or a pin's, lost its last name while registered (it was
     /// deleted, or replaced by a rename): its bytes are given back when its last registration leaves.
-    pub(crate) fn unlinked(&self, unique_id: u128) -> bool {
+    pub(crate) fn unlinked(&self, registration: Registration) -> bool {
         self.open()
-            .files
-            .get(&unique_id)
+            .get(registration)
             .is_some_and(|file| file.unlinked)
     }
 
-    /// The token [`QuotaTracker::leave_upload`] trusts a state with, for the caller's registration of `unique_id` if
-    /// it is the file's only one, whether the file changed or not: for a state looked at before the caller knows
+    /// The token [`QuotaTracker::leave_upload`] trusts a state with, for the caller's `registration` if it is its
+    /// file's only one, whether the file changed or not: for a state looked at before the caller knows
     /// whether it will change it (an atomic upload about to replace the file it pinned).
-    pub(crate) fn sole_registration(&self, unique_id: u128) -> Option<u64> {
+    pub(crate) fn sole_registration(&self, registration: Registration) -> Option<u64> {
         let open = self.open();
-        let file = open.files.get(&unique_id)?;
+        let file = open.get(registration)?;
         (file.uploads == 1).then_some(file.joins)
     }
 
-    /// Counts again the `bytes` that the upload of `unique_id` gave back when it joined (the old data it was to
+    /// Counts again the `bytes` that the upload of `registration` gave back when it joined (the old data it was to
     /// replace) if that upload is the file's only one, grew nothing and saw nothing change: it ends without having
     /// written, and the file keeps its old data. Returns whether they are counted again (past the quota if need
     /// be: they are on the disk); otherwise the caller empties the file, as the upload would have.
-    pub(crate) fn restore_replaced(&self, unique_id: u128, bytes: u64) -> bool {
+    pub(crate) fn restore_replaced(&self, registration: Registration, bytes: u64) -> bool {
         let mut open = self.open();
-        let Some(file) = open.files.get_mut(&unique_id) else {
+        let Some(file) = open.get_mut(registration) else {
             return false;
         };
         if file.uploads != 1 || file.joins != 0 || file.changed || file.settling || file.grown != 0
@@ -350,24 +441,23 @@ impl QuotaTracker {
         true
     }
 
-    /// Whether the file `unique_id`, which an upload has open, changed behind it (so that its last upload will
+    /// Whether the file of an upload's `registration` changed behind it (so that its last upload will
     /// look at it when it leaves).
-    pub(crate) fn upload_changed(&self, unique_id: u128) -> bool {
+    pub(crate) fn upload_changed(&self, registration: Registration) -> bool {
         self.open()
-            .files
-            .get(&unique_id)
+            .get(registration)
             .is_some_and(|file| file.changed)
     }
 
-    /// Whether the upload of `unique_id` that is about to leave is the last one of a file that changed, and must
+    /// Whether the upload of `registration` that is about to leave is the last one of a file that changed, and must
     /// therefore say how its file is now: `Some(token)` to hand to [`QuotaTracker::leave_upload`] with the state.
-    pub(crate) fn leave_needs_state(&self, unique_id: u128) -> Option<u64> {
+    pub(crate) fn leave_needs_state(&self, registration: Registration) -> Option<u64> {
         let open = self.open();
-        let file = open.files.get(&unique_id)?;
+        let file = open.get(registration)?;
         (file.uploads == 1 && file.changed).then_some(file.joins)
     }
 
-    /// Ends an upload of `unique_id` that counted `grown` bytes of growth. The last upload of a file that changed
+    /// Ends the upload of `registration` that counted `grown` bytes of growth. The last upload of a file that changed
     /// hands in `now`, the state of its file looked at after [`QuotaTracker::leave_needs_state`] gave the token,
     /// and settles what is counted for the file to what it holds: gives back what is counted beyond it, or counts
     /// what it holds beyond that (an operation of another session that looked at the file while an upload changed
@@ -375,12 +465,12 @@ impl QuotaTracker {
     /// settled without one.
     pub(crate) fn leave_upload(
         &self,
-        unique_id: u128,
+        registration: Registration,
         grown: u64,
         now: Option<(u64, FileState)>,
     ) -> Released {
         let mut open = self.open();
-        let Some(file) = open.files.get_mut(&unique_id) else {
+        let Some(file) = open.get_mut(registration) else {
             return Released::default();
         };
         file.grown = file.grown.saturating_add(grown);
@@ -388,7 +478,7 @@ impl QuotaTracker {
         if file.uploads > 0 {
             return Released::default();
         }
-        let Some(file) = open.files.remove(&unique_id) else {
+        let Some(file) = open.remove(registration) else {
             return Released::default();
         };
         let released = match now {
@@ -540,6 +630,11 @@ mod tests {
         assert_eq!(QuotaTracker::unlimited().remaining_bytes(), None);
     }
 
+    /// The registration of the first file of identity `id`.
+    fn r(id: u128) -> Registration {
+        Registration { id, generation: 0 }
+    }
+
     fn state(unique_id: u128, size: u64, nlink: u64) -> FileState {
         FileState {
             unique_id,
@@ -558,15 +653,15 @@ mod tests {
         let joined = t.join_upload(1, 60, 0, t.releases());
         assert_eq!(joined.released, 60);
         assert_eq!(t.usage().bytes, 40);
-        assert!(t.restore_replaced(1, 60));
+        assert!(t.restore_replaced(r(1), 60));
         assert_eq!(t.usage().bytes, 100);
-        assert_eq!(t.leave_upload(1, 0, None), Released::default());
+        assert_eq!(t.leave_upload(r(1), 0, None), Released::default());
         assert_eq!(t.usage().bytes, 100);
 
         // Another upload joined: the file is theirs to change, and the old bytes stay given back.
         t.join_upload(2, 30, 0, t.releases());
         t.join_upload(2, 0, 0, t.releases());
-        assert!(!t.restore_replaced(2, 30));
+        assert!(!t.restore_replaced(r(2), 30));
         assert_eq!(t.usage().bytes, 70);
     }
 
@@ -591,12 +686,12 @@ mod tests {
                 files: 2
             }
         );
-        assert_eq!(t.leave_needs_state(1), None);
-        assert_eq!(t.leave_upload(1, 10, None), Released::default());
+        assert_eq!(t.leave_needs_state(r(1)), None);
+        assert_eq!(t.leave_upload(r(1), 10, None), Released::default());
         let token = t
-            .leave_needs_state(1)
+            .leave_needs_state(r(1))
             .expect("the last upload of a changed file");
-        let released = t.leave_upload(1, 5, Some((token, state(1, 65, 0))));
+        let released = t.leave_upload(r(1), 5, Some((token, state(1, 65, 0))));
         assert_eq!(
             released,
             Released {
@@ -622,12 +717,12 @@ mod tests {
         let t = tracker_holding(50, 1);
         t.join_upload(1, 50, 50, t.releases());
         assert!(!t.release_shrunk(1, 50));
-        let token = t.leave_needs_state(1).unwrap();
+        let token = t.leave_needs_state(r(1)).unwrap();
         let other = t.join_upload(1, 0, 0, t.releases());
         assert_eq!(other.believed, 0);
-        t.leave_upload(1, 20, None);
+        t.leave_upload(r(1), 20, None);
         assert_eq!(
-            t.leave_upload(1, 0, Some((token, state(1, 0, 1)))),
+            t.leave_upload(r(1), 0, Some((token, state(1, 0, 1)))),
             Released::default()
         );
         assert_eq!(t.usage().bytes, 50);
@@ -642,18 +737,18 @@ mod tests {
         assert!(t.release_shrunk(1, 60));
         let joined = t.join_upload(1, 60, 60, releases);
         assert_eq!((joined.believed, joined.settle), (0, true));
-        let settled = t.settle_upload(1, 60, 60, Some(state(1, 0, 1)));
+        let settled = t.settle_upload(r(1), 60, 60, Some(state(1, 0, 1)));
         assert_eq!((settled.believed, settled.released), (0, 0));
-        t.leave_upload(1, 0, None);
+        t.leave_upload(r(1), 0, None);
         // A file deleted before the upload registered was given back by its deletion, not again.
         let releases = t.releases();
         assert!(t.release_unlinked(2, 0, 1));
         t.join_upload(2, 0, 0, releases);
-        t.settle_upload(2, 0, 0, Some(state(2, 0, 0)));
+        t.settle_upload(r(2), 0, 0, Some(state(2, 0, 0)));
         assert!(!t.release_shrunk(2, 0));
-        let token = t.leave_needs_state(2).unwrap();
+        let token = t.leave_needs_state(r(2)).unwrap();
         assert_eq!(
-            t.leave_upload(2, 7, Some((token, state(2, 7, 0)))),
+            t.leave_upload(r(2), 7, Some((token, state(2, 7, 0)))),
             Released {
                 bytes: 7,
                 ..Released::default()
@@ -672,8 +767,8 @@ mod tests {
     /// The file `id` that an atomic upload replaced lost its last name: its pin gives back all that is counted for
     /// it, once.
     fn unpin_deleted(t: &QuotaTracker, id: u128) -> Released {
-        let token = t.sole_registration(id);
-        t.leave_upload(id, 0, token.map(|token| (token, state(id, 0, 0))))
+        let token = t.sole_registration(r(id));
+        t.leave_upload(r(id), 0, token.map(|token| (token, state(id, 0, 0))))
     }
 
     #[test]
@@ -690,7 +785,7 @@ mod tests {
         assert!(!t.within_byte_quota());
         // The new copy takes the name: the rename's release of the old file waits for the pin, which gives it back.
         assert!(!t.release_unlinked(1, 400, 0));
-        assert!(t.unlinked(1));
+        assert!(t.unlinked(r(1)));
         assert_eq!(
             unpin_deleted(&t, 1),
             Released {
@@ -743,13 +838,13 @@ mod tests {
     fn an_unchanged_pinned_file_keeps_its_counts_when_the_pin_is_dropped() {
         let t = tracker_with_quota(1000, 700, 2);
         t.pin_replaced(1, 400, t.releases());
-        assert!(!t.unlinked(1));
-        assert_eq!(t.leave_needs_state(1), None);
+        assert!(!t.unlinked(r(1)));
+        assert_eq!(t.leave_needs_state(r(1)), None);
         let token = t
-            .sole_registration(1)
+            .sole_registration(r(1))
             .expect("the pin is the only registration");
         assert_eq!(
-            t.leave_upload(1, 0, Some((token, state(1, 400, 1)))),
+            t.leave_upload(r(1), 0, Some((token, state(1, 400, 1)))),
             Released::default()
         );
         assert_eq!(t.usage().bytes, 700);
@@ -764,10 +859,10 @@ mod tests {
         let first = t.pin_replaced(1, 400, t.releases());
         let second = t.pin_replaced(1, 400, t.releases());
         assert_eq!((first.believed, second.believed), (400, 400));
-        assert_eq!(t.sole_registration(1), None);
+        assert_eq!(t.sole_registration(r(1)), None);
         // The first replaces the file and drops its pin: the second still holds the file's bytes.
         assert!(!t.release_unlinked(1, 400, 0));
-        assert_eq!(t.leave_upload(1, 0, None), Released::default());
+        assert_eq!(t.leave_upload(r(1), 0, None), Released::default());
         assert_eq!(t.usage().bytes, 700);
         assert_eq!(unpin_deleted(&t, 1).bytes, 400);
         assert_eq!(t.usage().bytes, 300);
@@ -782,7 +877,46 @@ mod tests {
             (30, 50, false)
         );
         assert_eq!(t.usage().bytes, 30);
-        assert_eq!(t.leave_needs_state(1), None);
-        assert_eq!(t.leave_upload(1, 10, None), Released::default());
+        assert_eq!(t.leave_needs_state(r(1)), None);
+        assert_eq!(t.leave_upload(r(1), 10, None), Released::default());
+    }
+
+    /// The kernel reuses the inode number of a deleted file once nothing holds the file open (an upload whose last
+    /// write closed its file holds nothing): a new file of that identity is registered apart from the deleted one,
+    /// whose upload still leaves it. They were counted as one, and the deleted file's count stayed.
+    #[test]
+    fn a_new_file_with_the_identity_of_a_deleted_one_is_counted_apart() {
+        let t = tracker_holding(0, 0);
+        t.reserve_file().unwrap();
+        let first = t.join_upload(1, 0, 0, t.releases());
+        t.reserve_bytes(30).unwrap();
+        assert!(!t.release_unlinked(1, 30, 1), "left to the upload");
+        t.reserve_file().unwrap();
+        let second = t.join_upload(1, 0, 0, t.releases());
+        assert_ne!(second.registration, first.registration);
+        t.reserve_bytes(20).unwrap();
+        assert!(!t.upload_changed(second.registration));
+        // The new file is deleted in turn: left to its own upload.
+        assert!(!t.release_unlinked(1, 20, 1));
+        let token = t.leave_needs_state(first.registration).expect("changed");
+        let released = t.leave_upload(first.registration, 30, Some((token, state(1, 0, 0))));
+        assert_eq!(
+            released,
+            Released {
+                bytes: 30,
+                files: 1,
+                charged: 0,
+            }
+        );
+        assert_eq!(
+            t.usage(),
+            QuotaUsage {
+                bytes: 20,
+                files: 1
+            }
+        );
+        let token = t.leave_needs_state(second.registration).expect("changed");
+        t.leave_upload(second.registration, 20, Some((token, state(1, 0, 0))));
+        assert_eq!(t.usage(), QuotaUsage::default());
     }
 }

@@ -289,7 +289,7 @@ impl Session {
         let mut joined = quota.join_upload(opened.unique_id, size, kept, releases);
         if joined.settle {
             let now = writer.state().await.ok().flatten();
-            joined = quota.settle_upload(opened.unique_id, size, kept, now);
+            joined = quota.settle_upload(joined.registration, size, kept, now);
         }
         let temp = match plan.temp {
             Some(temp) => {
@@ -305,7 +305,7 @@ impl Session {
             temp,
             position: plan.position,
             size: joined.believed,
-            file_id: opened.unique_id,
+            registration: joined.registration,
             overwrite_floor: plan.overwrite_floor,
             bytes_delta: -(joined.released as i64),
             files_delta,
@@ -338,11 +338,11 @@ impl Session {
                 .await
                 .ok()
                 .map(|meta| meta.state());
-            pinned = quota.settle_upload(replaces, size, size, now);
+            pinned = quota.settle_upload(pinned.registration, size, size, now);
         }
         TempTarget {
             temp,
-            replaces: Some(replaces),
+            replaces: Some(pinned.registration),
             allowance: pinned.believed,
         }
     }

@@ -14,6 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::account::Permission;
 use crate::error::{CoreError, CoreResult};
 use crate::events::EventKind;
+use crate::quota::Registration;
 use crate::session::Session;
 use crate::storage::{sendfile, FileChange, FileReader, FileState, FileWriter, Metadata};
 use crate::vpath::VirtualPath;
@@ -87,7 +88,7 @@ pub(crate) struct TempTarget {
     pub temp: VirtualPath,
     /// The identity of the file at the final name when the upload started, if there was one: pinned with the quota
     /// tracker ([`crate::quota::QuotaTracker::pin_replaced`]) until the upload ends.
-    pub replaces: Option<u128>,
+    pub replaces: Option<Registration>,
     /// The bytes counted for that file when it was pinned, by which the upload may pass the byte quota.
     pub allowance: u64,
 }
@@ -106,8 +107,8 @@ struct UploadState {
     position: u64,
     /// The file's length as far as this upload knows it: writes within it are counted already.
     size: u64,
-    /// The identity of the file written, as registered with the quota tracker.
-    file_id: u128,
+    /// The file written (its identity), as registered with the quota tracker.
+    registration: Registration,
     /// Bytes this upload counted for growing the file.
     grown: u64,
     /// Bytes at the start of the file that existed before the upload and that it may not overwrite (0 when the
@@ -128,7 +129,7 @@ pub(crate) struct UploadParts {
     pub position: u64,
     pub size: u64,
     /// Registered with the quota tracker ([`crate::quota::QuotaTracker::join_upload`]); the upload leaves it.
-    pub file_id: u128,
+    pub registration: Registration,
     pub overwrite_floor: u64,
     pub bytes_delta: i64,
     pub files_delta: i64,
@@ -144,7 +145,7 @@ impl Upload {
                 temp: p.temp,
                 position: p.position,
                 size: p.size,
-                file_id: p.file_id,
+                registration: p.registration,
                 grown: 0,
                 overwrite_floor: p.overwrite_floor,
                 bytes_delta: p.bytes_delta,
@@ -203,7 +204,7 @@ impl Upload {
         let len = data.len() as u64;
         let growth = s.reserve_growth(len)?;
         // The file of a changed upload stays open, to be looked at when the upload ends.
-        let written = if s.session.quota().upload_changed(s.file_id) {
+        let written = if s.session.quota().upload_changed(s.registration) {
             s.writer.write_owned(data).await.map(drop)
         } else {
             s.writer.write_last(data).await
@@ -256,7 +257,7 @@ impl Upload {
             s.writer = s
                 .session
                 .storage()
-                .reopen_write(target.relative(), offset, s.file_id)
+                .reopen_write(target.relative(), offset, s.registration.id)
                 .await?;
             s.position = offset;
         }
@@ -314,7 +315,9 @@ impl Upload {
         s.grown += growth;
         if len < now {
             // The file is registered with the tracker: this only notes that it changed.
-            s.session.quota().release_shrunk(s.file_id, now - len);
+            s.session
+                .quota()
+                .release_shrunk(s.registration.id, now - len);
         }
         Ok(())
     }
@@ -422,20 +425,20 @@ impl UploadState {
         let session = self.session.clone();
         let quota = session.quota();
         let names = quota.lock_names().await;
-        let now = match quota.leave_needs_state(self.file_id) {
+        let now = match quota.leave_needs_state(self.registration) {
             Some(token) => {
                 let state = match known {
                     Some(state) => Some(state),
                     None => match self.writer.state().await {
                         Ok(Some(state)) => Some(state),
-                        _ => state_at_name(&self.session, &self.path, self.file_id).await,
+                        _ => state_at_name(&self.session, &self.path, self.registration).await,
                     },
                 };
                 state.map(|state| (token, state))
             }
             None => None,
         };
-        let released = quota.leave_upload(self.file_id, self.grown, now);
+        let released = quota.leave_upload(self.registration, self.grown, now);
         drop(names);
         self.bytes_delta += released.charged as i64 - released.bytes as i64;
         self.files_delta -= released.files as i64;
@@ -447,7 +450,12 @@ impl UploadState {
     /// the file's state if the caller knows it; otherwise the file is looked at under the final name, where it
     /// was ([`state_at_name`]). Called with [`crate::quota::QuotaTracker::lock_names`] held, so that no deletion,
     /// rename or resize comes between the look and the release.
-    async fn unpin(&mut self, replaced: u128, token: Option<u64>, known: Option<FileState>) {
+    async fn unpin(
+        &mut self,
+        replaced: Registration,
+        token: Option<u64>,
+        known: Option<FileState>,
+    ) {
         let quota = self.session.quota();
         let state = match (token, known) {
             (Some(_), Some(known)) => Some(known),
@@ -462,24 +470,30 @@ impl UploadState {
     }
 }
 
-/// The state of the file `id` as found at `path`, an upload's final name; a file no longer there is taken as deleted
-/// if the quota tracker saw its last name go, and is otherwise unknown (`None`: it lives on elsewhere, or the look
-/// failed; its counts stay, erring high). For a file an upload cannot look at through its writer, with
-/// [`crate::quota::QuotaTracker::lock_names`] held. (A function of the session alone, as [`pace_upload`] is.)
-async fn state_at_name(session: &Session, path: &VirtualPath, id: u128) -> Option<FileState> {
-    let at_name = session
+/// The state of the file of `registration`, an upload's or a pin's, for a file the upload cannot look at through its
+/// writer: deleted if the quota tracker saw its last name go (a file found at `path` now is another one, which may
+/// even have its identity), else as found at `path`, its final name; unknown (`None`) if it is not there (it lives
+/// on elsewhere, or the look failed: its counts stay, erring high). With [`crate::quota::QuotaTracker::lock_names`]
+/// held. (A function of the session alone, as [`pace_upload`] is.)
+async fn state_at_name(
+    session: &Session,
+    path: &VirtualPath,
+    registration: Registration,
+) -> Option<FileState> {
+    if session.quota().unlinked(registration) {
+        return Some(FileState {
+            unique_id: registration.id,
+            size: 0,
+            nlink: 0,
+        });
+    }
+    session
         .storage()
         .metadata(path.relative())
         .await
         .ok()
         .map(|meta| meta.state())
-        .filter(|state| state.unique_id == id);
-    let deleted = FileState {
-        unique_id: id,
-        size: 0,
-        nlink: 0,
-    };
-    at_name.or_else(|| session.quota().unlinked(id).then_some(deleted))
+        .filter(|state| state.unique_id == registration.id)
 }
 
 /// Writes all of `parts`, in order: with vectored writes where `writer` takes them (each call may take part of
@@ -551,7 +565,7 @@ async fn complete(s: &mut UploadState) -> CoreResult<()> {
     let old = storage.symlink_metadata(to).await.ok();
     let planned = old
         .as_ref()
-        .is_some_and(|old| Some(old.unique_id) == replaces);
+        .is_some_and(|old| Some(old.unique_id) == replaces.map(|pin| pin.id));
     if old.is_some() && !planned && !session.allowed(Permission::Overwrite, &path) {
         return Err(CoreError::AlreadyExists);
     }
@@ -616,12 +630,15 @@ async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
         if !kept && storage.remove_file(temp.temp.relative()).await.is_ok() {
             // Registered, so normally left counted until the upload leaves below, knowing the file deleted.
             let files = u64::from(s.files_delta > 0);
-            if session.quota().release_unlinked(s.file_id, s.size, files) {
+            if session
+                .quota()
+                .release_unlinked(s.registration.id, s.size, files)
+            {
                 s.bytes_delta -= s.size as i64;
                 s.files_delta -= files as i64;
             }
             known = Some(FileState {
-                unique_id: s.file_id,
+                unique_id: s.registration.id,
                 size: 0,
                 nlink: 0,
             });
@@ -647,7 +664,7 @@ fn keep_untouched_file(s: &mut UploadState) {
     if s.transferred > 0 || s.grown > 0 || s.temp.is_some() || released == 0 {
         return;
     }
-    if s.writer.holds_old_data() && s.session.quota().restore_replaced(s.file_id, released) {
+    if s.writer.holds_old_data() && s.session.quota().restore_replaced(s.registration, released) {
         s.writer.keep_old_data();
         s.bytes_delta = 0;
     }

@@ -682,14 +682,20 @@ fn removals_racing_a_rename_onto_the_same_name_give_back_what_they_removed() {
     });
 }
 
-/// Uploads `pieces` of 1,000 bytes to `name` from `session` and finishes, or ends the upload as failed at the first
-/// error (the file removed under it); here rather than dropped, which would record it in the background.
+/// Uploads `pieces` of 1,000 bytes to `name` from `session`, the last as FTP does (the storage may close the file
+/// with it), and finishes, or ends the upload as failed at the first error (the file removed under it); here rather
+/// than dropped, which would record it in the background.
 async fn upload_pieces(session: Session, name: &str, mode: WriteMode, pieces: usize) {
     let Ok(mut up) = session.open_write(&path(name), mode).await else {
         return;
     };
-    for _ in 0..pieces {
-        if let Err(e) = up.write(&[b'u'; 1000]).await {
+    for piece in 0..pieces {
+        let written = if piece + 1 == pieces {
+            up.write_last(vec![b'u'; 1000]).await
+        } else {
+            up.write(&[b'u'; 1000]).await
+        };
+        if let Err(e) = written {
             up.fail(&e).await;
             return;
         }
@@ -740,6 +746,41 @@ fn removals_and_truncations_racing_uploads_of_the_same_name_end_charged_for_the_
             if round % 3 == 2 && !acct.home().join("base").exists() {
                 acct.put("/base", 1000).await;
             }
+        }
+    });
+}
+
+/// Two FTP-like uploads of one name while a third session deletes it. The first upload's last write closes its file,
+/// so once the name is deleted nothing holds the file, and the kernel may give the second upload's new file the
+/// same inode number while the first is still ending: the two were counted as one file (the file count ended
+/// above the disk's).
+#[test]
+fn uploads_of_one_name_racing_its_deletion_end_charged_for_the_disk() {
+    on_many_threads(async {
+        let (acct, sessions) = busy_account(3).await;
+        for round in 0..300 {
+            let tasks = [
+                tokio::spawn(upload_pieces(
+                    sessions[0].clone(),
+                    "/f",
+                    WriteMode::Truncate,
+                    round % 3 + 1,
+                )),
+                tokio::spawn(upload_pieces(
+                    sessions[1].clone(),
+                    "/f",
+                    WriteMode::Truncate,
+                    round % 2 + 1,
+                )),
+            ];
+            for _ in 0..2 {
+                tokio::task::yield_now().await;
+                let _ = sessions[2].remove(&path("/f")).await;
+            }
+            for task in tasks {
+                task.await.unwrap();
+            }
+            acct.assert_charged_for_disk().await;
         }
     });
 }
@@ -912,9 +953,8 @@ async fn two_atomic_replaces_of_one_file_give_it_back_once() {
     acct.assert_charged_for_disk().await;
 }
 
-/// The other operation starts once the upload has opened: a deletion racing the open itself can free an inode that
-/// the upload's new temporary file then reuses, which the tracker, keyed by inode, cannot tell from the deleted file
-/// (a limit that predates atomic uploads' pins).
+/// The other operation races the upload's open too: a deletion can free an inode that the upload's new temporary file
+/// then reuses while the deleted file is still pinned.
 #[test]
 fn atomic_replaces_racing_deletions_renames_and_truncations_end_within_the_quota() {
     on_many_threads(async {
@@ -925,8 +965,9 @@ fn atomic_replaces_racing_deletions_renames_and_truncations_end_within_the_quota
             }
             acct.put("/f", 400).await;
             let b = acct.b.clone();
-            let mut up = acct.open("/f", WriteMode::Truncate).await;
+            let a = acct.a.clone();
             let upload = tokio::spawn(async move {
+                let mut up = a.open_write(&path("/f"), WriteMode::Truncate).await?;
                 for _ in 0..7 {
                     // Ended here rather than dropped, which would record it in the background.
                     if let Err(e) = up.write(&[b'n'; 100]).await {
