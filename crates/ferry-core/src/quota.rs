@@ -345,10 +345,10 @@ impl QuotaTracker {
         }
     }
 
-    /// Settles the first upload of a file (its `registration`) after [`QuotaTracker::join_upload`] asked it to, with `now`, the
-    /// state of its file looked at after it joined (`None` if that failed): the file is counted as the smaller of
-    /// the two looks, or as nothing where that is unclear (another upload wrote meanwhile, or the file was deleted
-    /// and given back before the upload joined). Gives the truncation back as `join_upload` does.
+    /// Settles the first upload of a file (its `registration`) after [`QuotaTracker::join_upload`] asked it to, with
+    /// `now`, the state of its file looked at after it joined (`None` if that failed): the file is counted as the
+    /// smaller of the two looks, or as nothing where that is unclear (another upload wrote meanwhile, or the file was
+    /// deleted and given back before the upload joined). Gives the truncation back as `join_upload` does.
     pub(crate) fn settle_upload(
         &self,
         registration: Registration,
