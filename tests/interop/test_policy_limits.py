@@ -247,6 +247,57 @@ def test_data_timeout_when_client_never_connects_to_passive_port(ferry_factory):
     c.close()
 
 
+def solo_logs_in(server):
+    c = RawFtp(server.host, server.port)
+    ok = c.login("solo", "solopw").startswith("230")
+    c.close()
+    return ok
+
+
+def test_a_client_gone_while_a_command_waits_for_an_unopened_data_connection_frees_its_session(ferry_factory):
+    """RETR with another command pipelined behind it, then the client goes without opening the data connection. The
+    waiting command stopped the reading of the control connection, so the session was held until the data timeout
+    (120 s here), and with it the account's only session slot."""
+    server = ferry_factory("--data-timeout", "120", *FAST)
+    server.add_user("solo", "solopw", "--max-sessions", "1")
+    put_file(server.home("solo") / "f.bin", b"data")
+    c = RawFtp(server.host, server.port)
+    assert c.login("solo", "solopw").startswith("230")
+    c.cmd("PASV")
+    c.send("RETR f.bin")
+    c.send("PWD")
+    assert c.reply().startswith(("150", "125"))
+    c.close()
+    wait_until(lambda: solo_logs_in(server), timeout=10, interval=0.2, message="solo's session slot to be freed")
+
+
+def test_an_upload_whose_data_connection_is_up_ends_whole_after_the_client_closes_the_control_connection(
+    ferry_factory,
+):
+    """The lenient side of the rule above: once the data connection is up, a client that pipelined a command and
+    closed the control connection still gets its upload stored whole."""
+    server = ferry_factory(*FAST)
+    server.add_user("solo", "solopw")
+    data = random_bytes(4 * 1024 * 1024, seed=93)
+    c = RawFtp(server.host, server.port)
+    assert c.login("solo", "solopw").startswith("230")
+    c.cmd("TYPE I")
+    host, port = parse_pasv(c.cmd("PASV"))
+    d = socket.create_connection((host, port))
+    c.send("STOR up.bin")
+    c.send("PWD")
+    assert c.reply().startswith(("150", "125"))
+    d.sendall(data)
+    target = server.home("solo") / "up.bin"
+    wait_until(lambda: target.exists() and target.stat().st_size > 0, timeout=10, message="the upload to start")
+    c.close()
+    d.close()
+    wait_until(
+        lambda: target.exists() and target.stat().st_size == len(data), timeout=10, message="the whole upload"
+    )
+    assert sha256_bytes(target.read_bytes()) == sha256_bytes(data)
+
+
 def test_data_timeout_aborts_a_stalled_download(ferry_factory):
     server = ferry_factory("--data-timeout", "2", "--idle-timeout", "60", *FAST)
     server.add_user("alice", "secret")

@@ -96,6 +96,19 @@ impl Control {
         }
     }
 
+    /// Resolves once the client has closed its side of the connection (or the connection failed), keeping what it
+    /// sends before for [`Control::read_line`]; once a line's worth waits unread it reads no more, and stays
+    /// pending. Cancel-safe.
+    pub async fn closed(&mut self) -> io::Result<()> {
+        while self.buf.len() <= self.max_line {
+            self.buf.reserve(READ_CHUNK);
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                return Ok(());
+            }
+        }
+        std::future::pending().await
+    }
+
     pub async fn reply(&mut self, reply: &Reply) -> io::Result<()> {
         self.write_raw(reply.to_wire().as_bytes()).await
     }

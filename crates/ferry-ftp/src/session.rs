@@ -3,7 +3,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -48,6 +48,8 @@ struct RunningTransfer {
     handle: JoinHandle<Result<u64, TransferError>>,
     cancel: Option<oneshot::Sender<()>>,
     progress: Arc<AtomicU64>,
+    /// The data connection is up.
+    connected: Arc<AtomicBool>,
     what: String,
     /// The 226 text on success.
     done_text: String,
@@ -243,7 +245,22 @@ impl FtpSession {
         };
         tracing::debug!(peer = %self.peer, verb = command.verb(), "command");
         if self.transfer.is_some() && !command.runs_during_transfer() {
-            let outcome = wait_transfer(&mut self.transfer).await;
+            // The command waits for the transfer, and the connection is read meanwhile only to notice the client
+            // leaving: one that never opens the data connection must not hold its session until the data timeout.
+            // A transfer whose data connection is up runs to its end, as it would for a client that pipelined QUIT.
+            let outcome = tokio::select! {
+                outcome = wait_transfer(&mut self.transfer) => outcome,
+                _ = self.control.closed() => {
+                    let connected = self
+                        .transfer
+                        .as_ref()
+                        .is_some_and(|t| t.connected.load(Ordering::Acquire));
+                    if !connected {
+                        return Ok(Flow::Close);
+                    }
+                    wait_transfer(&mut self.transfer).await
+                }
+            };
             if let Flow::Close = self.transfer_finished(outcome).await? {
                 return Ok(Flow::Close);
             }
@@ -941,7 +958,9 @@ impl FtpSession {
             timeout: self.shared.core.limits().data_timeout,
             tls: acceptor,
             require_tls_resumption: self.shared.config.require_tls_resumption,
+            connected: Arc::default(),
         };
+        let connected = Arc::clone(&data.connected);
         let (cancel, cancelled) = oneshot::channel();
         let progress = Arc::new(AtomicU64::new(0));
         let handle = tokio::spawn(transfer::run(job, data, Arc::clone(&progress), cancelled));
@@ -949,6 +968,7 @@ impl FtpSession {
             handle,
             cancel: Some(cancel),
             progress,
+            connected,
             what,
             done_text,
         });

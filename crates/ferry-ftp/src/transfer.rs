@@ -2,7 +2,7 @@
 //! stays responsive: ABOR cancels a transfer, STAT reports its progress.
 
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -94,6 +94,8 @@ pub struct DataContext {
     pub timeout: Duration,
     pub tls: Option<TlsAcceptor>,
     pub require_tls_resumption: bool,
+    /// Set once the data connection is up.
+    pub connected: Arc<AtomicBool>,
 }
 
 /// Runs a transfer to its end; returns the bytes moved. `progress` counts bytes as they go; a message on `cancel`
@@ -110,7 +112,10 @@ pub async fn run(
         r = datachan::establish(data.setup, data.client_ip, data.timeout, tls) => r.map_err(TransferError::from),
     };
     let mut stream = match connected {
-        Ok(stream) => stream,
+        Ok(stream) => {
+            data.connected.store(true, Ordering::Release);
+            stream
+        }
         Err(e) => {
             job.fail_unconnected(&e).await;
             return Err(e);
