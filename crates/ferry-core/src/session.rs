@@ -217,26 +217,41 @@ impl Session {
         }
         self.check(Permission::Upload, path)?;
         creatable(path)?;
-        // A file that appears between the look and the open (another upload of the name) is planned for again.
-        for _ in 0..CREATE_ATTEMPTS - 1 {
-            match self.open_write_planned(path, mode).await {
-                Err(CoreError::AlreadyExists) if mode != WriteMode::CreateNew => continue,
+        // A file counted as new must be one: a planned creation is exclusive, and planned again if a file appeared
+        // between the look and the open. The last attempt creates as `O_CREAT` does (through a dangling symbolic
+        // link, say, where every exclusive creation fails), at the risk of counting a file that just appeared.
+        let mut attempt = 1;
+        loop {
+            let exclusive = attempt < CREATE_ATTEMPTS;
+            match self.open_write_planned(path, mode, exclusive).await {
+                Err(CoreError::AlreadyExists) if exclusive && mode != WriteMode::CreateNew => {
+                    attempt += 1;
+                }
                 other => return other,
             }
         }
-        self.open_write_planned(path, mode).await
     }
 
-    /// Opens a file for upload as planned from one look at what is at `path`; an upload planned to create the file
-    /// fails with `AlreadyExists` if one appeared meanwhile (it must not be counted as a new file).
-    async fn open_write_planned(&self, path: &VirtualPath, mode: WriteMode) -> CoreResult<Upload> {
+    /// Opens a file for upload as planned from one look at what is at `path`; with `exclusive`, an upload planned
+    /// to create the file fails with `AlreadyExists` if one appeared meanwhile.
+    async fn open_write_planned(
+        &self,
+        path: &VirtualPath,
+        mode: WriteMode,
+        exclusive: bool,
+    ) -> CoreResult<Upload> {
         let names = self.quota().lock_names().await;
-        let result = self.open_write_locked(path, mode).await;
+        let result = self.open_write_locked(path, mode, exclusive).await;
         drop(names);
         result
     }
 
-    async fn open_write_locked(&self, path: &VirtualPath, mode: WriteMode) -> CoreResult<Upload> {
+    async fn open_write_locked(
+        &self,
+        path: &VirtualPath,
+        mode: WriteMode,
+        exclusive: bool,
+    ) -> CoreResult<Upload> {
         let releases = self.quota().releases();
         // The plan is made where the storage looks at the file, in the same trip as the open; it comes back here,
         // or the reason the upload is refused does.
@@ -245,7 +260,7 @@ impl Session {
             let (session, path, decision) = (self.clone(), path.clone(), Arc::clone(&decision));
             Box::new(move |existing| {
                 let plan = session.plan_write(&path, mode, existing);
-                let target = plan.as_ref().ok().map(|p| p.target(&path, mode));
+                let target = plan.as_ref().ok().map(|p| p.target(&path, mode, exclusive));
                 *lock(&decision) = Some(plan);
                 target.ok_or_else(|| io::Error::other("upload refused"))
             })
@@ -750,22 +765,27 @@ impl Session {
         } else if len < meta.size {
             self.check(Permission::Overwrite, path)?;
         }
-        if len > meta.size {
-            self.quota().reserve_bytes(len - meta.size)?;
+        // Growth is counted from the size seen, or from what is counted for the file if uploads have it open and
+        // that is less (one replacing it may empty it any moment): erring high, which their last one settles.
+        let quota = self.quota();
+        let from = quota
+            .counted_for(meta.unique_id)
+            .map_or(meta.size, |counted| counted.min(meta.size));
+        let growth = len.saturating_sub(from);
+        if growth > 0 {
+            quota.reserve_bytes(growth)?;
         }
         if let Err(e) = self.storage().set_len(path.relative(), len).await {
-            if len > meta.size {
-                self.quota().release_bytes(len - meta.size);
-            }
+            quota.release_bytes(growth);
             return Err(e.into());
         }
-        self.quota()
-            .resized_elsewhere(meta.unique_id, len.saturating_sub(meta.size));
-        let released =
-            len < meta.size && self.quota().release_shrunk(meta.unique_id, meta.size - len);
+        quota.resized_elsewhere(meta.unique_id, growth);
+        let released = len < meta.size && quota.release_shrunk(meta.unique_id, meta.size - len);
         drop(names);
-        if len > meta.size || released {
+        if released {
             self.persist_usage(len as i64 - meta.size as i64, 0).await;
+        } else {
+            self.persist_usage(growth as i64, 0).await;
         }
         Ok(())
     }
@@ -913,23 +933,21 @@ struct WritePlan {
 }
 
 impl WritePlan {
-    /// What the storage opens: the temporary file of an atomic upload (created afresh), or the file itself.
-    fn target(&self, path: &VirtualPath, mode: WriteMode) -> WriteTarget {
+    /// What the storage opens: the temporary file of an atomic upload (created afresh), or the file itself, created
+    /// `exclusive`ly where the plan counted it as new.
+    fn target(&self, path: &VirtualPath, mode: WriteMode, exclusive: bool) -> WriteTarget {
         match &self.temp {
             // Created, never opened: an entry already at the name (a symlink to another file, say) makes the
             // upload fail rather than write through it.
             Some(temp) => WriteTarget {
                 path: temp.relative().to_owned(),
                 mode: WriteMode::CreateNew,
-            },
-            // Counted as a new file: it must be one.
-            None if self.existing.is_none() => WriteTarget {
-                path: path.relative().to_owned(),
-                mode: WriteMode::CreateNew,
+                exclusive: true,
             },
             None => WriteTarget {
                 path: path.relative().to_owned(),
                 mode,
+                exclusive: exclusive && self.existing.is_none(),
             },
         }
     }

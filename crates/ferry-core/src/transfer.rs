@@ -5,6 +5,7 @@
 //! file it replaces, and may pass the quota by that file's bytes, which it gives back when it replaces it.
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::fd::BorrowedFd;
 use std::time::{Duration, Instant, SystemTime};
@@ -86,8 +87,8 @@ pub fn is_upload_temp_name(name: &str) -> bool {
 /// Where an atomic upload is written until it completes.
 pub(crate) struct TempTarget {
     pub temp: VirtualPath,
-    /// The identity of the file at the final name when the upload started, if there was one: pinned with the quota
-    /// tracker ([`crate::quota::QuotaTracker::pin_replaced`]) until the upload ends.
+    /// The file at the final name when the upload started, if there was one: pinned with the quota tracker
+    /// ([`crate::quota::QuotaTracker::pin_replaced`]) until the upload ends, by this registration.
     pub replaces: Option<Registration>,
     /// The bytes counted for that file when it was pinned, by which the upload may pass the byte quota.
     pub allowance: u64,
@@ -314,10 +315,7 @@ impl Upload {
         s.bytes_delta += growth as i64;
         s.grown += growth;
         if len < now {
-            // The file is registered with the tracker: this only notes that it changed.
-            s.session
-                .quota()
-                .release_shrunk(s.registration.id, now - len);
+            s.session.quota().shrunk_by_upload(s.registration);
         }
         Ok(())
     }
@@ -347,27 +345,18 @@ impl Upload {
 
     /// Completes the upload: flushes, moves an atomic upload into place, records usage and the event.
     pub async fn finish(mut self) -> CoreResult<u64> {
-        let Some(mut s) = self.state.take() else {
+        let Some(s) = self.state.take() else {
             return Err(CoreError::Aborted);
         };
-        match complete(&mut s).await {
-            Ok(()) => {
-                let transferred = s.transferred;
-                record(s, None, None).await;
-                Ok(transferred)
-            }
-            Err(e) => {
-                let refused = matches!(e, CoreError::AlreadyExists);
-                fail_upload(s, e.to_string(), !refused).await;
-                Err(e)
-            }
-        }
+        detached(finish_upload(s))
+            .await
+            .unwrap_or(Err(CoreError::Aborted))
     }
 
     /// Ends the upload as failed because of `reason`, keeping what was written (see [`UploadMode::Atomic`]).
     pub async fn fail(mut self, reason: impl fmt::Display) {
         if let Some(s) = self.state.take() {
-            fail_upload(s, reason.to_string(), true).await;
+            detached(fail_upload(s, reason.to_string(), true)).await;
         }
     }
 
@@ -378,7 +367,31 @@ impl Upload {
     pub async fn fail_unstarted(mut self, reason: impl fmt::Display) {
         if let Some(mut s) = self.state.take() {
             keep_untouched_file(&mut s);
-            fail_upload(s, reason.to_string(), true).await;
+            detached(fail_upload(s, reason.to_string(), true)).await;
+        }
+    }
+}
+
+/// Runs the end of an upload as a task of its own and waits for it (`None` if it panicked). A caller cancelled on
+/// the way (an SSH channel's task ends with its connection) would otherwise leave the upload registered with the
+/// quota tracker for good, its usage unstored: the end waits for the account's names lock, which another session
+/// may hold across a long deletion.
+async fn detached<T: Send + 'static>(end: impl Future<Output = T> + Send + 'static) -> Option<T> {
+    tokio::spawn(end).await.ok()
+}
+
+/// Completes the upload (see [`Upload::finish`]).
+async fn finish_upload(mut s: UploadState) -> CoreResult<u64> {
+    match complete(&mut s).await {
+        Ok(()) => {
+            let transferred = s.transferred;
+            record(s, None, None).await;
+            Ok(transferred)
+        }
+        Err(e) => {
+            let refused = matches!(e, CoreError::AlreadyExists);
+            fail_upload(s, e.to_string(), !refused).await;
+            Err(e)
         }
     }
 }
@@ -422,6 +435,8 @@ impl UploadState {
     /// Leaves under [`crate::quota::QuotaTracker::lock_names`]: an operation that has looked at the file and is
     /// about to delete, replace or shrink it then finds it still registered and leaves its accounts to this leave.
     async fn leave(&mut self, known: Option<FileState>) {
+        // The running write ends before the lock is taken, so that only the look at the file waits under it.
+        let _ = self.writer.flush().await;
         let session = self.session.clone();
         let quota = session.quota();
         let names = quota.lock_names().await;
@@ -621,6 +636,10 @@ async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
     if let Some(temp) = s.temp.take() {
         let session = s.session.clone();
         let storage = session.storage();
+        let quota = session.quota();
+        // Once the temporary file is deleted its inode may go to a new file, which must not register before the
+        // release below has marked this one's registration.
+        let names = quota.lock_names().await;
         let kept = keep
             && temp.replaces.is_none()
             && storage
@@ -630,10 +649,7 @@ async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
         if !kept && storage.remove_file(temp.temp.relative()).await.is_ok() {
             // Registered, so normally left counted until the upload leaves below, knowing the file deleted.
             let files = u64::from(s.files_delta > 0);
-            if session
-                .quota()
-                .release_unlinked(s.registration.id, s.size, files)
-            {
+            if quota.release_unlinked(s.registration.id, s.size, files) {
                 s.bytes_delta -= s.size as i64;
                 s.files_delta -= files as i64;
             }
@@ -645,12 +661,10 @@ async fn fail_upload(mut s: UploadState, error: String, keep: bool) {
         }
         // The file it was to replace keeps its place: dropping the pin accounts for what others did to it.
         if let Some(replaced) = temp.replaces {
-            let quota = session.quota();
-            let names = quota.lock_names().await;
             let token = quota.sole_registration(replaced);
             s.unpin(replaced, token, None).await;
-            drop(names);
         }
+        drop(names);
     }
     record(s, Some(error), known).await;
 }
@@ -1241,5 +1255,78 @@ pub(crate) mod tests {
         write_all_parts(&mut whole, &parts).await.unwrap();
         assert_eq!(whole.data, b"abcdefghijklmn");
         assert_eq!(whole.calls, 1);
+    }
+
+    /// Two appending uploads of a name that did not exist: the first, created exclusively because it was counted as
+    /// a new file, was opened without `O_APPEND` for a while, and wrote over the second's data.
+    #[tokio::test]
+    async fn two_appends_to_a_new_file_keep_both() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+        let session = session(&tmp, Permissions::all(), None).await;
+        let mut first = session
+            .open_write(&path("/log"), WriteMode::Append)
+            .await
+            .unwrap();
+        first.write(b"AAAA").await.unwrap();
+        first.flush().await.unwrap();
+        let mut second = session
+            .open_write(&path("/log"), WriteMode::Append)
+            .await
+            .unwrap();
+        second.write(b"BBBB").await.unwrap();
+        second.flush().await.unwrap();
+        first.write(b"CCCC").await.unwrap();
+        first.finish().await.unwrap();
+        second.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("home/log")).unwrap(),
+            b"AAAABBBBCCCC"
+        );
+    }
+
+    /// A name that is a dangling symbolic link inside the home is written through, as before uploads counted as new
+    /// files were created exclusively (which fails on any entry at the name).
+    #[tokio::test]
+    async fn an_upload_through_a_dangling_symlink_creates_its_target() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+        std::os::unix::fs::symlink("target", tmp.path().join("home/f")).unwrap();
+        let session = session(&tmp, Permissions::all(), None).await;
+        let mut up = session
+            .open_write(&path("/f"), WriteMode::Truncate)
+            .await
+            .unwrap();
+        up.write(b"data").await.unwrap();
+        up.finish().await.unwrap();
+        assert_eq!(
+            std::fs::read(tmp.path().join("home/target")).unwrap(),
+            b"data"
+        );
+    }
+
+    /// `finish` cancelled while it waits for the account's names lock (held here; a long deletion in another
+    /// session holds it in use, and an SSH channel's task is cancelled when its connection ends): the upload still
+    /// leaves its registration and stores its usage.
+    #[tokio::test]
+    async fn an_upload_whose_finish_is_cancelled_still_accounts_for_itself() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tmp.path().join("home")).unwrap();
+        let session = session(&tmp, Permissions::all(), None).await;
+        let mut up = session
+            .open_write(&path("/f"), WriteMode::Truncate)
+            .await
+            .unwrap();
+        up.write(&[b'x'; 40]).await.unwrap();
+        let names = session.quota().lock_names().await;
+        let cancelled = tokio::time::timeout(Duration::from_millis(50), up.finish()).await;
+        assert!(cancelled.is_err(), "finish waits for the names lock");
+        drop(names);
+        // The detached end runs once the lock is free, before the deletion (which waits for the lock after it): the
+        // deletion finds the file unregistered and gives it back at once.
+        let store = SqliteAccountStore::open(&tmp.path().join("db")).unwrap();
+        session.remove(&path("/f")).await.unwrap();
+        assert_eq!(session.quota().usage().bytes, 0);
+        assert_eq!(store.usage("u").await.unwrap().bytes, 0);
     }
 }

@@ -307,7 +307,12 @@ fn open_regular(
 
 /// Opens `path` for writing as `mode` says (blocking). A file replaced from its start (`Truncate`) is not truncated
 /// here: its writer empties it (see [`WriteBehind::replacing`]).
-fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBehind> {
+fn open_for_write(
+    dir: &Dir,
+    path: &str,
+    mode: WriteMode,
+    exclusive: bool,
+) -> io::Result<WriteBehind> {
     let mut options = OpenOptions::new();
     options.write(true);
     match mode {
@@ -316,6 +321,9 @@ fn open_for_write(dir: &Dir, path: &str, mode: WriteMode) -> io::Result<WriteBeh
         WriteMode::At { .. } => options.create(true),
         WriteMode::Append => options.create(true).append(true),
     };
+    if exclusive {
+        options.create_new(true);
+    }
     let (file, metadata) = open_regular(dir, path, &mut options)?;
     // The one look at the opened file an upload needs (for its quota account), which the replacing check shares.
     writer_for(file, write_behind::state_of(&metadata), mode)
@@ -445,7 +453,9 @@ impl Storage for LocalStorage {
             return Ok(Box::new(writer));
         }
         let path = path.to_owned();
-        let writer = self.run(move |d| open_for_write(d, &path, mode)).await?;
+        let writer = self
+            .run(move |d| open_for_write(d, &path, mode, false))
+            .await?;
         Ok(Box::new(writer))
     }
 
@@ -458,7 +468,14 @@ impl Storage for LocalStorage {
         // An existing file the kernel has in its caches is planned for here, and opened here too if it can be.
         if let Some((_, existing)) = open_cached(&self.root, path, Access::Lookup) {
             let target = plan(Some(&existing))?;
-            return self.open_write(&target.path, target.mode).await;
+            if !target.exclusive {
+                return self.open_write(&target.path, target.mode).await;
+            }
+            let (path, mode) = (target.path, target.mode);
+            let writer = self
+                .run(move |d| open_for_write(d, &path, mode, true))
+                .await?;
+            return Ok(Box::new(writer));
         }
         let path = path.to_owned();
         let writer = self
@@ -469,7 +486,7 @@ impl Storage for LocalStorage {
                     Err(e) => return Err(e),
                 };
                 let target = plan(existing.as_ref())?;
-                open_for_write(d, rel(&target.path), target.mode)
+                open_for_write(d, rel(&target.path), target.mode, target.exclusive)
             })
             .await?;
         Ok(Box::new(writer))
@@ -759,6 +776,7 @@ mod tests {
                 Ok(WriteTarget {
                     path: "f".into(),
                     mode,
+                    exclusive: false,
                 })
             })
         };

@@ -114,6 +114,9 @@ pub struct OpenedFile {
 pub struct WriteTarget {
     pub path: String,
     pub mode: WriteMode,
+    /// Create the file, failing with `AlreadyExists` if anything is at the path, whatever `mode` says (an `Append`
+    /// stays one: its writes go to the end of the file).
+    pub exclusive: bool,
 }
 
 /// Decides, from the metadata of what is at a path (`None`: nothing is), where and how to open it for writing; an
