@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::account::Permission;
 use crate::error::{CoreError, CoreResult};
 use crate::events::EventKind;
-use crate::quota::Registration;
+use crate::quota::{Registration, Released};
 use crate::session::Session;
 use crate::storage::{sendfile, FileChange, FileReader, FileState, FileWriter, Metadata};
 use crate::vpath::VirtualPath;
@@ -446,7 +446,7 @@ impl UploadState {
                     Some(state) => Some(state),
                     None => match self.writer.state().await {
                         Ok(Some(state)) => Some(state),
-                        _ => state_at_name(&self.session, &self.path, self.registration).await,
+                        _ => state_at_name(&session, &self.path, self.registration).await,
                     },
                 };
                 state.map(|state| (token, state))
@@ -455,6 +455,11 @@ impl UploadState {
         };
         let released = quota.leave_upload(self.registration, self.grown, now);
         drop(names);
+        self.count(released);
+    }
+
+    /// Adds to the usage this upload stores what the quota tracker gave back or counted when a registration left.
+    fn count(&mut self, released: Released) {
         self.bytes_delta += released.charged as i64 - released.bytes as i64;
         self.files_delta -= released.files as i64;
     }
@@ -480,8 +485,7 @@ impl UploadState {
             _ => None,
         };
         let released = quota.leave_upload(replaced, 0, token.zip(state));
-        self.bytes_delta += released.charged as i64 - released.bytes as i64;
-        self.files_delta -= released.files as i64;
+        self.count(released);
     }
 }
 
