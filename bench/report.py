@@ -432,11 +432,12 @@ def render(info, results):
     if order is not None:
         d.p("The virtual machine hands memory its kernel frees back to the hypervisor (virtio-balloon free page "
             "reporting), and the first write into such a page afterwards faults in the host: a 1 GiB file write "
-            "into memory freed a moment before ran at 555–942 MiB/s with 1.1–1.8 s of CPU, into memory touched since "
-            "at 3,600–4,500 MiB/s with 0.23–0.28 s (2026-12-04), so that an upload measured the host's page faults "
-            "more than the server. The run turns reporting off (`/sys/module/page_reporting/parameters/"
-            f"page_reporting_order` from {order} to 11, so that no block qualifies) and restores it at its end; "
-            "every server runs under the same setting.")
+            "into memory freed a moment before ran at 599–1,040 MiB/s with 1.0–1.7 s of CPU, into memory touched "
+            "since at 3,200–4,500 MiB/s with 0.23–0.32 s (2026-12-04), so that an upload measured the host's page "
+            "faults more than the server. The run turns reporting off (`/sys/module/page_reporting/parameters/"
+            f"page_reporting_order` from {order} to 11, so that no block qualifies), writes once into all free "
+            "memory so that the pages handed back before are backed again, and restores the setting at its end; "
+            "every server runs under the same conditions.")
         d.p()
     d.p("The `ferry bench` calls behind the tables (URL is each server's, `--pid` its process):")
     d.p()
