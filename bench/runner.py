@@ -74,6 +74,7 @@ FULL = dict(
     sftp_streams=4,
     sftp_stream_size="256MiB",
     sftp_sessions=500,
+    touch_memory=1 << 40,
 )
 QUICK = dict(
     reps=1,
@@ -90,6 +91,8 @@ QUICK = dict(
     sftp_streams=4,
     sftp_stream_size="32MiB",
     sftp_sessions=50,
+    # Its transfers are small: enough for them, so that the check stays short.
+    touch_memory=4 << 30,
 )
 
 
@@ -340,8 +343,8 @@ def prepare_system():
 # The guest's free page reporting (virtio-balloon): memory the kernel frees is handed back to the hypervisor, and the
 # first write into such a page afterwards faults in the host. On the machine of 2026-12-04 (reporting at once, from
 # 2 MiB blocks) a file write of 1 GiB into memory freed a moment before (the previous file deleted, as every upload
-# of `ferry bench transfer` does) ran at 555-942 MiB/s with 1.1-1.8 s of CPU, the same write into memory touched
-# since at 3,600-4,500 MiB/s with 0.23-0.28 s: whichever server's upload drew the handed-back pages measured the
+# of `ferry bench transfer` does) ran at 599-1,040 MiB/s with 1.0-1.7 s of CPU, the same write into memory touched
+# since at 3,200-4,500 MiB/s with 0.23-0.32 s: whichever server's upload drew the handed-back pages measured the
 # host's page faults, not its own work. The run turns reporting off (blocks above the largest order never qualify)
 # and restores the setting at its end, and first writes once into all the free memory, so that the host backs the
 # pages handed back before (without that, ferry's and pure-ftpd's first 1 GiB uploads of a run still measured 363
@@ -361,13 +364,16 @@ def page_reporting_off():
         return None
 
 
-def touch_free_memory(margin=1 << 30):
-    """Writes once into every page of the free memory but `margin` bytes, then frees it again. One process per CPU
-    (the host's page faults take most of the time: about 75 s for 18.5 GiB from one process); each holds its share
-    until all are done, so that no two write into the same pages. Returns the bytes written."""
+def touch_free_memory(limit, margin=1 << 30):
+    """Writes once into every page of the free memory but `margin` bytes, `limit` bytes at most, then frees it again
+    (freed pages are the first the kernel hands out again). One process per CPU (the host's page faults take most of
+    the time: about 75 s for 18.5 GiB from one process); each holds its share until all are done, so that no two
+    write into the same pages. Returns the bytes written."""
     free = next(int(l.split()[1]) * 1024 for l in open("/proc/meminfo") if l.startswith("MemFree:"))
     workers = os.cpu_count() or 1
-    share = max(free - margin, 0) // workers
+    share = min(free - margin, limit) // workers // mmap.PAGESIZE * mmap.PAGESIZE
+    if share <= 0:
+        return 0
     ctx = multiprocessing.get_context("fork")
     all_done = ctx.Barrier(workers + 1)
     procs = [ctx.Process(target=touch_and_hold, args=(share, all_done)) for _ in range(workers)]
@@ -383,11 +389,19 @@ def touch_free_memory(margin=1 << 30):
 
 
 def touch_and_hold(size, all_done):
-    """touch_free_memory's worker: maps `size` bytes, writes into each page, and keeps them until all workers have."""
-    block = mmap.mmap(-1, size)
-    for offset in range(0, size, mmap.PAGESIZE):
-        block[offset] = 1
-    all_done.wait(timeout=600)
+    """touch_free_memory's worker: maps `size` bytes, writes into each page, and keeps them until all workers have
+    (a worker that fails breaks the barrier, so that the others do not wait for it)."""
+    try:
+        block = mmap.mmap(-1, size)
+        for offset in range(0, size, mmap.PAGESIZE):
+            block[offset] = 1
+    except BaseException:
+        all_done.abort()
+        raise
+    try:
+        all_done.wait(timeout=600)
+    except threading.BrokenBarrierError:
+        pass
     block.close()
 
 
@@ -835,7 +849,7 @@ def main():
     page_reporting = page_reporting_off()
     try:
         if page_reporting is not None:
-            touched = touch_free_memory()
+            touched = touch_free_memory(mode["touch_memory"])
             log(f"free page reporting to the hypervisor off for the run (page_reporting_order {page_reporting} -> "
                 f"{NO_PAGE_REPORTING}); {touched / 2**30:.1f} GiB of free memory written once")
         for s in servers + [sshd]:
