@@ -87,7 +87,8 @@ def render(info, results):
     kind = "quick check (`bench/run --quick`), not the reference figures" if info["quick"] else "full run"
     d.p(f"Measured by `bench/run` ({kind}) on {info['started']}, in {info['minutes']} minutes. Reproduce with "
         "`sudo bench/run` from a checkout (see [Method](#method)); every figure below is the median of the "
-        f"repetitions ({mode['reps']} per configuration, servers alternating), with the range in parentheses.")
+        f"repetitions ({mode['reps']} per configuration, {mode.get('small_reps', mode['reps'])} for small files, "
+        "servers alternating), with the range in parentheses.")
     d.p()
     m = info["machine"]
     d.p(f"**Machine**: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB memory, {m['os']}, Linux {m['kernel']}. "
@@ -428,16 +429,26 @@ def render(info, results):
         "download reads it right after; small files replace those of the repetition before (the first repetition "
         "creates them).")
     d.p()
-    order = info.get("page_reporting_order")
-    if order is not None:
-        d.p("The virtual machine hands memory its kernel frees back to the hypervisor (virtio-balloon free page "
-            "reporting), and the first write into such a page afterwards faults in the host: a 1 GiB file write "
-            "into memory freed a moment before ran at 599–1,040 MiB/s with 1.0–1.7 s of CPU, into memory touched "
-            "since at 3,200–4,500 MiB/s with 0.23–0.32 s (2026-12-04), so that an upload measured the host's page "
-            "faults more than the server. The run turns reporting off (`/sys/module/page_reporting/parameters/"
-            f"page_reporting_order` from {order} to 11, so that no block qualifies), writes once into all free "
-            "memory so that the pages handed back before are backed again, and restores the setting at its end; "
-            "every server runs under the same conditions.")
+    settings = info.get("kernel_settings", {})
+    if settings:
+        changed = "; ".join(f"`{path}` {before} -> {value}" for path, (before, value) in settings.items())
+        d.p(f"The run changes these kernel settings and restores them at its end: {changed}. Every server runs under "
+            "them alike.")
+        d.p()
+    if any(path.endswith("page_reporting_order") for path in settings):
+        d.p("Page reporting: the virtual machine hands memory its kernel frees back to the hypervisor (virtio-balloon "
+            "free page reporting), and the first write into such a page afterwards faults in the host: a 1 GiB file "
+            "write into memory freed a moment before ran at 599–1,040 MiB/s with 1.0–1.7 s of CPU, into memory "
+            "touched since at 3,200–4,500 MiB/s with 0.23–0.32 s (2026-12-04), so that an upload measured the host's "
+            "page faults more than the server. The run turns reporting off (order 11: no block qualifies) and "
+            "writes once into all free memory first, so that the pages handed back before are backed again.")
+        d.p()
+    if any(path.endswith("tcp_max_tw_buckets") for path in settings):
+        d.p("TIME_WAIT: each small-file transfer is a data connection of its own, whose closing end keeps its port "
+            "in TIME_WAIT for a minute; five repetitions against five servers in a row used up the ephemeral ports "
+            "(pyftpdlib's bind of a passive port failed with EADDRINUSE at 98,523 sockets in TIME_WAIT). Loopback "
+            "neither delays nor loses segments, which TIME_WAIT guards against; the run keeps at most the number "
+            "above, and the kernel closes the others at once.")
         d.p()
     d.p("The `ferry bench` calls behind the tables (URL is each server's, `--pid` its process):")
     d.p()

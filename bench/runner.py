@@ -53,12 +53,11 @@ RETRY_MAX_WALL = 30
 # more processes than pid_max (32,768) allows. They log in at 100-200 sessions/s here, so they are measured once
 # per N (their memory per session is that of a process, the same at every N); ferry and pyftpdlib are repeated at
 # every N (a few hundred KiB of allocator state make single runs at 1,000 sessions vary by +-0.3 KiB per session),
-# and the median is reported; the targets are set at sessions_repeat_n. Small files are not repeated more often,
-# nor with more files, although one measurement lasts about half a second and the machine's speed drifts over
-# minutes: two peers fail when more runs follow one another. With five runs of 2,000 files, or from the second run
-# of 5,000, vsftpd answered PASV with "500 OOPS: priv_sock_get_int" and pyftpdlib closed the control connection
-# (2026-12-02; both take passive ports from the kernel, which the data connections of earlier runs, in TIME_WAIT,
-# are thought to have used up; not verified).
+# and the median is reported; the targets are set at sessions_repeat_n. Small files are repeated five times: one
+# measurement lasts a fraction of a second, and the machine's speed drifts (with three, ferry's RETR measured
+# 8,226-10,534 files/s in a run and 8,876-13,570 by hand right after, pure-ftpd's 8,062-11,149 and 7,354-11,488);
+# the run limits TIME_WAIT sockets so that their data connections do not use up the ephemeral ports (see
+# TIME_WAIT_LIMIT).
 FULL = dict(
     reps=3,
     transfer_size="1GiB",
@@ -66,6 +65,7 @@ FULL = dict(
     many_size="16MiB",
     small_files=2000,
     small_clients=10,
+    small_reps=5,
     list_entries=100_000,
     sessions_n=[1000, 5000, 10000, 19000],
     sessions_n_forking=[1000, 10000],
@@ -83,6 +83,7 @@ QUICK = dict(
     many_size="4MiB",
     small_files=300,
     small_clients=10,
+    small_reps=1,
     list_entries=10_000,
     sessions_n=[200, 1000],
     sessions_n_forking=[200, 1000],
@@ -340,6 +341,27 @@ def prepare_system():
         sh("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(RUN / "ssh_host_ed25519_key"))
 
 
+class KernelSetting:
+    """A kernel setting the run changes for its duration and restores at its end; absent or unwritable, it is left
+    alone (`before` stays None)."""
+
+    def __init__(self, path, value):
+        self.path, self.value, self.before = Path(path), value, None
+
+    def apply(self):
+        try:
+            before = self.path.read_text().strip()
+            self.path.write_text(self.value)
+        except OSError:
+            return False
+        self.before = before
+        return True
+
+    def restore(self):
+        if self.before is not None:
+            self.path.write_text(self.before)
+
+
 # The guest's free page reporting (virtio-balloon): memory the kernel frees is handed back to the hypervisor, and the
 # first write into such a page afterwards faults in the host. On the machine of 2026-12-04 (reporting at once, from
 # 2 MiB blocks) a file write of 1 GiB into memory freed a moment before (the previous file deleted, as every upload
@@ -350,18 +372,15 @@ def prepare_system():
 # pages handed back before (without that, ferry's and pure-ftpd's first 1 GiB uploads of a run still measured 363
 # and 379 MiB/s against 1,265-1,423 for the servers after them). Where the kernel has no such parameter, nothing
 # changes.
-PAGE_REPORTING_ORDER = Path("/sys/module/page_reporting/parameters/page_reporting_order")
-NO_PAGE_REPORTING = "11"
-
-
-def page_reporting_off():
-    """Turns the guest's free page reporting off; returns the setting to restore (None when there was none)."""
-    try:
-        before = PAGE_REPORTING_ORDER.read_text().strip()
-        PAGE_REPORTING_ORDER.write_text(NO_PAGE_REPORTING)
-        return before
-    except OSError:
-        return None
+PAGE_REPORTING = KernelSetting("/sys/module/page_reporting/parameters/page_reporting_order", "11")
+# TIME_WAIT: every small-file transfer is a data connection of its own, and the end that closes it first keeps its
+# local port in TIME_WAIT for a minute. Five repetitions of 2,000 STORs and RETRs against five servers in a row left
+# 98,523 sockets in TIME_WAIT, and pyftpdlib's bind of a passive port then failed with EADDRINUSE (the ephemeral
+# ports, 32768-60999, were all taken; 2026-12-04; vsftpd's "500 OOPS: priv_sock_get_int" and pyftpdlib's closed
+# connections in longer series on 2026-12-02 were probably the same). TIME_WAIT guards against late or lost segments
+# of a closed connection, which loopback does not have, so the run keeps at most this many; the kernel closes the
+# others at once.
+TIME_WAIT_LIMIT = KernelSetting("/proc/sys/net/ipv4/tcp_max_tw_buckets", "16384")
 
 
 def touch_free_memory(limit, margin=1 << 30):
@@ -403,11 +422,6 @@ def touch_and_hold(size, all_done):
     except threading.BrokenBarrierError:
         pass
     block.close()
-
-
-def restore_page_reporting(before):
-    if before is not None:
-        PAGE_REPORTING_ORDER.write_text(before)
 
 
 class Runner:
@@ -620,7 +634,7 @@ class Runner:
             for s in self.rotation(ftp, rep):
                 self.bench(s, "transfer", "--size", m["many_size"], "--streams", str(m["many_streams"]))
         self.section("small files")
-        for rep in range(m["reps"]):
+        for rep in range(m["small_reps"]):
             for s in self.rotation(ftp, rep):
                 self.bench(s, "small", "--files", str(m["small_files"]), "--size", "4KiB",
                            "--clients", str(m["small_clients"]))
@@ -846,12 +860,14 @@ def main():
     runner = Runner(args.ferry, mode, quick)
     runner.servers, runner.sshd = servers, sshd
     runner.ferry_lacks_cipher = None
-    page_reporting = page_reporting_off()
+    settings = [PAGE_REPORTING, TIME_WAIT_LIMIT]
     try:
-        if page_reporting is not None:
+        for setting in settings:
+            if setting.apply():
+                log(f"{setting.path}: {setting.before} -> {setting.value} for the run")
+        if PAGE_REPORTING.before is not None:
             touched = touch_free_memory(mode["touch_memory"])
-            log(f"free page reporting to the hypervisor off for the run (page_reporting_order {page_reporting} -> "
-                f"{NO_PAGE_REPORTING}); {touched / 2**30:.1f} GiB of free memory written once")
+            log(f"{touched / 2**30:.1f} GiB of free memory written once")
         for s in servers + [sshd]:
             s.start()
             log(f"started {s.name} (pid {s.pid}) on port {s.port}")
@@ -859,7 +875,8 @@ def main():
     finally:
         for s in servers + [sshd]:
             s.stop()
-        restore_page_reporting(page_reporting)
+        for setting in settings:
+            setting.restore()
     finished = time.time()
     info = dict(
         quick=quick, mode=mode, started=datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds"),
@@ -867,7 +884,7 @@ def main():
         load_after=dict(load=os.getloadavg(), busy=busy_processes()), versions=run_versions,
         cipher_mib_s=runner.cipher_speed, sftp_cipher=runner.sftp_cipher,
         ferry_lacks_cipher=runner.ferry_lacks_cipher, ferry_command=" ".join(ferry.command()),
-        page_reporting_order=page_reporting,
+        kernel_settings={str(s.path): [s.before, s.value] for s in settings if s.before is not None},
     )
     out = WORK / ("results-quick.json" if quick else "results.json")
     out.write_text(json.dumps(dict(info=info, results=runner.results), indent=1))
