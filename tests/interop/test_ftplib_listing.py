@@ -14,6 +14,7 @@ from helpers_ftplib import (
     connect,
     home,
     parse_mlst_entry,
+    retr_bytes,
     send,
     send_raw,
     transfer_raw,
@@ -321,6 +322,31 @@ def test_unicode_names_are_listed_as_utf8(ferry, ftp):
     assert name in ftp.nlst()
     assert name in dict(ftp.mlsd())
     assert name in _parse_list(_list_lines(ftp))
+
+
+def test_names_on_disk_that_are_not_utf8_are_listed_escaped_and_work_by_that_name(ferry, ftp):
+    # "café.txt" in Latin-1, as another server or a Windows client leaves it: each byte that is not UTF-8 is shown
+    # as U+EF00 + byte, which ftplib reads (and sends back) as UTF-8 like any other name.
+    root = os.fsencode(home(ferry))
+    with open(os.path.join(root, b"caf\xe9.txt"), "wb") as f:
+        f.write(b"latin-1 name")
+    escaped = "caf\uefe9.txt"
+    assert escaped in ftp.nlst()
+    assert dict(ftp.mlsd())[escaped]["size"] == "12"
+    assert escaped in _parse_list(_list_lines(ftp))
+    assert retr_bytes(ftp, escaped) == b"latin-1 name"
+    ftp.rename(escaped, "\uefe9t\uefe9.txt")
+    assert os.listdir(root) == [b"\xe9t\xe9.txt"]
+    assert code(ftp.delete("\uefe9t\uefe9.txt")) == 250
+    assert os.listdir(root) == []
+    # Escapes that spell UTF-8 (C3 A9 is "é") would be a second name for "café.txt": refused.
+    (home(ferry) / "caf\u00e9.txt").write_bytes(b"utf-8 name")
+    alias = "caf\uefc3\uefa9.txt"
+    for refused in (lambda: retr_bytes(ftp, alias), lambda: ftp.delete(alias), lambda: ftp.size(alias),
+                    lambda: ftp.rename("caf\u00e9.txt", alias)):
+        with pytest.raises(ftplib.error_perm, match="^553"):
+            refused()
+    assert (home(ferry) / "caf\u00e9.txt").read_bytes() == b"utf-8 name"
 
 
 def test_directory_with_20000_entries_lists_completely(ferry, ftp):

@@ -298,6 +298,29 @@ def test_unicode_and_space_names(ferry):
     assert (home / "dïr ñame" / "fïlé 1.txt").read_bytes() == b"u"
 
 
+def test_names_on_disk_that_are_not_utf8_are_listed_escaped_and_work_by_that_name(ferry):
+    # A Latin-1 "café.txt": the byte that is not UTF-8 is shown as U+EF00 + byte, a name paramiko can use.
+    home = os.fsencode(ferry.home("alice"))
+    os.makedirs(home, exist_ok=True)
+    with open(os.path.join(home, b"caf\xe9.txt"), "wb") as f:
+        f.write(b"latin-1 name")
+    escaped = "caf\uefe9.txt"
+    with sftp_client(ferry) as sftp:
+        assert sftp.listdir(".") == [escaped]
+        assert sftp.stat(escaped).st_size == 12
+        assert read_remote(sftp, escaped) == b"latin-1 name"
+        sftp.rename(escaped, "\uefe9t\uefe9.txt")
+        assert os.listdir(home) == [b"\xe9t\xe9.txt"]
+        sftp.remove("\uefe9t\uefe9.txt")
+        assert os.listdir(home) == []
+        # Escapes that spell UTF-8 (C3 A9 is "é") would be a second name for "café.txt": refused.
+        with open(os.path.join(home, "caf\u00e9.txt".encode()), "wb") as f:
+            f.write(b"utf-8 name")
+        with pytest.raises(IOError):
+            sftp.remove("caf\uefc3\uefa9.txt")
+        assert sftp.listdir(".") == ["caf\u00e9.txt"]
+
+
 def test_client_disconnecting_mid_upload_leaves_a_resumable_file(ferry):
     home = ferry.home("alice")
     data = random_bytes(400_000, seed=5)

@@ -258,3 +258,21 @@ def test_legacy_names_with_brackets_that_match_nothing_are_taken_as_written(ferr
     write_random(tmp_path / "f1", 100, seed=12)
     scp(ferry, tmp_path, key, "f1", "bob@HOST:photos[2024].txt", legacy=True)
     assert (home / "photos[2024].txt").stat().st_size == 100
+
+
+def test_legacy_names_that_are_not_utf8_keep_their_bytes(ferry, tmp_path, bob):
+    """A Latin-1 name goes both ways in its own bytes, as with sshd: in the command line, in the headers the client
+    sends and in those ferry sends."""
+    home, key = bob
+    name = os.fsdecode(b"caf\xe9")
+    data = random_bytes(3000, seed=12)
+    (tmp_path / "up").mkdir()
+    (tmp_path / "up" / name).write_bytes(data)
+    scp(ferry, tmp_path, key, "-r", "up", "bob@HOST:", legacy=True)
+    assert os.listdir(os.fsencode(home / "up")) == [b"caf\xe9"]
+    assert (home / "up" / name).read_bytes() == data
+    scp(ferry, tmp_path, key, f"bob@HOST:up/{name}", "one", legacy=True)
+    assert (tmp_path / "one").read_bytes() == data
+    scp(ferry, tmp_path, key, "-r", "bob@HOST:up", "down", legacy=True)
+    assert os.listdir(os.fsencode(tmp_path / "down")) == [b"caf\xe9"]
+    assert (tmp_path / "down" / name).read_bytes() == data

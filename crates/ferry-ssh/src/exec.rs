@@ -1,9 +1,13 @@
 //! SSH exec requests, answered without a shell: `scp -t`/`scp -f` (see [`crate::scp`]), the checksum commands
 //! `md5sum`, `sha1sum`, `sha256sum` and `sha512sum`, and `pwd`. Anything else is refused with a message on stderr.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+
 use ferry_core::checksum::HashAlgorithm;
 use ferry_core::error::{CoreError, CoreResult};
 use ferry_core::session::Session;
+use ferry_core::storage::names;
 use ferry_core::vpath::VirtualPath;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -57,7 +61,8 @@ pub enum CommandError {
 
 /// Parses an exec request's command line.
 pub fn parse(line: &[u8]) -> Result<Command, CommandError> {
-    let line = String::from_utf8_lossy(line);
+    // As names on disk: a path given in bytes that are not UTF-8 (Latin-1) names the file of those bytes.
+    let line = names::from_disk(OsStr::from_bytes(line));
     let words = shell_words::split(&line)?;
     let Some((name, args)) = words.split_first() else {
         return Err(CommandError::Empty);

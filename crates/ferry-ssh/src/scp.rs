@@ -5,13 +5,16 @@
 //! for a directory with `-r`, `TMTIME 0 ATIME 0` before either with `-p`), the file data, and one-byte replies:
 //! `\0` for success, `\x01message\n` for an error that skips one item, `\x02message\n` for a fatal one.
 
+use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_core::error::CoreError;
 use ferry_core::session::Session;
-use ferry_core::storage::{FileKind, Metadata, WriteMode};
+use ferry_core::storage::{names, FileKind, Metadata, WriteMode};
 use ferry_core::transfer::Download;
 use ferry_core::vpath::VirtualPath;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -120,6 +123,17 @@ pub enum Header {
     Dir { mode: u32, name: String },
     /// `E`: the end of a directory.
     EndDir,
+}
+
+/// A header line sent to a sink: `start` (`C0644 SIZE `, `D0755 0 `), then `name` as it is on disk (a name that is
+/// not UTF-8 reaches the client in its own bytes, as from sshd), then the newline.
+fn header(start: String, name: &str) -> Vec<u8> {
+    let mut line = start.into_bytes();
+    // Names come from listings, which only give names `to_disk` takes back.
+    let name = names::to_disk(name).unwrap_or(Cow::Borrowed(OsStr::new(name)));
+    line.extend_from_slice(name.as_bytes());
+    line.push(b'\n');
+    line
 }
 
 /// Parses a header line (without its newline). Names that are not a single plain component are refused.
@@ -295,7 +309,9 @@ where
             }
             if done {
                 line.pop();
-                return Ok(Some(String::from_utf8_lossy(&line).into_owned()));
+                return Ok(Some(
+                    names::from_disk(OsStr::from_bytes(&line)).into_owned(),
+                ));
             }
         }
     }
@@ -611,8 +627,8 @@ where
             }
         }
         let size = download.size();
-        let line = format!("C{:04o} {size} {name}\n", meta.mode & 0o7777);
-        self.output.write_all(line.as_bytes()).await?;
+        let line = header(format!("C{:04o} {size} ", meta.mode & 0o7777), name);
+        self.output.write_all(&line).await?;
         self.output.flush().await?;
         if let Reply::Skip = self.reply().await? {
             download.fail("refused by the client");
@@ -746,8 +762,8 @@ where
                 return Ok(());
             }
         }
-        let line = format!("D{:04o} 0 {name}\n", meta.mode & 0o7777);
-        self.output.write_all(line.as_bytes()).await?;
+        let line = header(format!("D{:04o} 0 ", meta.mode & 0o7777), name);
+        self.output.write_all(&line).await?;
         self.output.flush().await?;
         if let Reply::Skip = self.reply().await? {
             return Ok(());

@@ -2,7 +2,10 @@
 //! (openat2 with RESOLVE_BENEATH where the kernel has it, a checked component-by-component walk otherwise), so
 //! `..`, absolute symlinks and symlinks that climb out of the root fail with an error instead of escaping.
 
+use std::borrow::Cow;
+use std::ffi::OsStr;
 use std::io::{self, Seek, SeekFrom};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +18,7 @@ use std::os::unix::fs::DirBuilderExt;
 
 use super::cached_read::CachedReader;
 use super::local_listing::LocalDirReader;
+use super::names;
 use super::write_behind::{self, WriteBehind};
 use super::{
     Capabilities, DirBatches, DirStream, FileKind, FileState, FileWriter, Metadata,
@@ -91,12 +95,21 @@ pub(super) fn read_at_most(file: &std::fs::File, offset: u64, len: usize) -> io:
     Ok(data)
 }
 
-/// cap-std wants `.` for the root itself.
-fn rel(path: &str) -> &str {
-    if path.is_empty() {
-        "."
-    } else {
-        path
+/// The virtual path `path` as a path on disk: names as [`names::to_disk`] gives them, `.` for the root itself (as
+/// cap-std wants it). Borrowed unless a name has escaped bytes.
+fn disk_path(path: &str) -> io::Result<Cow<'_, OsStr>> {
+    names::to_disk(if path.is_empty() { "." } else { path })
+}
+
+/// The directory part of `path` (`.` if it has none) and its last component.
+fn split_last(path: &OsStr) -> (&OsStr, &OsStr) {
+    let bytes = path.as_bytes();
+    match bytes.iter().rposition(|&b| b == b'/') {
+        Some(slash) => (
+            OsStr::from_bytes(&bytes[..slash]),
+            OsStr::from_bytes(&bytes[slash + 1..]),
+        ),
+        None => (OsStr::new("."), path),
     }
 }
 
@@ -158,7 +171,7 @@ pub(super) fn unix_time(secs: i64, nsecs: i64) -> SystemTime {
 /// pool, which reports errors as usual. `O_NONBLOCK` keeps the open of a FIFO from waiting for a peer (and one
 /// breaking a lease from waiting for its holder); it is cleared again on the regular files that are returned.
 #[cfg(target_os = "linux")]
-fn open_cached(root: &Dir, path: &str, access: Access) -> Option<(std::fs::File, Metadata)> {
+fn open_cached(root: &Dir, path: &OsStr, access: Access) -> Option<(std::fs::File, Metadata)> {
     use rustix::fs::{openat2, AtFlags, Mode, OFlags, ResolveFlags, StatxFlags};
     let io = OFlags::CLOEXEC | OFlags::NONBLOCK | OFlags::NOCTTY;
     let flags = match access {
@@ -188,7 +201,7 @@ fn open_cached(root: &Dir, path: &str, access: Access) -> Option<(std::fs::File,
 }
 
 #[cfg(not(target_os = "linux"))]
-fn open_cached(_root: &Dir, _path: &str, _access: Access) -> Option<(std::fs::File, Metadata)> {
+fn open_cached(_root: &Dir, _path: &OsStr, _access: Access) -> Option<(std::fs::File, Metadata)> {
     None
 }
 
@@ -208,9 +221,9 @@ enum Access {
 /// `..`s would climb out of the root (harmless to ferry, which never follows them out, but not to whatever else
 /// reads the home). Such a link is refused (`ELOOP`, access denied).
 #[cfg(target_os = "linux")]
-fn symlink_in_real_dir(root: &Dir, target: &str, link: &str) -> io::Result<()> {
+fn symlink_in_real_dir(root: &Dir, target: &OsStr, link: &OsStr) -> io::Result<()> {
     use rustix::fs::{openat2, Mode, OFlags, ResolveFlags};
-    let (parent, name) = link.rsplit_once('/').unwrap_or((".", link));
+    let (parent, name) = split_last(link);
     let dir = openat2(
         root,
         parent,
@@ -222,7 +235,7 @@ fn symlink_in_real_dir(root: &Dir, target: &str, link: &str) -> io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn symlink_in_real_dir(root: &Dir, target: &str, link: &str) -> io::Result<()> {
+fn symlink_in_real_dir(root: &Dir, target: &OsStr, link: &OsStr) -> io::Result<()> {
     // Each directory on the way checked, then the link made: racy against a client swapping a directory for a
     // symlink in between, which openat2 rules out on Linux.
     let mut walked = std::path::PathBuf::new();
@@ -242,7 +255,7 @@ fn symlink_in_real_dir(root: &Dir, target: &str, link: &str) -> io::Result<()> {
 /// Renames `from` to `to` unless something is at `to` (blocking): each name's directory is opened beneath the
 /// root, then renameat2 with `RENAME_NOREPLACE` moves the last component.
 #[cfg(target_os = "linux")]
-fn rename_noreplace(root: &Dir, from: &str, to: &str) -> io::Result<()> {
+fn rename_noreplace(root: &Dir, from: &OsStr, to: &OsStr) -> io::Result<()> {
     use rustix::fs::RenameFlags;
     let (from_dir, from_name) = split_parent(root, from)?;
     let (to_dir, to_name) = split_parent(root, to)?;
@@ -256,7 +269,7 @@ fn rename_noreplace(root: &Dir, from: &str, to: &str) -> io::Result<()> {
 }
 
 #[cfg(not(target_os = "linux"))]
-fn rename_noreplace(root: &Dir, from: &str, to: &str) -> io::Result<()> {
+fn rename_noreplace(root: &Dir, from: &OsStr, to: &OsStr) -> io::Result<()> {
     // A new name fails if one exists; the old name goes once the new one is there.
     root.hard_link(from, root, to)?;
     root.remove_file(from)
@@ -265,9 +278,9 @@ fn rename_noreplace(root: &Dir, from: &str, to: &str) -> io::Result<()> {
 /// The directory holding `path`, opened beneath the root, and the last component of `path`, which names a plain
 /// entry in it (a [`crate::vpath::VirtualPath`] has no `.` or `..`).
 #[cfg(target_os = "linux")]
-fn split_parent<'a>(root: &Dir, path: &'a str) -> io::Result<(Dir, &'a str)> {
-    let (parent, name) = path.rsplit_once('/').unwrap_or((".", path));
-    if name.is_empty() || name == "." || name == ".." {
+fn split_parent<'a>(root: &Dir, path: &'a OsStr) -> io::Result<(Dir, &'a OsStr)> {
+    let (parent, name) = split_last(path);
+    if matches!(name.as_bytes(), b"" | b"." | b"..") {
         return Err(io::ErrorKind::InvalidInput.into());
     }
     Ok((root.open_dir(parent)?, name))
@@ -279,7 +292,7 @@ fn split_parent<'a>(root: &Dir, path: &'a str) -> io::Result<(Dir, &'a str)> {
 /// as well: a download of `/dev/zero`'s like would never end.
 fn open_regular(
     dir: &Dir,
-    path: &str,
+    path: &OsStr,
     options: &mut OpenOptions,
 ) -> io::Result<(std::fs::File, std::fs::Metadata)> {
     use cap_std::fs::OpenOptionsExt;
@@ -309,7 +322,7 @@ fn open_regular(
 /// here: its writer empties it (see [`WriteBehind::replacing`]).
 fn open_for_write(
     dir: &Dir,
-    path: &str,
+    path: &OsStr,
     mode: WriteMode,
     exclusive: bool,
 ) -> io::Result<WriteBehind> {
@@ -331,7 +344,7 @@ fn open_for_write(
 
 /// [`open_for_write`] on the calling thread, when the file exists, [`open_cached`] can open it, and nothing that
 /// could wait for the disk (a truncation) is to follow.
-fn open_existing_cached(root: &Dir, path: &str, mode: WriteMode) -> Option<WriteBehind> {
+fn open_existing_cached(root: &Dir, path: &OsStr, mode: WriteMode) -> Option<WriteBehind> {
     let access = match mode {
         WriteMode::Truncate
         | WriteMode::At {
@@ -368,7 +381,7 @@ fn writer_for(
 /// Opens the existing file `path` for writing at `offset` (blocking), if it is the file `unique_id`.
 fn reopen_for_write(
     dir: &Dir,
-    path: &str,
+    path: &OsStr,
     offset: u64,
     unique_id: u128,
 ) -> io::Result<WriteBehind> {
@@ -395,19 +408,19 @@ impl Storage for LocalStorage {
     }
 
     async fn metadata(&self, path: &str) -> io::Result<Metadata> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| d.metadata(path).map(|m| convert_metadata(&m)))
             .await
     }
 
     async fn symlink_metadata(&self, path: &str) -> io::Result<Metadata> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| d.symlink_metadata(path).map(|m| convert_metadata(&m)))
             .await
     }
 
     async fn read_dir(&self, path: &str) -> io::Result<DirStream> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         let reader = self
             .run(move |d| LocalDirReader::open(d.open_dir(path)?))
             .await?;
@@ -415,7 +428,7 @@ impl Storage for LocalStorage {
     }
 
     async fn open_read(&self, path: &str, offset: u64) -> io::Result<OpenedFile> {
-        let path = rel(path);
+        let path = disk_path(path)?;
         // An offset past the end is not sought (lseek refuses one past i64::MAX): the caller refuses it, knowing
         // the size.
         let seek = move |file: &mut std::fs::File, size: u64| -> io::Result<()> {
@@ -424,14 +437,14 @@ impl Storage for LocalStorage {
             }
             Ok(())
         };
-        if let Some((mut file, metadata)) = open_cached(&self.root, path, Access::Read) {
+        if let Some((mut file, metadata)) = open_cached(&self.root, &path, Access::Read) {
             seek(&mut file, metadata.size)?;
             return Ok(OpenedFile {
                 reader: Box::new(CachedReader::new(file, offset)),
                 metadata,
             });
         }
-        let path = path.to_owned();
+        let path = path.into_owned();
         let (file, metadata) = self
             .run(move |d| {
                 let (mut file, metadata) = open_regular(d, &path, OpenOptions::new().read(true))?;
@@ -448,11 +461,11 @@ impl Storage for LocalStorage {
     }
 
     async fn open_write(&self, path: &str, mode: WriteMode) -> io::Result<Box<dyn FileWriter>> {
-        let path = rel(path);
-        if let Some(writer) = open_existing_cached(&self.root, path, mode) {
+        let path = disk_path(path)?;
+        if let Some(writer) = open_existing_cached(&self.root, &path, mode) {
             return Ok(Box::new(writer));
         }
-        let path = path.to_owned();
+        let path = path.into_owned();
         let writer = self
             .run(move |d| open_for_write(d, &path, mode, false))
             .await?;
@@ -464,20 +477,20 @@ impl Storage for LocalStorage {
         path: &str,
         plan: WritePlanner,
     ) -> io::Result<Box<dyn FileWriter>> {
-        let path = rel(path);
+        let path = disk_path(path)?;
         // An existing file the kernel has in its caches is planned for here, and opened here too if it can be.
-        if let Some((_, existing)) = open_cached(&self.root, path, Access::Lookup) {
+        if let Some((_, existing)) = open_cached(&self.root, &path, Access::Lookup) {
             let target = plan(Some(&existing))?;
             if !target.exclusive {
                 return self.open_write(&target.path, target.mode).await;
             }
-            let (path, mode) = (target.path, target.mode);
+            let (path, mode) = (disk_path(&target.path)?.into_owned(), target.mode);
             let writer = self
                 .run(move |d| open_for_write(d, &path, mode, true))
                 .await?;
             return Ok(Box::new(writer));
         }
-        let path = path.to_owned();
+        let path = path.into_owned();
         let writer = self
             .run(move |d| {
                 let existing = match d.metadata(path) {
@@ -486,7 +499,7 @@ impl Storage for LocalStorage {
                     Err(e) => return Err(e),
                 };
                 let target = plan(existing.as_ref())?;
-                open_for_write(d, rel(&target.path), target.mode, target.exclusive)
+                open_for_write(d, &disk_path(&target.path)?, target.mode, target.exclusive)
             })
             .await?;
         Ok(Box::new(writer))
@@ -498,7 +511,7 @@ impl Storage for LocalStorage {
         offset: u64,
         unique_id: u128,
     ) -> io::Result<Box<dyn FileWriter>> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         let writer = self
             .run(move |d| reopen_for_write(d, &path, offset, unique_id))
             .await?;
@@ -506,32 +519,32 @@ impl Storage for LocalStorage {
     }
 
     async fn create_dir(&self, path: &str) -> io::Result<()> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| d.create_dir(path)).await
     }
 
     async fn remove_dir(&self, path: &str) -> io::Result<()> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| d.remove_dir(path)).await
     }
 
     async fn remove_file(&self, path: &str) -> io::Result<()> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| d.remove_file(path)).await
     }
 
     async fn rename(&self, from: &str, to: &str) -> io::Result<()> {
-        let (from, to) = (rel(from).to_owned(), rel(to).to_owned());
+        let (from, to) = (disk_path(from)?.into_owned(), disk_path(to)?.into_owned());
         self.run(move |d| d.rename(from, d, to)).await
     }
 
     async fn rename_noreplace(&self, from: &str, to: &str) -> io::Result<()> {
-        let (from, to) = (from.to_owned(), to.to_owned());
+        let (from, to) = (disk_path(from)?.into_owned(), disk_path(to)?.into_owned());
         self.run(move |d| rename_noreplace(d, &from, &to)).await
     }
 
     async fn set_modified(&self, path: &str, time: SystemTime) -> io::Result<()> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| {
             d.set_times(
                 path,
@@ -545,7 +558,7 @@ impl Storage for LocalStorage {
     }
 
     async fn set_mode(&self, path: &str, mode: u32) -> io::Result<()> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| {
             d.set_permissions(path, cap_std::fs::Permissions::from_mode(mode & 0o7777))
         })
@@ -553,7 +566,7 @@ impl Storage for LocalStorage {
     }
 
     async fn set_len(&self, path: &str, len: u64) -> io::Result<()> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| {
             d.open_with(path, OpenOptions::new().write(true))?
                 .set_len(len)
@@ -562,22 +575,25 @@ impl Storage for LocalStorage {
     }
 
     async fn read_link(&self, path: &str) -> io::Result<String> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| {
             d.read_link_contents(path)
-                .map(|p| p.to_string_lossy().into_owned())
+                .map(|target| names::from_disk(target.as_os_str()).into_owned())
         })
         .await
     }
 
     async fn symlink(&self, target: &str, link: &str) -> io::Result<()> {
-        let (target, link) = (target.to_owned(), rel(link).to_owned());
+        let (target, link) = (
+            names::to_disk(target)?.into_owned(),
+            disk_path(link)?.into_owned(),
+        );
         self.run(move |d| symlink_in_real_dir(d, &target, &link))
             .await
     }
 
     async fn hard_link(&self, from: &str, to: &str) -> io::Result<()> {
-        let (from, to) = (rel(from).to_owned(), rel(to).to_owned());
+        let (from, to) = (disk_path(from)?.into_owned(), disk_path(to)?.into_owned());
         self.run(move |d| d.hard_link(from, d, to)).await
     }
 
@@ -598,7 +614,7 @@ impl Storage for LocalStorage {
     }
 
     async fn disk_usage(&self, path: &str) -> io::Result<QuotaUsage> {
-        let path = rel(path).to_owned();
+        let path = disk_path(path)?.into_owned();
         self.run(move |d| {
             let mut usage = QuotaUsage::default();
             // Files with several names: each name is a file, but their bytes are stored (and counted) once.
@@ -705,14 +721,14 @@ mod tests {
         for name in ["f", "d", "inside", "abs", "rel", "fifo"] {
             let _ = std::fs::symlink_metadata(home.join(name));
         }
-        let (file, meta) =
-            open_cached(&s.root, "f", Access::Read).expect("a cached regular file opens inline");
+        let (file, meta) = open_cached(&s.root, OsStr::new("f"), Access::Read)
+            .expect("a cached regular file opens inline");
         assert_eq!(meta.size, 10);
         let flags = rustix::fs::fcntl_getfl(&file).unwrap();
         assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
         // A symlink inside the root may be followed inline or left to the blocking pool (the kernel does not
         // always follow links from its caches alone), never to anything but its target.
-        if let Some((_, meta)) = open_cached(&s.root, "inside", Access::Read) {
+        if let Some((_, meta)) = open_cached(&s.root, OsStr::new("inside"), Access::Read) {
             assert_eq!(meta.size, 10);
         }
         // A FIFO without a writer would block an open without O_NONBLOCK: this returns at once.
@@ -726,7 +742,7 @@ mod tests {
             "missing",
         ] {
             assert!(
-                open_cached(&s.root, other, Access::Read).is_none(),
+                open_cached(&s.root, OsStr::new(other), Access::Read).is_none(),
                 "{other}"
             );
         }
@@ -744,7 +760,8 @@ mod tests {
         let home = tmp.path().join("home");
         std::fs::write(home.join("f"), b"0123456789").unwrap();
         let _ = std::fs::metadata(home.join("f"));
-        let (_, looked) = open_cached(&s.root, "f", Access::Lookup).expect("looked at inline");
+        let (_, looked) =
+            open_cached(&s.root, OsStr::new("f"), Access::Lookup).expect("looked at inline");
         let blocking = s.metadata("f").await.unwrap();
         assert_eq!(
             (looked.kind, looked.size, looked.unique_id, looked.mode),
@@ -755,7 +772,8 @@ mod tests {
                 blocking.mode
             )
         );
-        let (file, _) = open_cached(&s.root, "f", Access::Append).expect("opened inline");
+        let (file, _) =
+            open_cached(&s.root, OsStr::new("f"), Access::Append).expect("opened inline");
         let flags = rustix::fs::fcntl_getfl(&file).unwrap();
         assert!(flags.contains(rustix::fs::OFlags::APPEND));
         assert!(!flags.contains(rustix::fs::OFlags::NONBLOCK));
@@ -764,9 +782,10 @@ mod tests {
             truncate: true,
         };
         for mode in [WriteMode::CreateNew, truncating] {
-            assert!(open_existing_cached(&s.root, "f", mode).is_none());
+            assert!(open_existing_cached(&s.root, OsStr::new("f"), mode).is_none());
         }
-        let replacing = open_existing_cached(&s.root, "f", WriteMode::Truncate).expect("inline");
+        let replacing =
+            open_existing_cached(&s.root, OsStr::new("f"), WriteMode::Truncate).expect("inline");
         assert_eq!(replacing.opened().size, 10);
         drop(replacing);
 
@@ -986,6 +1005,81 @@ mod tests {
             .map(|(n, t)| (n.to_string(), t.map(str::to_owned)))
             .collect();
         assert_eq!(seen, expected);
+    }
+
+    /// A name on disk that is not UTF-8 is listed with its bytes escaped, and reaches the file by that name in every
+    /// operation; escapes that spell a UTF-8 name are refused, not taken as a second name of that file.
+    #[tokio::test]
+    async fn names_that_are_not_utf8_work_by_their_escaped_name() {
+        let (tmp, s) = storage().await;
+        let home = tmp.path().join("home");
+        let on_disk = |bytes: &[u8]| home.join(OsStr::from_bytes(bytes));
+        std::fs::write(on_disk(b"caf\xe9"), b"latin-1").unwrap();
+        std::os::unix::fs::symlink(OsStr::from_bytes(b"caf\xe9"), home.join("link")).unwrap();
+        let mut stream = s.read_dir("").await.unwrap();
+        let mut seen = Vec::new();
+        while let Some(entry) = stream.next().await {
+            let entry = entry.unwrap();
+            seen.push((entry.name, entry.link_target));
+        }
+        seen.sort();
+        let escaped = "caf\u{EFE9}";
+        assert_eq!(
+            seen,
+            [
+                (escaped.to_owned(), None),
+                ("link".to_owned(), Some(escaped.to_owned()))
+            ]
+        );
+        assert_eq!(s.read_link("link").await.unwrap(), escaped);
+        assert_eq!(s.metadata(escaped).await.unwrap().size, 7);
+        let mut opened = s.open_read(escaped, 0).await.unwrap();
+        let mut out = String::new();
+        opened.reader.read_to_string(&mut out).await.unwrap();
+        assert_eq!(out, "latin-1");
+
+        s.create_dir("d\u{EFFF}").await.unwrap();
+        s.rename(escaped, "d\u{EFFF}/caf\u{EFE9}").await.unwrap();
+        s.rename_noreplace("d\u{EFFF}/caf\u{EFE9}", "d\u{EFFF}/\u{EF80}")
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read(on_disk(b"d\xff/\x80")).unwrap(), b"latin-1");
+        s.symlink("d\u{EFFF}/\u{EF80}", "l\u{EF80}").await.unwrap();
+        assert_eq!(
+            std::fs::read_link(on_disk(b"l\x80")).unwrap().as_os_str(),
+            OsStr::from_bytes(b"d\xff/\x80")
+        );
+        let mut w = s
+            .open_write("d\u{EFFF}/new\u{EFE9}", WriteMode::Truncate)
+            .await
+            .unwrap();
+        w.write_all(b"12").await.unwrap();
+        w.shutdown().await.unwrap();
+        drop(w);
+        assert_eq!(
+            s.disk_usage("d\u{EFFF}").await.unwrap(),
+            QuotaUsage { bytes: 9, files: 2 }
+        );
+        s.remove_file("d\u{EFFF}/\u{EF80}").await.unwrap();
+        s.remove_file("d\u{EFFF}/new\u{EFE9}").await.unwrap();
+        s.remove_dir("d\u{EFFF}").await.unwrap();
+        assert!(!on_disk(b"d\xff").exists());
+
+        // C3 A9, escaped, spells "é": the file "caf\u{e9}" under another name, past any rule written for its own.
+        std::fs::write(home.join("caf\u{e9}"), b"utf-8").unwrap();
+        let alias = "caf\u{EFC3}\u{EFA9}";
+        let invalid_name = |e: io::Error| {
+            assert!(
+                matches!(CoreError::from(e), CoreError::InvalidName(_)),
+                "wrong error"
+            )
+        };
+        invalid_name(s.open_read(alias, 0).await.err().expect("read"));
+        invalid_name(s.metadata(alias).await.unwrap_err());
+        invalid_name(s.remove_file(alias).await.unwrap_err());
+        invalid_name(s.rename("caf\u{e9}", alias).await.unwrap_err());
+        invalid_name(s.symlink(alias, "l").await.unwrap_err());
+        assert_eq!(std::fs::read(home.join("caf\u{e9}")).unwrap(), b"utf-8");
     }
 
     #[tokio::test]

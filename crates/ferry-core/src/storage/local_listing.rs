@@ -2,15 +2,17 @@
 //! relative to the directory's descriptor. A name from getdents is a single path component (`.` and `..` are
 //! skipped) and is looked at with `AT_SYMLINK_NOFOLLOW`, so nothing resolves outside the directory, which was
 //! itself opened beneath the storage root; no path is built or checked per entry, and the only allocation per entry
-//! is its name.
+//! is its name (escaped as [`super::names`] says when it is not UTF-8).
 
+use std::ffi::{CStr, OsStr};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir, Statx, StatxFlags};
 
-use super::{DirEntry, FileKind, Metadata};
+use super::{names, DirEntry, FileKind, Metadata};
 
 /// Bytes of directory entries fetched by one getdents(2) call: a few hundred entries with short names.
 const GETDENTS_BUFFER: usize = 8 * 1024;
@@ -78,7 +80,7 @@ impl LocalDirReader {
 }
 
 /// The entry `name` of `dir` with its metadata, `None` when it cannot be looked at.
-fn read_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> Option<DirEntry> {
+fn read_entry(dir: &OwnedFd, name: &CStr) -> Option<DirEntry> {
     let stat = rustix::fs::statx(
         dir,
         name,
@@ -90,15 +92,20 @@ fn read_entry(dir: &OwnedFd, name: &std::ffi::CStr) -> Option<DirEntry> {
     let link_target = if metadata.kind == FileKind::Symlink {
         rustix::fs::readlinkat(dir, name, Vec::new())
             .ok()
-            .map(|target| target.to_string_lossy().into_owned())
+            .map(|target| string_of(&target))
     } else {
         None
     };
     Some(DirEntry {
-        name: name.to_string_lossy().into_owned(),
+        name: string_of(name),
         metadata,
         link_target,
     })
+}
+
+/// A name or link target read from disk, as a virtual path holds it.
+fn string_of(bytes: &CStr) -> String {
+    names::from_disk(OsStr::from_bytes(bytes.to_bytes())).into_owned()
 }
 
 /// The same [`Metadata`] as `LocalStorage::symlink_metadata` gives for the entry.

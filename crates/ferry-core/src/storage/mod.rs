@@ -5,6 +5,7 @@
 mod cached_read;
 pub mod local;
 mod local_listing;
+pub mod names;
 pub mod sendfile;
 pub(crate) mod splice;
 mod write_behind;
