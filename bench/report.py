@@ -6,6 +6,8 @@ from collections import Counter
 from pathlib import Path
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
+# The server that answers a login with no work (bench/runner.py's NullFtp): a limit, not a peer.
+FLOOR = "null-ftp"
 FTP_PEERS = ["vsftpd", "pure-ftpd", "proftpd", "pyftpdlib"]
 COLORS = {"ferry": "#d62728", "vsftpd": "#1f77b4", "pure-ftpd": "#2ca02c", "proftpd": "#9467bd",
           "pyftpdlib": "#ff7f0e", "openssh": "#8c564b"}
@@ -380,12 +382,13 @@ def render(info, results):
                            "met" if last <= 1.1 * min(ferry_series) and last <= first * 1.1 else "**missed**"))
     if kib:
         targets.insert(2, ("projection for 1,000,000 idle FTP sessions", f"{kib * 1e6 / 1048576:.1f} GiB", "–"))
-    logins = {s: med([r["logins_per_sec"] for r in by.get((s, repeat_n), [])]) for s in servers}
-    py = logins.get("pyftpdlib")
+    logins = {s: med([r["logins_per_sec"] for r in by.get((s, repeat_n), [])]) for s in servers + [FLOOR]}
+    py, floor = logins.get("pyftpdlib"), logins.get(FLOOR)
+    floor_text = f" (with no server work, {FLOOR}: {fmt(floor)}/s = {ratio(floor, py)})" if floor else ""
     targets.insert(3, ("logins/s ≥ 3× pyftpdlib (plain-text authorizer)",
-                       f"{fmt(logins.get('ferry'))}/s vs {fmt(py)}/s = {ratio(logins.get('ferry'), py)}",
+                       f"{fmt(logins.get('ferry'))}/s vs {fmt(py)}/s = {ratio(logins.get('ferry'), py)}{floor_text}",
                        ok(logins.get("ferry"), py and 3 * py)))
-    at = [(s, by.get((s, repeat_n), [])) for s in servers]
+    at = [(s, by.get((s, repeat_n), [])) for s in servers + [FLOOR]]
     d.table(["server", f"logins/s at N = {repeat_n:,}", "server CPU µs per login", "client CPU µs per login"],
             [(s, spread([r["logins_per_sec"] for r in v]),
               fmt(med([1e6 * r["server_cpu_seconds"] / r["sessions_opened"] for r in v
@@ -394,7 +397,11 @@ def render(info, results):
              for s, v in at if v])
     d.p("CPU per login is the server's (and its children's) user+system time over the login phase divided by N; "
         "for forking servers it counts the session processes alive at the end. On 2 shared cores the load "
-        "generator's own CPU per login matters: the login rates of the fastest servers are partly bounded by it.")
+        "generator's own CPU per login matters: the login rates of the fastest servers are partly bounded by it. "
+        f"{FLOOR} (`ferry bench null-ftp`, started as a server is) answers the greeting, USER and PASS and does "
+        "nothing else: no account, no session state, no log. Its login rate is what the kernel's TCP work, the "
+        "async runtime's and the load generator's leave on this machine: about what a server whose own work cost "
+        "nothing would reach.")
     d.p()
     d.p("Login work differs by design: ferry verifies an argon2id hash (and caches a successful verification in "
         "memory, keyed by a salted digest of the password, so repeated logins of one account are cheap); vsftpd "

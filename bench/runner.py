@@ -282,6 +282,18 @@ class Pyftpdlib(Server):
         return [sys.executable, str(PEERS / "pyftpdlib_server.py"), str(self.port), str(self.home), "bench", PASSWORD]
 
 
+class NullFtp(Server):
+    """`ferry bench null-ftp`: answers USER and PASS and does nothing else. The login rate against it is the floor
+    set by the kernel's TCP work, the runtime's and the load generator's, which no server's can beat here."""
+
+    def __init__(self, binary, port):
+        super().__init__("null-ftp", "ftp", port, f"ftp://bench:{PASSWORD}@127.0.0.1:{port}/")
+        self.binary = binary
+
+    def command(self):
+        return [self.binary, "bench", "null-ftp", "--listen", f"127.0.0.1:{self.port}"]
+
+
 class Sshd(Server):
     forking = True
 
@@ -673,8 +685,11 @@ class Runner:
             plan.append((n, 0))
             if n in m["sessions_n"]:
                 plan += [(n, rep) for rep in range(1, m["reps"])]
+        # The floor for logins is measured where the login target is set, as often as ferry.
+        floor_n = m["sessions_repeat_n"] or max(m["sessions_n"])
         for i, (n, rep) in enumerate(plan):
-            for s in self.rotation(self.ftp_servers(), i):
+            servers = self.ftp_servers() + ([self.null_ftp] if n == floor_n else [])
+            for s in self.rotation(servers, i):
                 if n not in (m["sessions_n_forking"] if s.forking else m["sessions_n"]):
                     continue
                 if s.forking and rep > 0:
@@ -857,8 +872,9 @@ def main():
     ferry.prepare()
     servers = [ferry, Vsftpd(21211), PureFtpd(21212), Proftpd(21213), Pyftpdlib(21214)]
     sshd = Sshd(21221)
+    null_ftp = NullFtp(str(server_binary), 21215)
     runner = Runner(args.ferry, mode, quick)
-    runner.servers, runner.sshd = servers, sshd
+    runner.servers, runner.sshd, runner.null_ftp = servers, sshd, null_ftp
     runner.ferry_lacks_cipher = None
     settings = [PAGE_REPORTING, TIME_WAIT_LIMIT]
     try:
@@ -873,7 +889,7 @@ def main():
             log(f"started {s.name} (pid {s.pid}) on port {s.port}")
         runner.run(ferry)
     finally:
-        for s in servers + [sshd]:
+        for s in servers + [sshd, null_ftp]:
             s.stop()
         for setting in settings:
             setting.restore()

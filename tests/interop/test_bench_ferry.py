@@ -1,10 +1,14 @@
 """`ferry bench` against a ferry server from the fixture, with tiny numbers: checks that every scenario runs and
 that its JSON has the shape bench/runner.py reads. Nothing here looks at how fast anything was."""
+import ftplib
 import json
+import socket
+import subprocess
+import time
 
 import pytest
 
-from conftest import run_ferry
+from conftest import FERRY_BIN, run_ferry
 
 
 def bench(*args):
@@ -106,3 +110,43 @@ def test_non_loopback_targets_are_refused():
     result = run_ferry("bench", "transfer", "ftp://a:b@192.0.2.1:21/", check=False)
     assert result.returncode != 0
     assert "loopback" in result.stderr
+
+
+def _null_ftp():
+    """Starts `ferry bench null-ftp` on a free loopback port; returns the process and a logged-out ftplib client."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([FERRY_BIN, "bench", "null-ftp", "--listen", f"127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 10
+    while True:
+        ftp = ftplib.FTP(timeout=10)
+        try:
+            ftp.connect("127.0.0.1", port)
+            return proc, port, ftp
+        except ConnectionRefusedError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise
+            time.sleep(0.02)
+
+
+def test_null_ftp_answers_a_login_and_nothing_else():
+    proc, port, ftp = _null_ftp()
+    try:
+        assert ftp.login("anyone", "any password").startswith("230")
+        with pytest.raises(ftplib.error_perm, match="^502"):
+            ftp.sendcmd("PWD")
+        report = bench("sessions", f"ftp://bench:pw@127.0.0.1:{port}/", "-n", "20", "--settle-ms", "0",
+                       "--pid", str(proc.pid))
+        assert report["sessions_opened"] == 20 and report["failures"] == 0
+        assert ftp.quit().startswith("221")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_null_ftp_listens_on_loopback_only():
+    result = run_ferry("bench", "null-ftp", "--listen", "0.0.0.0:0", check=False)
+    assert result.returncode != 0 and "loopback" in result.stderr, result.stderr

@@ -9,6 +9,7 @@
 //! - [`small`]: small-file STOR and RETR operations per second.
 //! - [`list`]: time and server memory to list a directory of E entries.
 //! - [`raw_tcp`]: the physical limit, a plain TCP copy of the same bytes over loopback.
+//! - [`null_ftp`]: the floor for logins, a server that answers a login and does nothing else.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), ferry_bench::Error> {
@@ -30,6 +31,7 @@ pub mod conn;
 pub mod cpu;
 pub mod ftp;
 pub mod list;
+pub mod null_ftp;
 pub mod pss;
 pub mod raw_tcp;
 pub mod report;

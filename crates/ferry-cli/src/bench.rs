@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::output::{out, outln};
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use ferry_bench::{list, raw_tcp, sessions, small, transfer, units, SourceIps, Target};
+use ferry_bench::{list, null_ftp, raw_tcp, sessions, small, transfer, units, SourceIps, Target};
 
 /// Longest that `sessions --hold` may keep sessions open: every benchmark stops by itself.
 const MAX_HOLD_SECS: u64 = 3600;
@@ -36,6 +36,9 @@ enum Scenario {
     List(ListArgs),
     /// The physical limit: copy S bytes over loopback TCP in K streams inside this process.
     RawTcp(RawTcpArgs),
+    /// The floor for `sessions`: serve FTP logins on a loopback address, answering USER and PASS without any
+    /// checking, until killed.
+    NullFtp(NullFtpArgs),
 }
 
 #[derive(Args, Debug)]
@@ -118,6 +121,13 @@ struct RawTcpArgs {
     streams: usize,
 }
 
+#[derive(Args, Debug)]
+struct NullFtpArgs {
+    /// Loopback address to listen on, e.g. 127.0.0.1:21300.
+    #[arg(long)]
+    listen: std::net::SocketAddr,
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let json = args.json;
     let cipher = args.cipher;
@@ -176,6 +186,18 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             };
             let report = raw_tcp::run(&options).await?;
             (report.table(), serde_json::to_value(&report)?)
+        }
+        Scenario::NullFtp(a) => {
+            anyhow::ensure!(
+                a.listen.ip().is_loopback(),
+                "null-ftp listens on loopback addresses only, not {}",
+                a.listen.ip()
+            );
+            let listener = tokio::net::TcpListener::bind(a.listen)
+                .await
+                .with_context(|| format!("listening on {}", a.listen))?;
+            null_ftp::serve(listener).await?;
+            return Ok(());
         }
     };
     if json {
